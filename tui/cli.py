@@ -1,0 +1,72 @@
+"""The `tunelab` command line: a thin router to one module per subcommand in `tui.commands`.
+
+Each command module defines `HELP`, `add_arguments(parser)` and `run(args) -> int` and is imported only
+when its command runs, so `tunelab --help` and `tunelab check` never import torch (or textual).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> module under tui.commands. Order is the order shown in --help.
+COMMANDS = {
+    "new": "new",
+    "check": "check",
+    "run": "run",
+    "status": "status",
+    "stop": "stop",
+    "resume": "resume",
+    "grid": "grid",
+    "caption": "caption",
+    "doctor": "doctor",
+}
+
+HELPS = {
+    "new": "create a project",
+    "check": "validate a project (and a config); print the resolved dataset and config",
+    "run": "launch a training run, detached; print its run directory",
+    "status": "show runs of a project, or one run",
+    "stop": "stop a run (gracefully; --force kills it)",
+    "resume": "resume a run from its newest complete checkpoint",
+    "grid": "write a run's contact sheet (prompts x checkpoints) as a PNG",
+    "caption": "bulk caption operations, with --dry-run and --undo",
+    "doctor": "report terminal graphics, colours, GPU, accelerate and disk",
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunelab",
+        description="Fine-tune Stable Diffusion from a terminal. With no command, opens the TUI on PROJECTS_DIR.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, module in COMMANDS.items():
+        p = sub.add_parser(name, help=HELPS[name], description=HELPS[name])
+        if name == wanted:  # only the command that runs pays for importing its module
+            mod = importlib.import_module(f"tui.commands.{module}")
+            mod.add_arguments(p)
+            p.set_defaults(_module=mod)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        args = build_parser(argv).parse_args(argv)
+        try:
+            return int(args._module.run(args) or 0)
+        except KeyboardInterrupt:
+            return 130
+    if argv and argv[0] in ("-h", "--help"):
+        build_parser(argv).print_help()
+        return 0
+    # No command: open the TUI.
+    from tui.commands import open_tui
+
+    return open_tui.main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `tunelab` subcommand: HELP, add_arguments(parser), run(args) -> int."""
