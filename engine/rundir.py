@@ -269,7 +269,7 @@ class EventTail:
         return events
 
 
-def append_event(path: str | os.PathLike, kind: str, **fields: Any) -> dict[str, Any]:
+def append_event(path: str | os.PathLike, kind: str, /, **fields: Any) -> dict[str, Any]:
     """Trainer side (rank 0 only): append one event as a single write, so lines never interleave."""
     event = {"t": round(time.time(), 3), "kind": kind, **fields}
     line = (json.dumps(event, separators=(",", ":"), default=_json_default) + "\n").encode("utf-8")

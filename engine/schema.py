@@ -391,7 +391,8 @@ def render_reference(cls: type, title: str, intro: str) -> str:
                 accepted.append(f"<= {meta['max']:g}")
             help_text = meta.get("help", "").replace("|", "\\|").replace("\n", " ")
             acc = f" ({'; '.join(accepted)})" if accepted else ""
-            rows.append(f"| `{f.name}` | {type_name(tp)} | `{default_repr(f)}` | {help_text}{acc} |")
+            shown_type = type_name(tp).replace("|", "\\|")
+            rows.append(f"| `{f.name}` | {shown_type} | `{default_repr(f)}` | {help_text}{acc} |")
         if rows:
             out.extend(["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
         for sub, name, help_text, is_array in subs:

@@ -1,0 +1,611 @@
+"""Starting, stopping and resuming runs: everything a user-facing caller (CLI, TUI) does to a run's processes.
+
+- `create_run` validates a config and only then creates the run directory, with the resolved config frozen
+  into `config.toml` and the user's text kept as `config.source.toml`.
+- `start_supervisor` spawns `python -m engine.supervisor RUN_DIR` in a new session (stdin /dev/null,
+  output appended to `train.log`), so the run outlives its caller, the TUI and SIGHUP. A pipe handshake
+  tells the caller whether the supervisor took the run's lock or refused.
+- `stop_run` asks for a graceful stop (`control/stop`) or forces one (SIGTERM, then SIGKILL, to the
+  trainer's process tree); it never signals a pid whose start time differs from the one recorded, or one
+  recorded on another host or before a reboot. A `lost` run (supervisor gone) is settled here.
+- `resume_run` starts a new supervisor with `--resume` when there is a complete checkpoint to resume from.
+- `trainer_command` builds the `accelerate launch … -m engine.train RUN_DIR` command line.
+
+Environment variables (for tests and debugging):
+  TUNELAB_TRAINER_MODULE   module run as the trainer instead of `engine.train` (`tests.fake_trainer`)
+  TUNELAB_NO_ACCELERATE=1  run the trainer as `python -m MODULE RUN_DIR` without `accelerate launch`
+
+Besides the control requests the trainer polls, a stop writes `control/stop-requested` (JSON: time, who,
+force). Nobody consumes it; it tells the supervisor that the trainer's exit was asked for, so a trainer
+killed on request ends `stopped`, not `failed`. A new supervisor removes it.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+from engine import atomic
+from engine.rundir import ALIVE_STATES, RunDir, new_run_id
+
+DEFAULT_TRAINER_MODULE = "engine.train"
+STOP_MARKER = "stop-requested"
+# Exit status of `python -m engine.supervisor` when another supervisor holds the run's lock.
+EXIT_LOCKED = 3
+EXIT_REFUSED = 4
+
+# The directory that holds the `engine` package (a source checkout's root).
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LaunchError(Exception):
+    """A run could not be created, started, stopped or resumed; the message says why and what to do."""
+
+
+# --------------------------------------------------------------------------------------------
+# Processes: identity by (pid, start time), never by pid alone
+
+
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat from field 3 (state) on, or None if there is no such process.
+
+    The command name (field 2) may hold spaces and parentheses, so split after the last ')'.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            raw = f.read().decode("utf-8", "replace")
+    except (FileNotFoundError, ProcessLookupError, PermissionError, OSError):
+        return None
+    end = raw.rfind(")")
+    if end < 0:
+        return None
+    return raw[end + 2:].split()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: start time in clock ticks since boot (None: no such process)."""
+    fields = proc_stat(pid)
+    if not fields or len(fields) < 20:
+        return None
+    return int(fields[19])
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def hostname() -> str:
+    return socket.gethostname()
+
+
+def is_same_process(pid: Any, start: Any, status: dict[str, Any] | None = None) -> bool:
+    """True only if `pid` is alive and still the process that was recorded: same start time and, when the
+    record says, the same host and boot. A zombie counts as gone."""
+    if not isinstance(pid, int) or not isinstance(start, int) or pid <= 1:
+        return False
+    if status is not None:
+        if status.get("host") and status["host"] != hostname():
+            return False
+        if status.get("boot_id") and status["boot_id"] != boot_id():
+            return False
+    fields = proc_stat(pid)
+    if not fields or len(fields) < 20:
+        return False
+    if fields[0] == "Z":
+        return False
+    return int(fields[19]) == start
+
+
+@dataclass(frozen=True)
+class Proc:
+    pid: int
+    start: int
+    pgid: int
+
+
+def process_tree(root: int, include_root: bool = True) -> list[Proc]:
+    """The process `root` and all its descendants (from /proc), parents before children."""
+    children: dict[int, list[Proc]] = {}
+    me: Proc | None = None
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return []
+    for name in names:
+        if not name.isdigit():
+            continue
+        fields = proc_stat(int(name))
+        if not fields or len(fields) < 20 or fields[0] == "Z":
+            continue
+        p = Proc(int(name), int(fields[19]), int(fields[2]))
+        if p.pid == root:
+            me = p
+        children.setdefault(int(fields[1]), []).append(p)
+    out: list[Proc] = [me] if (me and include_root) else []
+    queue = [root]
+    seen = {root}
+    while queue:
+        for child in children.get(queue.pop(0), []):
+            if child.pid not in seen:
+                seen.add(child.pid)
+                out.append(child)
+                queue.append(child.pid)
+    return out
+
+
+def signal_procs(procs: Iterable[Proc], sig: int) -> int:
+    """Send `sig` to each process (and to the group it leads) that is still the process recorded.
+    Returns how many were signalled. A pid whose start time changed is skipped: it was recycled."""
+    sent = 0
+    for p in procs:
+        if not is_same_process(p.pid, p.start):
+            continue
+        try:
+            if p.pgid == p.pid:
+                os.killpg(p.pgid, sig)  # also catches children forked since the snapshot
+            else:
+                os.kill(p.pid, sig)
+            sent += 1
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            pass
+    return sent
+
+
+def alive(procs: Iterable[Proc]) -> list[Proc]:
+    return [p for p in procs if is_same_process(p.pid, p.start)]
+
+
+def terminate_procs(procs: list[Proc], grace: float, poll: float = 0.05) -> list[Proc]:
+    """SIGTERM the processes, wait up to `grace` seconds, SIGKILL what is left. Returns what survived."""
+    if not alive(procs):
+        return []
+    signal_procs(procs, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while alive(procs) and time.monotonic() < deadline:
+        time.sleep(poll)
+    if alive(procs):
+        signal_procs(procs, signal.SIGKILL)
+        deadline = time.monotonic() + 5.0
+        while alive(procs) and time.monotonic() < deadline:
+            time.sleep(poll)
+    return alive(procs)
+
+
+def recorded_trainer_tree(status: dict[str, Any]) -> list[Proc]:
+    """The trainer's processes, if the status's trainer pid is still the recorded process."""
+    pid, start = status.get("trainer_pid"), status.get("trainer_start")
+    if not is_same_process(pid, start, status):
+        return []
+    return process_tree(pid)
+
+
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def describe_exit(returncode: int) -> str:
+    if returncode < 0:
+        return f"killed by signal {-returncode} ({signal_name(-returncode)})"
+    return f"exit code {returncode}"
+
+
+def utc_iso(t: float | None = None) -> str:
+    return datetime.fromtimestamp(time.time() if t is None else t, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+# --------------------------------------------------------------------------------------------
+# The trainer command
+
+
+def _gpu_visible() -> bool:
+    """Whether a GPU is visible to this machine, without importing torch (the supervisor is light)."""
+    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None and cvd.strip() in ("", "-1"):
+        return False
+    if Path("/dev/nvidia0").exists() or Path("/dev/kfd").exists():
+        return True
+    try:
+        return any(Path("/proc/driver/nvidia/gpus").iterdir())
+    except OSError:
+        return False
+
+
+def trainer_module() -> str:
+    return os.environ.get("TUNELAB_TRAINER_MODULE") or DEFAULT_TRAINER_MODULE
+
+
+def launch_args(launch: Any, mixed_precision: str = "no") -> list[str]:
+    """`accelerate launch` options from `cfg.launch`, passed through unchanged.
+
+    With an accelerate config file (DeepSpeed/FSDP/…), that file decides the distributed type and only
+    the explicit counts are added. Without one, several processes get `--multi_gpu` (accelerate's
+    torchrun launcher); on a machine without a GPU that still works: the supervisor sets
+    ACCELERATE_USE_CPU so the Accelerator picks MULTI_CPU with gloo (`--cpu` would run one process only).
+    """
+    args: list[str] = []
+    if getattr(launch, "accelerate_config", ""):
+        args += ["--config_file", str(launch.accelerate_config)]
+    elif launch.num_processes > 1 or launch.num_machines > 1:
+        args += ["--multi_gpu"]
+    args += ["--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines)]
+    if launch.num_machines > 1:
+        args += ["--machine_rank", str(launch.machine_rank)]
+    if launch.main_process_ip:
+        args += ["--main_process_ip", str(launch.main_process_ip)]
+    if launch.num_processes > 1 or launch.num_machines > 1:
+        args += ["--main_process_port", str(launch.main_process_port)]
+    if getattr(launch, "gpu_ids", ""):
+        args += ["--gpu_ids", str(launch.gpu_ids)]
+    args += ["--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
+    return args
+
+
+def trainer_command(run_dir: RunDir, cfg: Any, *, resume: bool = False) -> list[str]:
+    """The trainer's argv: `python -m accelerate.commands.launch <launch args> -m MODULE RUN_DIR [--resume]`."""
+    tail = ["-m", trainer_module(), str(run_dir.path)] + (["--resume"] if resume else [])
+    if os.environ.get("TUNELAB_NO_ACCELERATE") == "1":
+        return [sys.executable] + tail
+    mp = getattr(getattr(cfg, "train", None), "mixed_precision", "no") or "no"
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch_args(cfg.launch, mp), *tail]
+
+
+def free_port_for(launch: Any) -> int:
+    """The rendezvous port to use: the configured one, unless this is a single-machine multi-process run
+    and that port is taken here (say, by another run on the same box): then any free port. Multi-node
+    runs keep the configured port, since the other machines were told it."""
+    port = int(launch.main_process_port)
+    if launch.num_machines > 1 or launch.num_processes < 2 or _port_free(port):
+        return port
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("", port))
+            return True
+        except OSError:
+            return False
+
+
+def trainer_env(run_dir: RunDir, cfg: Any) -> dict[str, str]:
+    env = dict(os.environ)
+    env["TUNELAB_RUN_DIR"] = str(run_dir.path)
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TQDM_DISABLE"] = "1"  # no progress bars in train.log
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    launch = getattr(cfg, "launch", None)
+    if launch is not None and (launch.num_processes > 1 or launch.num_machines > 1) \
+            and not launch.accelerate_config and not _gpu_visible():
+        env.setdefault("ACCELERATE_USE_CPU", "true")
+    _add_source_root(env)
+    return env
+
+
+def _add_source_root(env: dict[str, str]) -> None:
+    """Let `python -m engine.…` (and `tests.fake_trainer`) import from a source checkout wherever the
+    caller's working directory is. Appended, so an installed package still wins."""
+    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(SOURCE_ROOT) not in parts:
+        parts.append(str(SOURCE_ROOT))
+    env["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Creating a run
+
+
+def resolve_config_path(project_dir: Path, config: str | os.PathLike) -> Path:
+    """CONFIG is a name in `configs/` (with or without `.toml`) or a path to a TOML file."""
+    given = Path(config)
+    if given.is_file():
+        return given
+    name = str(config)
+    candidates = [project_dir / "configs" / name]
+    if not name.endswith(".toml"):
+        candidates.insert(0, project_dir / "configs" / f"{name}.toml")
+    for c in candidates:
+        if c.is_file():
+            return c
+    available = sorted(p.stem for p in (project_dir / "configs").glob("*.toml"))
+    hint = f"; configs in {project_dir / 'configs'}: {', '.join(available)}" if available else \
+        f"; {project_dir / 'configs'} has no .toml files"
+    raise LaunchError(f"config {name!r} not found (neither a file nor a name in configs/){hint}")
+
+
+def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
+               overrides: Iterable[str] = ()) -> RunDir:
+    """Validate the config (with overrides) and create `runs/<run-id>/` with the frozen config.
+
+    Raises `engine.schema.ConfigError` (printable problems) or `LaunchError`, before creating anything.
+    The directory is built under a hidden temporary name and renamed into place, so no reader ever sees
+    a run without its config.
+    """
+    from engine.config import dump_config, load_run_config  # light, but only needed here
+
+    project_dir = Path(project_dir)
+    if not project_dir.is_dir():
+        raise LaunchError(f"project {project_dir} not found (not a directory)")
+    if not (project_dir / "project.toml").is_file():
+        raise LaunchError(f"{project_dir} is not a tunelab project: it has no project.toml "
+                          f"(create one with `tunelab new NAME`)")
+    path = resolve_config_path(project_dir, config_path)
+    cfg = load_run_config(_display_path(path), list(overrides))
+    source = path.read_text(encoding="utf-8")
+    frozen = dump_config(cfg)
+
+    runs = project_dir / "runs"
+    runs.mkdir(exist_ok=True)
+    now = time.time()
+    for attempt in range(100):
+        run_id = new_run_id(path.stem, now + attempt)  # one run per second and config name
+        final = runs / run_id
+        if not final.exists():
+            break
+    else:
+        raise LaunchError(f"could not find a free run id in {runs}")
+    tmp = runs / f".creating-{run_id}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        header = (f"# Resolved config of run {run_id}, frozen at launch (every default filled in).\n"
+                  f"# Source: {path}" + (f"; overrides: {', '.join(overrides)}" if overrides else "") + "\n")
+        atomic.write_text(tmp / "config.toml", header + frozen)
+        atomic.write_text(tmp / "config.source.toml", source)
+        (tmp / "control").mkdir()
+        (tmp / "checkpoints").mkdir()
+        (tmp / "samples").mkdir()
+        os.rename(tmp, final)  # fails if `final` appeared meanwhile: no run is ever overwritten
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic.fsync_dir(runs)
+    return RunDir(final)
+
+
+def _display_path(path: Path) -> Path:
+    """A path relative to the working directory when it is below it, for shorter error messages."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
+
+
+def load_frozen_config(run_dir: RunDir) -> Any:
+    from engine.config import load_run_config
+
+    return load_run_config(run_dir.config_path)
+
+
+# --------------------------------------------------------------------------------------------
+# Starting the supervisor
+
+
+def start_supervisor(run_dir: RunDir | str | os.PathLike, *, resume: bool = False,
+                     ready_timeout: float = 20.0) -> int:
+    """Spawn the supervisor detached from the caller; return its pid once it holds the run's lock.
+
+    Raises LaunchError when the supervisor refuses (another one holds the lock, nothing to resume) —
+    its message is also in train.log. If the supervisor is merely slow to answer, its pid is returned.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    path = run_dir.path.resolve()
+    env = dict(os.environ)
+    _add_source_root(env)
+    read_fd, write_fd = os.pipe()
+    cmd = [sys.executable, "-m", "engine.supervisor", str(path), "--ready-fd", str(write_fd)]
+    if resume:
+        cmd.append("--resume")
+    try:
+        with open(run_dir.log_path, "ab") as log, open(os.devnull, "rb") as devnull:
+            proc = subprocess.Popen(
+                cmd, stdin=devnull, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                pass_fds=(write_fd,), env=env, cwd=str(Path.cwd()),
+            )
+    finally:
+        os.close(write_fd)
+    try:
+        answer = _read_answer(read_fd, ready_timeout)
+    finally:
+        os.close(read_fd)
+    if answer.startswith("ok"):
+        return proc.pid
+    if answer:
+        raise LaunchError(answer.strip())
+    # EOF without an answer: it died early, or it is still starting after the timeout.
+    try:
+        rc = proc.wait(timeout=0.5)
+    except subprocess.TimeoutExpired:
+        return proc.pid
+    raise LaunchError(f"the supervisor exited at once ({describe_exit(rc)}); see {run_dir.log_path}")
+
+
+def _read_answer(fd: int, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    chunks: list[bytes] = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        data = os.read(fd, 4096)
+        if not data:
+            break
+        chunks.append(data)
+        if b"\n" in data:
+            break
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+# --------------------------------------------------------------------------------------------
+# Stopping
+
+
+def _mark_stop_requested(run_dir: RunDir, force: bool, by: str) -> None:
+    run_dir.control_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir.control_dir / STOP_MARKER,
+                      json.dumps({"t": time.time(), "by": by, "force": force}) + "\n")
+
+
+def _wait_state(run_dir: RunDir, timeout: float, poll: float = 0.1) -> str:
+    """Wait until the shown state is no longer alive (lost counts as not alive); return it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        state = run_dir.state()
+        if state not in ALIVE_STATES or time.monotonic() >= deadline:
+            return state
+        time.sleep(poll)
+
+
+def stop_run(run_dir: RunDir | str | os.PathLike, force: bool = False, timeout: float = 60.0,
+             kill_after: float = 5.0) -> str:
+    """Stop a run and return the state it ended in (or is still in, when `timeout` ran out).
+
+    Graceful: drop `control/stop` (the trainer saves a checkpoint and exits) and wait for the supervisor
+    to record the end. Force: also SIGTERM the trainer's process tree, SIGKILL it after `kill_after`
+    seconds. A `lost` run (no supervisor) is settled here: once its trainer is gone, the status becomes
+    `stopped` (or `finished`/`failed` as its events say), so it can be resumed.
+    """
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    status = run_dir.read_status()
+    state = run_dir.state(status)
+    if state not in ALIVE_STATES and state != "lost":
+        return state
+    if status is None and state == "lost" and not run_dir.config_path.exists():
+        raise LaunchError(f"{run_dir.path} is not a run directory")
+    by = "tunelab stop --force" if force else "tunelab stop"
+    _mark_stop_requested(run_dir, force, by)
+    run_dir.request("stop")
+
+    if state == "lost":
+        return _settle_lost(run_dir, status or {}, force, timeout, kill_after)
+
+    if not force:
+        return _wait_state(run_dir, timeout)
+
+    procs = recorded_trainer_tree(status or {})
+    terminate_procs(procs, kill_after)
+    return _wait_state(run_dir, timeout)
+
+
+def _settle_lost(run_dir: RunDir, status: dict[str, Any], force: bool, timeout: float,
+                 kill_after: float) -> str:
+    """The supervisor is gone; make sure the trainer is too, then write the status it never wrote."""
+    if status.get("host") and status["host"] != hostname() and not force:
+        # The trainer may be alive on the other machine; only the user can know.
+        raise LaunchError(f"run {run_dir.run_id} was started on {status['host']}; stop it there, or use "
+                          f"--force to mark it stopped from here")
+    procs = recorded_trainer_tree(status)
+    if procs and not force:
+        deadline = time.monotonic() + timeout
+        while alive(procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if alive(procs):
+            return "lost"  # still running without a supervisor: the caller suggests --force
+    terminate_procs(procs, kill_after)
+    with _exclusive_lock(run_dir) as got:
+        if not got:
+            return run_dir.state()  # a new supervisor took the run meanwhile
+        fresh = run_dir.read_status() or {}
+        if fresh.get("state") is not None and fresh.get("state") not in ALIVE_STATES:
+            return fresh["state"]
+        state, error = _outcome_from_events(run_dir, fresh)
+        fresh.update(state=state, ended=utc_iso(), ended_t=time.time(), supervisor_lost=True)
+        if error:
+            fresh["error"] = error
+        run_dir.write_status(fresh)
+        return state
+
+
+def _outcome_from_events(run_dir: RunDir, status: dict[str, Any]) -> tuple[str, str | None]:
+    """What a lost run ended as, judged from the trainer's events since its last start."""
+    started = status.get("started_t") or 0
+    last: dict[str, Any] | None = None
+    for ev in run_dir.iter_events():
+        if ev.get("t", 0) >= started and ev.get("kind") in ("finished", "stopped", "error"):
+            last = ev
+    if last is not None and last["kind"] == "finished":
+        return "finished", None
+    if last is not None and last["kind"] == "error":
+        return "failed", f"{last.get('message', 'error')} (and the supervisor died)"
+    return "stopped", "the supervisor died; settled by tunelab stop"
+
+
+class _exclusive_lock:
+    """Briefly take the run's lock (non-blocking, a couple of retries); yields whether it was taken."""
+
+    def __init__(self, run_dir: RunDir, wait: float = 2.0):
+        self.run_dir, self.wait, self.fd = run_dir, wait, -1
+
+    def __enter__(self) -> bool:
+        self.fd = os.open(self.run_dir.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + self.wait
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(0.05)
+
+    def __exit__(self, *exc: Any) -> None:
+        os.close(self.fd)  # closing releases the flock
+
+
+# --------------------------------------------------------------------------------------------
+# Resuming
+
+
+def resume_check(run_dir: RunDir) -> str | None:
+    """Why this run cannot be resumed now, or None if it can."""
+    if not run_dir.config_path.is_file():
+        return f"{run_dir.path} is not a run directory (no config.toml)"
+    status = run_dir.read_status()
+    state = run_dir.state(status)
+    if state in ALIVE_STATES:
+        return f"run {run_dir.run_id} is {state}; stop it first (tunelab stop {run_dir.run_id})"
+    if state == "lost":
+        return (f"run {run_dir.run_id} is lost (its supervisor died; the trainer may still be running); "
+                f"settle it first with `tunelab stop --force {run_dir.run_id}`")
+    if state == "finished":
+        return f"run {run_dir.run_id} already finished; start a new run to train further"
+    if run_dir.latest_complete_checkpoint() is None:
+        return (f"run {run_dir.run_id} has no complete checkpoint, so there is nothing to resume from; "
+                f"start a new run instead (tunelab run)")
+    return None
+
+
+def resume_run(run_dir: RunDir | str | os.PathLike) -> int:
+    """Start a new supervisor with `--resume`; return its pid. Raises LaunchError when refused."""
+    run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    why = resume_check(run_dir)
+    if why:
+        raise LaunchError(why)
+    return start_supervisor(run_dir, resume=True)

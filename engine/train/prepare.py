@@ -1,0 +1,241 @@
+"""Before the first step: config, data, model, method, caches, optimiser, schedule, resume state.
+
+`prepare` returns the `Session` the loop in `loop.py` runs. Every user-facing failure here becomes an
+`error` event with a message naming the setting or the files, and `TrainingAborted`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.config import RunConfig, sample_prompts
+from engine.rundir import RunDir
+from engine.train import checkpoint as ckpt
+from engine.train import data as datamod
+from engine.train.events import EventWriter, Progress
+from engine.train.loop import Position, Session, TrainingAborted
+
+DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
+
+
+def quiet_libraries() -> None:
+    """No tqdm bars or chatty warnings in train.log."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from diffusers.utils import logging as dlog
+    from transformers.utils import logging as tlog
+
+    dlog.set_verbosity_error()
+    dlog.disable_progress_bar()
+    tlog.set_verbosity_error()
+    tlog.disable_progress_bar()
+
+
+def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, *, resume: bool) -> Session:
+    from accelerate.utils import set_seed
+
+    quiet_libraries()
+    t = cfg.train
+    make_optimizer_class(cfg, events)  # fail before loading anything if bitsandbytes is missing
+    resume_from = None
+    if resume:
+        resume_from = ckpt.resumable_checkpoint(run)
+        if resume_from is None:
+            events.error(f"cannot resume {run.path}: no complete checkpoint with state/ in checkpoints/ "
+                         "(save.state = true keeps it)")
+            raise TrainingAborted()
+    if accelerator.is_main_process:
+        ckpt.remove_partial_folders(run.checkpoints_dir)
+    set_seed(t.seed)
+
+    # --- data -------------------------------------------------------------------------------
+    project_dir = run.project_dir
+    examples = datamod.load_examples(project_dir, cfg)
+    if examples.skipped:
+        events.warning(f"{len(examples.skipped)} unusable image(s) skipped: "
+                       + ", ".join(f"{s['path']} ({s['reason']})" for s in examples.skipped[:10])
+                       + (" …" if len(examples.skipped) > 10 else ""), items=examples.skipped)
+    if not examples.train:
+        events.error(f"no usable training images in {project_dir}"
+                     + (f" ({len(examples.skipped)} skipped: " + ", ".join(s["path"] for s in examples.skipped)
+                        + ")" if examples.skipped else "") + "; add images or check data.concepts",
+                     items=examples.skipped)
+        raise TrainingAborted()
+
+    # --- model and method -------------------------------------------------------------------
+    from engine.train.methods import make_method
+    from engine.train.models import BaseModelError, load_components
+
+    weight_dtype = DTYPES[t.mixed_precision]
+    try:
+        components = load_components(cfg.model.base, project_dir, dtype=torch.float32,
+                                     prediction_type=cfg.model.prediction_type, config=cfg.model.config or None)
+    except BaseModelError as e:
+        events.error(f"model.base = {cfg.model.base!r}: {e}")
+        raise TrainingAborted() from None
+    try:
+        method = make_method(cfg, components, accelerator, weight_dtype)
+    except ValueError as e:
+        events.error(str(e))
+        raise TrainingAborted() from None
+    method.setup()
+    if t.gradient_checkpointing:
+        components.unet.enable_gradient_checkpointing()
+        if method.trains_text_encoder:
+            components.text_encoder.gradient_checkpointing_enable()
+    if t.compile:
+        events.warning("train.compile is not supported by this trainer yet; training without torch.compile")
+
+    # --- caches -----------------------------------------------------------------------------
+    device = accelerator.device
+    data = datamod.TrainingData(examples.train, cfg, components.tokenizer, device)
+    validation = build_caches(cfg, accelerator, events, method, components, data, examples.validation,
+                              project_dir / ".cache", weight_dtype)
+
+    # --- optimiser and schedule -------------------------------------------------------------
+    from diffusers.optimization import get_scheduler
+
+    optimizer = make_optimizer_class(cfg, events)(method.parameter_groups(), weight_decay=t.weight_decay)
+    steps_per_epoch = datamod.steps_per_epoch(data.images_per_epoch, world=accelerator.num_processes,
+                                              batch_size=t.batch_size, accumulation=t.gradient_accumulation)
+    total_steps = steps_per_epoch * t.epochs
+    if t.max_steps:
+        total_steps = min(total_steps, t.max_steps)
+    epochs = min(t.epochs, math.ceil(total_steps / steps_per_epoch))
+    lr_scheduler = get_scheduler(SCHEDULES[t.scheduler], optimizer, num_warmup_steps=t.warmup_steps,
+                                 num_training_steps=total_steps)
+
+    position = Position()
+    progress_state: dict[str, Any] = {}
+    sampled: set[str] = set()
+    if resume_from is not None:
+        state = ckpt.read_state(resume_from)
+        progress_state = state.progress
+        method.load_trainable_state(state.trainable)
+        method.load_method_state(state.method, state.trainable)
+        ckpt.optimizer_from_files(optimizer, state.optimizer_tensors, state.optimizer_meta)
+        lr_scheduler.load_state_dict(state.scheduler)
+        p = state.progress
+        position = Position(step=p["step"], epoch=p["epoch"], in_epoch=p["in_epoch"],
+                            epoch_complete=p["epoch_complete"])
+        sampled = set(p.get("sampled", []))
+        if p.get("processes", accelerator.num_processes) != accelerator.num_processes:
+            events.warning(f"resuming with {accelerator.num_processes} processes where the checkpoint had "
+                           f"{p['processes']}: the data order differs from an uninterrupted run")
+
+    trained = accelerator.prepare(*method.trained_modules(), optimizer)
+    *trained_modules, optimizer = trained if isinstance(trained, (list, tuple)) else [trained]
+    unet_forward = trained_modules[0]
+    text_encoder_forward = trained_modules[1] if method.trains_text_encoder else components.text_encoder
+
+    if resume_from is not None:
+        scaler_state = progress_state.get("grad_scaler")
+        if scaler_state and getattr(accelerator, "scaler", None) is not None:
+            accelerator.scaler.load_state_dict(scaler_state)
+        if accelerator.is_main_process:
+            ckpt.rng_from_files(state.rng_tensors, state.rng_meta)
+        else:
+            set_seed(t.seed + accelerator.process_index * 7919 + position.step, device_specific=False)
+
+    progress = Progress(device, total_steps, smooth_loss=progress_state.get("smooth_loss"),
+                        smooth_weight=progress_state.get("smooth_weight", 0.0),
+                        elapsed=progress_state.get("elapsed", 0.0))
+    from engine.project import load_project_file
+
+    goals = load_project_file(project_dir).goals.as_dict()
+    session = Session(
+        run=run, cfg=cfg, accelerator=accelerator, events=events, method=method, components=components, data=data,
+        validation=validation, optimizer=optimizer, lr_scheduler=lr_scheduler, trained=trained_modules,
+        unet_forward=unet_forward, text_encoder_forward=text_encoder_forward, weight_dtype=weight_dtype,
+        steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=epochs,
+        prompts=sample_prompts(cfg, goals), position=position, progress=progress, resumed_from=resume_from,
+        sampled=sampled, saved_at_step=position.step if resume_from is not None else -1,
+        noise_gen=torch.Generator(device=device), aug_gen=torch.Generator(),
+    )
+    common = dict(step=position.step, total_steps=total_steps, epoch=position.epoch, epochs=epochs,
+                  steps_per_epoch=steps_per_epoch, images=data.images_per_epoch, method=cfg.method,
+                  processes=accelerator.num_processes)
+    if resume_from is not None:
+        events.emit("resumed", checkpoint=str(resume_from.relative_to(run.path)), **common)
+    events.emit("start", resumed_from_step=position.step if resume_from is not None else None,
+                validation_images=len(examples.validation), cache=data.cache_report, **common)
+    events.say(f"{'resuming' if resume_from else 'training'} {cfg.method} on {data.images_per_epoch} images/epoch "
+               f"({len(examples.train)} files), {steps_per_epoch} steps/epoch, {total_steps} steps, "
+               f"{accelerator.num_processes} process(es), base {components.source}")
+    return session
+
+
+def make_optimizer_class(cfg: RunConfig, events: EventWriter) -> Any:
+    if cfg.train.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes as bnb  # type: ignore[import-not-found]
+        except ImportError:
+            events.error("train.optimizer = \"adamw8bit\" needs bitsandbytes, which is not installed "
+                         "(pip install bitsandbytes, on a CUDA machine); or set train.optimizer = \"adamw\"")
+            raise TrainingAborted() from None
+        return bnb.optim.AdamW8bit
+    return torch.optim.AdamW
+
+
+def build_caches(cfg: RunConfig, accelerator: Any, events: EventWriter, method: Any, components: Any,
+                 data: datamod.TrainingData, validation_examples: list[datamod.Example], cache_root: Path,
+                 weight_dtype: torch.dtype) -> dict[str, torch.Tensor] | None:
+    """Fill `data`'s latent/text tables (main process computes and writes, the others read), and build
+    the fixed validation set. Returns the validation tensors, or None without validation images."""
+    from engine.train.cache import LatentCache, TextCache
+
+    d = cfg.data
+    device = accelerator.device
+    cache_latents = d.cache_latents
+    if cache_latents and d.crop == "random":
+        cache_latents = False
+        events.warning("data.crop = \"random\" needs a fresh crop every step, so latents are not cached "
+                       "(data.cache_latents is ignored); each step encodes its images with the VAE")
+    cache_text = d.cache_text and not method.trains_text_encoder
+    started = time.monotonic()
+    latent_cache = LatentCache(cache_root, components.vae, resolution=d.resolution, flip=d.flip, dtype=weight_dtype)
+    text_cache = TextCache(cache_root, components.text_encoder, components.tokenizer, dtype=weight_dtype) \
+        if cache_text else None
+    computed = 0
+    # The main process fills the on-disk cache first; the others then read it.
+    for turn in ("main", "others"):
+        if (turn == "main") == accelerator.is_main_process:
+            if cache_latents:
+                data.latent_params, n = latent_cache.load_all(data.examples, device)
+                computed += n
+            if text_cache is not None:
+                captions = [""] + sorted({e.caption for e in data.examples + validation_examples} - {""})
+                row = {c: i for i, c in enumerate(captions)}
+                data.text_table, n = text_cache.load_all(captions, device)
+                data.text_index = [row[e.caption] for e in data.examples]
+                computed += n
+        accelerator.wait_for_everyone()
+    data.cache_report = {"latents": bool(cache_latents), "text": text_cache is not None, "computed": computed}
+    if cache_latents or text_cache is not None:
+        events.say(f"cache ready in {time.monotonic() - started:.1f}s ({computed} entries computed, "
+                   f"the rest reused from {cache_root})")
+    if not validation_examples:
+        return None
+    # Validation: posterior means (no sampling), noise and timesteps fixed per image by the seed.
+    val_cache = LatentCache(cache_root, components.vae, resolution=d.resolution, flip=False, dtype=weight_dtype)
+    params, _ = val_cache.load_all(validation_examples, device, write=cache_latents and accelerator.is_main_process)
+    vae = components.vae
+    latents = datamod.sample_latents(params[:, 0], None, vae.config.scaling_factor,
+                                     getattr(vae.config, "shift_factor", None))
+    gen = torch.Generator().manual_seed(cfg.train.seed + 1_234_567)
+    noise = torch.randn(latents.shape, generator=gen).to(device)
+    timesteps = torch.randint(0, components.noise_scheduler.config.num_train_timesteps, (latents.shape[0],),
+                              generator=gen).to(device)
+    out = {"latents": latents, "noise": noise, "timesteps": timesteps}
+    if text_cache is not None and data.text_table is not None:
+        captions = [""] + sorted({e.caption for e in data.examples + validation_examples} - {""})
+        row = {c: i for i, c in enumerate(captions)}
+        out["text"] = data.text_table[torch.tensor([row[e.caption] for e in validation_examples], device=device)]
+    else:
+        out["input_ids"] = datamod.tokenize(components.tokenizer, [e.caption for e in validation_examples]).to(device)
+    return out

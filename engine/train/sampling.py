@@ -1,0 +1,117 @@
+"""Samples for the contact sheet: every prompt × every seed, at epoch 0 and at every save.
+
+The pipeline is assembled from the modules being trained (unwrapped, in eval mode, EMA weights swapped
+in by the method) — nothing is reloaded or copied — and put back into train mode afterwards. Each cell
+has its own `torch.Generator` seeded with its seed, so a cell is the same picture whichever batch it
+was rendered in. Images go to `samples/<checkpoint name>/pNN-sSEED.png` (atomic writes) with a
+`samples.json` listing the prompts and settings, and a `sample` event per image.
+"""
+from __future__ import annotations
+
+import gc
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine import atomic
+from engine.rundir import sample_name
+
+SCHEDULERS = {
+    "dpm++": "DPMSolverMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_a": "EulerAncestralDiscreteScheduler",
+}
+
+
+@dataclass
+class Cell:
+    prompt_index: int
+    seed: int
+    prompt: Any  # engine.config.SamplePrompt
+
+
+def cells(prompts: list[Any]) -> list[Cell]:
+    return [Cell(i, seed, p) for i, p in enumerate(prompts) for seed in p.seeds]
+
+
+def make_scheduler(name: str, noise_scheduler: Any) -> Any:
+    import diffusers
+
+    cls = getattr(diffusers, SCHEDULERS[name])
+    extra = {"clip_sample": False, "set_alpha_to_one": False} if name == "ddim" else {}
+    return cls.from_config(noise_scheduler.config, **extra)
+
+
+def batches(all_cells: list[Cell], batch_size: int) -> list[list[Cell]]:
+    """Cells that can share one pipeline call (same steps, guidance, negative prompt), in order."""
+    out: list[list[Cell]] = []
+    for c in all_cells:
+        key = (c.prompt.steps, c.prompt.guidance, c.prompt.negative_prompt)
+        if out and len(out[-1]) < batch_size and (out[-1][0].prompt.steps, out[-1][0].prompt.guidance,
+                                                  out[-1][0].prompt.negative_prompt) == key:
+            out[-1].append(c)
+        else:
+            out.append([c])
+    return out
+
+
+def render_samples(*, run_path: Path, folder_name: str, epoch: int, step: int, prompts: list[Any], cfg: Any,
+                   components: Any, unet: torch.nn.Module, text_encoder: torch.nn.Module, accelerator: Any,
+                   events: Any) -> int:
+    """Render every cell into `samples/<folder_name>/`; returns the number of images written."""
+    from diffusers import StableDiffusionPipeline
+
+    if not prompts:
+        return 0
+    s = cfg.sample
+    width = s.width or cfg.data.resolution
+    height = s.height or cfg.data.resolution
+    out_dir = run_path / "samples" / folder_name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out_dir / "samples.json", {
+        "epoch": epoch, "step": step, "width": width, "height": height, "scheduler": s.scheduler,
+        "prompts": [{"index": i, "text": p.text, "kind": p.kind, "seeds": list(p.seeds), "guidance": p.guidance,
+                     "steps": p.steps, "negative_prompt": p.negative_prompt} for i, p in enumerate(prompts)],
+    })
+    was_training = (unet.training, text_encoder.training)
+    unet.eval()
+    text_encoder.eval()
+    pipe = StableDiffusionPipeline(
+        vae=components.vae, text_encoder=text_encoder, tokenizer=components.tokenizer, unet=unet,
+        scheduler=make_scheduler(s.scheduler, components.noise_scheduler), safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    written = 0
+    try:
+        for group in batches(cells(prompts), s.batch_size):
+            p0 = group[0].prompt
+            device = accelerator.device
+            generators = [torch.Generator(device=device).manual_seed(c.seed) for c in group]
+            with torch.no_grad(), accelerator.autocast():
+                images = pipe(
+                    prompt=[c.prompt.text for c in group],
+                    negative_prompt=[p0.negative_prompt] * len(group) if p0.negative_prompt else None,
+                    num_inference_steps=p0.steps, guidance_scale=p0.guidance, width=width, height=height,
+                    generator=generators,
+                ).images
+            for c, image in zip(group, images):
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                path = out_dir / sample_name(c.prompt_index, c.seed)
+                atomic.write_bytes(path, buf.getvalue())
+                events.emit("sample", epoch=epoch, step=step, prompt=c.prompt_index, seed=c.seed,
+                            goal=c.prompt.kind, path=str(path.relative_to(run_path)))
+                written += 1
+    finally:
+        del pipe
+        unet.train(was_training[0])
+        text_encoder.train(was_training[1])
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return written

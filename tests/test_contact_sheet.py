@@ -1,0 +1,107 @@
+"""The contact sheet as data and as a PNG (`engine.contact_sheet`, `tunelab grid`)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from engine.contact_sheet import SheetLayout, load_sheet, read_best, render_sheet, write_best, write_sheet
+from engine.rundir import RunDir, checkpoint_name, sample_name
+
+PROMPTS = [
+    {"text": "a photo of the city at night", "kind": "preservation"},
+    {"text": "sks dog on the beach", "kind": "flexibility"},
+    {"text": "sks dog", "kind": "accuracy"},
+    {"text": "a watercolour of sks dog", "kind": "flexibility"},
+]
+
+
+def make_samples(run: RunDir, columns=((0, 0), (1, 10), (2, 20)), seeds=(42, 7), prompts=PROMPTS,
+                 skip=(), size=16, with_json=True) -> None:
+    """Sample folders as the trainer writes them: PNGs and a samples.json per column."""
+    for epoch, step in columns:
+        folder = run.samples_dir / checkpoint_name(epoch, step)
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in range(len(prompts)):
+            for seed in seeds:
+                if (epoch, p, seed) in skip:
+                    continue
+                shade = (epoch * 60 + p * 40 + seed) % 256
+                Image.new("RGB", (size, size), (shade, 255 - shade, 128)).save(folder / sample_name(p, seed))
+        if with_json:
+            (folder / "samples.json").write_text(json.dumps({
+                "epoch": epoch, "step": step, "seeds": list(seeds), "guidance": 7.5, "steps": 25,
+                "prompts": prompts}))
+
+
+def test_rows_are_grouped_by_goal_kind_and_columns_start_at_epoch_zero(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    make_samples(run, skip={(2, 1, 42)})
+    sheet = load_sheet(run)
+    assert [p.kind for p in sheet.rows] == ["accuracy", "flexibility", "flexibility", "preservation"]
+    assert [p.index for p in sheet.rows] == [2, 1, 3, 0]
+    assert [c.label for c in sheet.columns] == ["base", "epoch 1 · step 10", "epoch 2 · step 20"]
+    assert sheet.seeds == [7, 42] and sheet.seed == 7
+    assert [k for k, _ in sheet.groups()] == ["accuracy", "flexibility", "preservation"]
+    assert load_sheet(run, 42).cell_path(1, 2) is None  # prompt 1, epoch 2, seed 42 is missing
+    assert load_sheet(run, 7).cell_path(1, 2) is not None
+    assert sheet.rows[0].guidance == 7.5 and sheet.rows[0].steps == 25
+
+
+def test_a_folder_without_samples_json_still_shows_its_images_by_prompt_index(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0),), seeds=(42,), with_json=False)
+    sheet = load_sheet(run)
+    assert [p.text for p in sheet.rows] == ["prompt 0", "prompt 1", "prompt 2", "prompt 3"]
+    assert sheet.filled() == 4
+
+
+def test_the_png_is_rows_by_columns_with_empty_boxes_for_missing_cells(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    make_samples(run, skip={(2, 0, 7)})
+    layout = SheetLayout(cell=32)
+    out, sheet = write_sheet(run, tmp_path / "sheet.png", seed=7, layout=layout)
+    with Image.open(out) as img:
+        assert img.size == layout.size(4, 3, 3)
+        assert img.size == (layout.label_width + 3 * (32 + layout.gap) + layout.gap,
+                            layout.title_height + layout.header_height + 3 * layout.group_height
+                            + 4 * (32 + layout.gap) + layout.gap)
+        # The preservation row (last) at epoch 2 is missing: its cell's centre is background, not image.
+        x = layout.label_width + layout.gap + 2 * (32 + layout.gap) + 16
+        y = img.size[1] - layout.gap - 32 + 16
+        assert img.getpixel((x, y)) == (24, 24, 28)
+        # …while the cell beside it holds the image.
+        assert img.getpixel((x - (32 + layout.gap), y)) != (24, 24, 28)
+
+
+def test_best_json_is_written_atomically_and_read_back(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    run.path.mkdir(parents=True)
+    record = write_best(run, "e0002-s00000020", now=1_780_000_000)
+    assert read_best(run) == record
+    assert record["checkpoint"] == "e0002-s00000020" and record["epoch"] == 2 and record["step"] == 20
+    assert record["time"] == "2026-05-28T20:26:40Z"
+    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_tunelab_grid_writes_the_sheet_and_finds_a_run_by_id(tmp_path):
+    project = tmp_path / "projects" / "p"
+    run = RunDir(project / "runs" / "20260101-000000-x")
+    make_samples(run, seeds=(42,))
+    (run.path / "config.toml").write_text("")
+    env_root = Path(__file__).resolve().parent.parent
+    res = subprocess.run([sys.executable, "-m", "tui.cli", "grid", run.run_id, "-o", "out.png", "--cell", "24"],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(env_root),
+                                                                           "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "out.png"
+    assert "4 prompts × 3 checkpoints, seed 42, 12 of 12 cells filled" in res.stderr
+    with Image.open(tmp_path / "out.png") as img:
+        assert img.size == SheetLayout(cell=24).size(4, 3, 3)
+    bad = subprocess.run([sys.executable, "-m", "tui.cli", "grid", run.run_id, "--seed", "5"],
+                         cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(env_root),
+                                                                           "PATH": "/usr/bin:/bin"})
+    assert bad.returncode == 1 and "seed 5 has no samples; seeds with samples: 42" in bad.stderr

@@ -1,0 +1,50 @@
+"""`tunelab doctor`: a report that never hangs or fails on a bare box, and honours TUNELAB_IMAGES."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def doctor(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k != "TUNELAB_IMAGES"}
+    full_env.update(TUNELAB_NO_GPU="1", **env)
+    code = ("import sys, tui.cli; rc = tui.cli.main(sys.argv[1:]); "
+            "print('TORCH_LOADED' if 'torch' in sys.modules else '', file=sys.stderr); sys.exit(rc)")
+    return subprocess.run([sys.executable, "-c", code, "doctor", *argv], cwd=REPO, env=full_env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+
+
+def test_doctor_reports_every_section_without_a_terminal_or_gpu_and_without_importing_torch():
+    r = doctor()
+    assert r.returncode == 0, r.stderr
+    keys = [line.split()[0] for line in r.stdout.splitlines()]
+    assert keys == ["images", "colours", "terminal", "gpu", "torch", "diffusers", "transformers", "accelerate", "disk"]
+    assert "not a terminal" in r.stdout
+    assert next(l for l in r.stdout.splitlines() if l.startswith("gpu")).split()[1] == "none"
+    assert "TORCH_LOADED" not in r.stderr
+
+
+def test_tunelab_images_overrides_detection_and_an_invalid_value_is_reported():
+    r = doctor("--json", TUNELAB_IMAGES="sixel")
+    data = json.loads(r.stdout)
+    assert r.returncode == 0 and data["images"] == "sixel" and data["images_how"] == "from TUNELAB_IMAGES"
+    r = doctor("--json", TUNELAB_IMAGES="holograms")
+    data = json.loads(r.stdout)
+    assert r.returncode == 1 and data["images"] == "invalid" and "holograms" in data["images_how"]
+
+
+def test_doctor_json_has_versions_accelerate_config_and_disk(tmp_path):
+    (tmp_path / "hf" / "accelerate").mkdir(parents=True)
+    (tmp_path / "hf" / "accelerate" / "default_config.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+    r = doctor("--json", "--projects-dir", str(tmp_path / "not" / "yet"), HF_HOME=str(tmp_path / "hf"))
+    data = json.loads(r.stdout)
+    from importlib.metadata import version
+    assert data["torch"] == version("torch") and data["accelerate"] == version("accelerate")
+    assert data["accelerate_config"] == str(tmp_path / "hf" / "accelerate" / "default_config.yaml")
+    assert data["disk_path"] == str(tmp_path) and data["disk_free_bytes"] > 0
+    assert data["gpu"] == ["none"]

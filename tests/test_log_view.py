@@ -1,0 +1,182 @@
+"""The live log view: a newline-offset index built backwards and lazily, read on demand, that follows."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import os
+from array import array
+
+import pytest
+from textual.app import App, ComposeResult
+
+from tui.widgets import log_view as lv
+from tui.widgets.log_view import LineIndex, LogView, newline_offsets, overprint
+
+
+def index_of(data: bytes, chunk: int) -> LineIndex:
+    """Build an index the way the watcher does: backwards from the end in chunks."""
+    idx = LineIndex(len(data))
+    low = len(data)
+    while low > 0:
+        start = max(0, low - chunk)
+        found = newline_offsets(data[start:low], start)
+        found.reverse()
+        idx.add_back(found, start)
+        low = start
+    return idx
+
+
+def lines_of(data: bytes, idx: LineIndex) -> list[bytes]:
+    return [data[slice(*idx.span(i))] for i in range(idx.line_count)]
+
+
+@pytest.mark.parametrize("data", [b"", b"a", b"a\n", b"a\nb", b"a\nb\n", b"\n\n", b"one\n\ntwo\nthree"])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 1000])
+def test_index_built_backwards_gives_the_same_lines_as_splitlines(data, chunk):
+    idx = index_of(data, chunk)
+    expected = data.split(b"\n")
+    if expected and expected[-1] == b"":
+        expected.pop()
+    assert lines_of(data, idx) == expected
+
+
+def test_a_partial_index_hides_the_unfinished_first_line_and_shows_the_partial_last_one():
+    data = b"first line\nsecond\nthird\npartial"
+    idx = LineIndex(len(data))
+    low = len(data) - 15  # inside "second"
+    found = newline_offsets(data[low:], low)
+    found.reverse()
+    idx.add_back(found, low)
+    assert not idx.complete
+    assert lines_of(data, idx) == [b"third", b"partial"]
+    # Older data arrives: lines are added above, the count says how many.
+    rest = newline_offsets(data[:low], 0)
+    rest.reverse()
+    assert idx.add_back(rest, 0) == 2
+    assert lines_of(data, idx) == [b"first line", b"second", b"third", b"partial"]
+
+
+def test_appended_data_completes_the_partial_last_line():
+    data = b"a\nb"
+    idx = index_of(data, 100)
+    more = b"c\nd\n"
+    idx.add_forward(newline_offsets(more, len(data)), len(data) + len(more))
+    assert lines_of(data + more, idx) == [b"a", b"bc", b"d"]
+
+
+def test_offsets_are_eight_bytes_a_line():
+    data = b"x\n" * 1000
+    idx = index_of(data, 256)
+    assert idx.line_count == 1000
+    assert idx.nbytes == 8000
+    assert isinstance(newline_offsets(data, 0), array) and newline_offsets(data, 0).typecode == "Q"
+
+
+def test_carriage_returns_overprint_like_a_terminal():
+    assert overprint("10%\r20%\r100%") == "100%"
+    assert overprint("line\r") == "line"
+    assert overprint("abcdef\rxy") == "xycdef"
+    assert overprint("plain") == "plain"
+
+
+def sync(fn):
+    """Run an async test body on a fresh event loop (no async pytest plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+class LogApp(App):
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def compose(self) -> ComposeResult:
+        yield LogView(self.path, poll=0.05, id="log")
+
+
+async def wait_for(pilot, cond, timeout=5.0):
+    for _ in range(int(timeout / 0.05)):
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def visible(view: LogView) -> list[str]:
+    return [view.render_line(y).text.rstrip() for y in range(view.scrollable_content_region.height)]
+
+
+@sync
+async def test_log_view_shows_the_tail_follows_appends_and_survives_truncation(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join(b"line %d\n" % i for i in range(1000)) + b"progress 10%\rprogress 50%")
+    app = LogApp(path)
+    async with app.run_test(size=(60, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 1001)
+        await pilot.pause()
+        assert view.follow
+        assert visible(view)[-1] == "progress 50%"
+        assert visible(view)[-2] == "line 999"
+        with open(path, "ab") as f:
+            f.write(b"\rprogress 100%\nline 1000\n")
+        await wait_for(pilot, lambda: view.index.line_count == 1002)
+        await pilot.pause()
+        assert visible(view)[-2:] == ["progress 100%", "line 1000"]
+
+        # Scrolling up stops following; appended lines then do not move the view.
+        await pilot.press("pageup")
+        assert not view.follow
+        top = view.scroll_y
+        with open(path, "ab") as f:
+            f.write(b"line 1001\n")
+        await wait_for(pilot, lambda: view.index.line_count == 1003)
+        assert view.scroll_y == top
+        await pilot.press("f")
+        assert view.follow and view.scroll_y == view.max_scroll_y
+
+        # Truncated (size shrank): scanned afresh.
+        path.write_bytes(b"fresh start\n")
+        await wait_for(pilot, lambda: view.index.line_count == 1 and view.index.end == 12)
+        await pilot.pause()
+        assert visible(view)[0] == "fresh start"
+
+
+@sync
+async def test_log_view_follows_a_rotated_file_and_waits_for_a_missing_one(tmp_path):
+    path = tmp_path / "train.log"
+    app = LogApp(path)
+    async with app.run_test(size=(60, 8)) as pilot:
+        view = app.query_one(LogView)
+        await pilot.pause(0.1)
+        assert view.index.line_count == 0
+        assert "waiting" in str(view.border_subtitle)
+        path.write_bytes(b"old 1\nold 2\n")
+        await wait_for(pilot, lambda: view.index.line_count == 2)
+        os.rename(path, tmp_path / "train.log.1")
+        path.write_bytes(b"new\n")
+        await wait_for(pilot, lambda: view.index.line_count == 1 and view.index.end == 4)
+        await pilot.pause()
+        assert visible(view)[0] == "new"
+
+
+@sync
+async def test_a_big_log_indexes_only_its_tail_until_the_user_goes_to_the_top(tmp_path, monkeypatch):
+    monkeypatch.setattr(lv, "AUTO_INDEX_BYTES", 64 * 1024)
+    monkeypatch.setattr(lv, "BACK_CHUNK", 64 * 1024)
+    path = tmp_path / "train.log"
+    line = b"x" * 99 + b"\n"
+    path.write_bytes(line * 20000)  # 2 MB
+    app = LogApp(path)
+    async with app.run_test(size=(60, 10)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count > 0)
+        await pilot.pause(0.3)
+        assert not view.index.complete
+        assert view.index.line_count < 2000  # bounded: ~128 KB of 2 MB indexed
+        await pilot.press("home")
+        await wait_for(pilot, lambda: view.index.complete)
+        assert view.index.line_count == 20000
+        assert not view.follow

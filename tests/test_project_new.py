@@ -1,0 +1,76 @@
+"""`tunelab new`: a project that checks out of the box, refusing to clobber anything."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from engine.config import default_config, load_run_config
+from engine.project import load_project_file, scan_project
+from tests.projectkit import tree_digest, write_image
+from tui.cli import main
+
+
+def new(capsys, *argv) -> tuple[int, str, str]:
+    rc = main(["new", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_a_bare_name_creates_a_project_under_projects_with_a_valid_project_file_and_lora_config(tmp_path, capsys,
+                                                                                               monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = new(capsys, "dogs")
+    assert rc == 0, err
+    p = tmp_path / "projects" / "dogs"
+    pf = load_project_file(p)
+    assert pf.name == "dogs" and pf.concepts == [] and pf.goals.as_dict() == {
+        "accuracy": [], "flexibility": [], "preservation": []}
+    text = (p / "project.toml").read_text()
+    assert "# The subject as trained" in text and "# [[concepts]]" in text
+    assert load_run_config(p / "configs" / "lora.toml") == default_config("lora")
+    assert (p / "images").is_dir()
+
+
+def test_from_copies_images_captions_and_metadata_keeping_subfolders(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_image(src / "a.png", caption="a dog")
+    write_image(src / "more" / "b.JPG", caption="another")
+    (src / "metadata.csv").write_text("file_name,name\na.png,rex\n")
+    (src / ".DS_Store").write_bytes(b"junk")
+    (src / "notes.md").write_text("not data")
+    src_before = tree_digest(src)
+    rc, out, err = new(capsys, tmp_path / "proj", "--from", src)
+    assert rc == 0, err
+    assert "copied 2 image(s) and 3 caption/metadata file(s)" in out
+    p = tmp_path / "proj"
+    assert sorted(x.relative_to(p / "images").as_posix() for x in (p / "images").rglob("*")) == \
+        ["a.png", "a.txt", "metadata.csv", "more", "more/b.JPG", "more/b.txt"]
+    ds = scan_project(p)
+    assert [c.name for c in ds.concepts] == ["images"] and len(ds.usable_items) == 2
+    assert tree_digest(src) == src_before
+
+
+def test_from_with_link_symlinks_the_images(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_image(src / "a.png", caption="a dog")
+    rc, _, _ = new(capsys, tmp_path / "proj", "--from", src, "--link")
+    img = tmp_path / "proj" / "images" / "a.png"
+    assert rc == 0 and img.is_symlink() and img.resolve() == (src / "a.png").resolve()
+    assert not (tmp_path / "proj" / "images" / "a.txt").is_symlink()  # captions are copied: editing is safe
+
+
+def test_new_refuses_dotdot_and_an_existing_non_empty_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, _, err = new(capsys, "../escape")
+    assert rc == 2 and "'..'" in err and not (tmp_path.parent / "escape").exists()
+    (tmp_path / "projects" / "taken").mkdir(parents=True)
+    (tmp_path / "projects" / "taken" / "mine.txt").write_text("keep me")
+    rc, _, err = new(capsys, "taken")
+    assert rc == 1 and "not empty" in err
+    assert sorted(x.name for x in (tmp_path / "projects" / "taken").iterdir()) == ["mine.txt"]
+    (tmp_path / "projects" / "empty").mkdir()
+    assert new(capsys, "empty")[0] == 0
+
+
+def test_from_a_folder_that_does_not_exist_creates_nothing(tmp_path, capsys):
+    rc, _, err = new(capsys, tmp_path / "proj", "--from", tmp_path / "nope")
+    assert rc == 2 and "not a folder" in err and not (tmp_path / "proj").exists()

@@ -1,0 +1,249 @@
+"""The trainer, run in-process on the tiny model: events, checkpoints, samples, resume, failures."""
+from __future__ import annotations
+
+import errno
+import json
+
+import pytest
+import torch
+
+from engine.train import checkpoint as ckpt
+from engine.train import loop
+from engine.train.loop import train
+from tests.train_fixtures import events, make_project, make_run, tiny_config
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def losses(run) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events(run, "progress")}
+
+
+def test_a_lora_run_writes_progress_checkpoints_samples_and_finishes(tmp_path):
+    project = make_project(tmp_path, bad=1)
+    cfg = tiny_config(**{"data.validation_split": 0.25})  # 4 images: 3 train, 1 validation
+    cfg.save.epochs = [1]
+    run = make_run(project, cfg)
+
+    assert train(run.path) == 0
+
+    kinds = [e["kind"] for e in events(run)]
+    assert kinds[0] == "warning" and "broken0.png" in events(run, "warning")[0]["message"]
+    assert kinds[-1] == "finished"
+    start = events(run, "start")[0]
+    assert start["total_steps"] == 4 and start["steps_per_epoch"] == 2 and start["resumed_from_step"] is None
+    progress = events(run, "progress")
+    assert [p["step"] for p in progress] == [1, 2, 3, 4]
+    for p in progress:
+        assert {"loss", "smooth_loss", "lr", "img_s", "eta_s", "elapsed", "epoch", "epochs", "total_steps"} <= set(p)
+        assert p["loss"] > 0 and p["img_s"] > 0
+    assert [(e["epoch"], e["step"]) for e in events(run, "epoch")] == [(1, 2), (2, 4)]
+    val = events(run, "val_loss")
+    assert [v["epoch"] for v in val] == [1, 2] and all(v["images"] == 1 for v in val)
+
+    assert [c["path"] for c in events(run, "checkpoint")] == ["checkpoints/e0001-s00000002",
+                                                               "checkpoints/e0002-s00000004"]
+    for ck in run.checkpoints():
+        assert ck.complete
+        assert (ck.path / "pytorch_lora_weights.safetensors").is_file()
+        assert (ck.path / "state" / "optimizer.safetensors").is_file()
+        assert not list(ck.path.rglob("*.pt")) and not list(ck.path.rglob("*.bin")) and not list(ck.path.rglob("*.pkl"))
+    # Epoch 0 and every save get a sample column: 2 prompts x 2 seeds.
+    assert [c[0] for c in run.sample_columns()] == ["e0000-s00000000", "e0001-s00000002", "e0002-s00000004"]
+    col = run.samples_dir / "e0002-s00000004"
+    assert sorted(p.name for p in col.glob("*.png")) == ["p00-s0001.png", "p00-s0002.png", "p01-s0001.png",
+                                                         "p01-s0002.png"]
+    listing = json.loads((col / "samples.json").read_text())
+    assert [p["kind"] for p in listing["prompts"]] == ["accuracy", "preservation"]
+    assert listing["prompts"][0]["seeds"] == [1, 2] and listing["prompts"][0]["steps"] == 2
+    samples = events(run, "sample")
+    assert len(samples) == 12 and samples[0]["path"] == "samples/e0000-s00000000/p00-s0001.png"
+    assert samples[0]["goal"] == "accuracy"
+
+
+def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 3, "train.scheduler": "cosine", "train.warmup_steps": 2,
+                         "lora.dropout": 0.1, "data.flip": True, "data.caption_dropout": 0.3})
+    cfg.sample.at_start = False
+    straight = make_run(make_project(tmp_path / "a", goals=False), cfg)
+    assert train(straight.path) == 0
+
+    stopped = make_run(make_project(tmp_path / "b", goals=False), cfg)
+    assert train(stopped.path, stop_after_steps=3) == 0  # mid-epoch: epoch 2 has 2 steps
+    assert events(stopped, "stopped")[-1]["step"] == 3
+    assert [c.path.name for c in stopped.checkpoints()] == ["e0001-s00000003"]
+    assert train(stopped.path, resume=True) == 0
+
+    assert events(stopped, "resumed")[0]["step"] == 3
+    assert events(stopped, "start")[-1]["resumed_from_step"] == 3
+    a, b = losses(straight), losses(stopped)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    for step in a:
+        assert b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6), step
+    assert events(stopped, "finished")[-1]["step"] == 6
+    # The final weights agree too.
+    wa = ckpt.read_state(straight.latest_complete_checkpoint().path).trainable
+    wb = ckpt.read_state(stopped.latest_complete_checkpoint().path).trainable
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_control_files_save_sample_and_stop(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 5})
+    cfg.sample.at_start = False
+    cfg.save.last = False
+    run = make_run(make_project(tmp_path), cfg)
+    run.request("save-now")
+    run.request("sample-now")  # served by the save's sample column
+    calls = []
+    real = loop.train_step
+
+    def step_then_stop(s, micro_batches):
+        calls.append(1)
+        if len(calls) == 2:
+            run.request("stop")
+        return real(s, micro_batches)
+
+    loop.train_step, saved = step_then_stop, loop.train_step
+    try:
+        assert train(run.path) == 0
+    finally:
+        loop.train_step = saved
+    cks = events(run, "checkpoint")
+    assert [(c["step"], c["reason"]) for c in cks] == [(1, "request"), (2, "request")]
+    assert events(run, "stopped")[0] == {**events(run, "stopped")[0], "step": 2, "reason": "request"}
+    assert [c[0] for c in run.sample_columns()] == ["e0000-s00000001", "e0001-s00000002"]
+    assert not list(run.control_dir.iterdir())
+
+
+def test_nothing_usable_is_an_error_listing_the_items(tmp_path):
+    project = make_project(tmp_path, n=0, bad=2)
+    run = make_run(project, tiny_config())
+    assert train(run.path) == 1
+    err = events(run, "error")[0]
+    assert "no usable training images" in err["message"] and "broken1.png" in err["message"]
+    assert not run.checkpoints_dir.exists()
+
+
+def test_a_nan_loss_stops_with_an_error_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config(**{"train.epochs": 3, "train.log_every": 2})
+    cfg.sample.at_start = False
+    cfg.save.every_n_steps = 2
+    run = make_run(make_project(tmp_path, goals=False), cfg)
+    real = loop.compute_loss
+    monkeypatch.setattr(loop, "compute_loss",
+                        lambda s, b: real(s, b) * (float("nan") if s.position.step >= 2 else 1.0))
+    assert train(run.path) == 1
+    err = events(run, "error")[0]
+    assert err["message"].startswith("loss became NaN at step 3; lower the learning rate")
+    assert "checkpoints/e0001-s00000002" in err["message"]
+    assert [c.path.name for c in run.checkpoints()] == ["e0001-s00000002"]
+    weights = ckpt.read_state(run.checkpoints()[0].path).trainable
+    assert all(torch.isfinite(w).all() for w in weights.values())
+
+
+def test_a_full_disk_during_a_save_leaves_earlier_checkpoints_and_no_partial_folder(tmp_path, monkeypatch):
+    cfg = tiny_config(**{"train.epochs": 2})
+    cfg.sample.at_start = False
+    cfg.save.every_n_epochs = 1
+    run = make_run(make_project(tmp_path, goals=False), cfg)
+    real, calls = ckpt.write_state, []
+
+    def failing(folder, **kw):
+        calls.append(folder)
+        if len(calls) == 2:
+            (folder / "state").mkdir()
+            (folder / "state" / "half.safetensors").write_bytes(b"x" * 10)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(folder, **kw)
+
+    monkeypatch.setattr(ckpt, "write_state", failing)
+    assert train(run.path) == 1
+    err = events(run, "error")[0]
+    assert "disk is full" in err["message"] and err["path"].endswith("checkpoints/e0002-s00000004")
+    assert sorted(p.name for p in run.checkpoints_dir.iterdir()) == ["e0001-s00000002"]
+    assert run.checkpoints()[0].complete
+
+
+def test_out_of_memory_names_the_settings_to_lower(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, goals=False), cfg)
+
+    def oom(s, b):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(loop, "compute_loss", oom)
+    assert train(run.path) == 1
+    msg = events(run, "error")[0]["message"]
+    for key in ("train.batch_size", "data.resolution", "train.gradient_checkpointing", "train.mixed_precision"):
+        assert key in msg
+
+
+def test_out_of_memory_while_sampling_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
+    from engine.train import sampling
+
+    run = make_run(make_project(tmp_path), tiny_config(**{"train.epochs": 1}))
+
+    def oom(**kw):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(sampling, "render_samples", oom)
+    assert train(run.path) == 0
+    assert any("out of memory while sampling" in w["message"] for w in events(run, "warning"))
+    assert events(run, "finished")
+
+
+def test_the_time_budget_stops_gracefully_with_a_checkpoint(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 50, "budget.max_hours": 1e-9})
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, goals=False), cfg)
+    assert train(run.path) == 0
+    assert any(w.get("reason") == "budget" for w in events(run, "warning"))
+    assert events(run, "stopped")[0]["reason"] == "budget" and events(run, "stopped")[0]["step"] == 1
+    assert run.latest_complete_checkpoint().step == 1
+
+
+def test_adamw8bit_without_bitsandbytes_fails_before_training(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import bitsandbytes  # noqa: F401
+        pytest.skip("bitsandbytes is installed")
+    except ImportError:
+        pass
+    run = make_run(make_project(tmp_path, goals=False), tiny_config(**{"train.optimizer": "adamw8bit"}))
+    assert train(run.path) == 1
+    assert "bitsandbytes" in events(run, "error")[0]["message"]
+    assert not events(run, "start")
+
+
+def test_keep_last_prunes_old_checkpoints_but_not_listed_epochs_or_samples(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 4, "train.batch_size": 4})
+    cfg.sample.at_start = False
+    cfg.save.every_n_epochs = 1
+    cfg.save.keep_last = 1
+    cfg.save.epochs = [1]
+    cfg.save.state = False
+    cfg.save.formats = ["diffusers"]
+    run = make_run(make_project(tmp_path), cfg)
+    assert train(run.path) == 0
+    assert [c.path.name for c in run.checkpoints()] == ["e0001-s00000001", "e0004-s00000004"]
+    assert [e["path"] for e in events(run, "checkpoint_deleted")] == ["checkpoints/e0002-s00000002",
+                                                                     "checkpoints/e0003-s00000003"]
+    assert len(run.sample_columns()) == 4
+
+
+def test_v_prediction_min_snr_noise_offset_accumulation_and_uncached_data_train(tmp_path):
+    cfg = tiny_config(**{"model.prediction_type": "v_prediction", "train.min_snr_gamma": 5.0,
+                         "train.noise_offset": 0.1, "train.gradient_accumulation": 2, "train.batch_size": 1,
+                         "train.scheduler": "linear", "data.crop": "random", "data.cache_text": False,
+                         "train.epochs": 1, "lora.train_text_encoder": True, "train.gradient_checkpointing": True})
+    cfg.sample.at_start = False
+    cfg.sample.scheduler = "euler_a"
+    run = make_run(make_project(tmp_path, n=3), cfg)
+    assert train(run.path) == 0
+    assert any("random" in w["message"] for w in events(run, "warning"))
+    assert events(run, "start")[0]["cache"] == {"latents": False, "text": False, "computed": 0}
+    assert [p["step"] for p in events(run, "progress")] == [1, 2]  # 3 micro-batches, 2 per step
+    assert len(list((run.samples_dir / "e0001-s00000002").glob("*.png"))) == 4

@@ -1,0 +1,223 @@
+"""The Runs tab: a live table of the project's runs, driven by the run directories alone."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.widgets import DataTable, Footer
+
+from engine import launch
+from engine.rundir import RunDir, append_event, checkpoint_name
+from tests.fake_trainer import FAST_ENV, kill_run_processes, make_project, wait_state
+from tui.widgets.runs_pane import ConfirmModal, ProblemsModal, RunsPane
+
+pytestmark = pytest.mark.timeout(60)
+
+FIXED_NOW = 1_780_000_000.0  # a fixed clock for snapshots
+
+
+def sync(fn):
+    """Run an async test body on a fresh event loop (no async pytest plugin needed)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+    return wrapper
+
+
+class PaneApp(App):
+    """The Runs pane alone, as the project screen mounts it."""
+
+    def __init__(self, project: Path, clock=None, poll: float = 0.2):
+        super().__init__()
+        self.project, self.poll = project, poll
+        if clock is not None:
+            self.clock = clock
+
+    def compose(self) -> ComposeResult:
+        yield RunsPane(self.project, poll=self.poll)
+        yield Footer()
+
+
+async def until(pilot, cond, timeout: float = 15.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        await pilot.pause(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def table_state(app) -> dict[str, str]:
+    table = app.query_one(DataTable)
+    return {str(k.value): str(table.get_cell(k, "state")) for k in table.rows}
+
+
+def write_run(project: Path, run_id: str, state: str = "finished", epochs: int = 3, steps: int = 12,
+              done_epochs: int = 3, started: float = FIXED_NOW - 3600, rate: float = 2.0,
+              samples: bool = False) -> RunDir:
+    """A run dir as the supervisor and trainer leave it, written directly (no processes)."""
+    rd = RunDir(project / "runs" / run_id)
+    for d in (rd.control_dir, rd.checkpoints_dir, rd.samples_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    rd.config_path.write_text(f'method = "lora"\ndescription = "demo run"\n[train]\nepochs = {epochs}\n'
+                              f'[budget]\ngpu_hourly_cost = {rate}\ncurrency = "$"\n')
+    ended = started + 1800 if state not in ("running", "starting", "stopping") else None
+    status = {"state": state, "started_t": started, "started": "2026-05-28T19:06:40Z", "host": "h"}
+    if ended:
+        status.update(ended_t=ended, ended="2026-05-28T19:36:40Z", exit_code=0)
+    rd.write_status(status)
+    lines = []
+    per_epoch = steps // epochs
+    for step in range(1, done_epochs * per_epoch + 1):
+        epoch = (step - 1) // per_epoch + 1
+        lines.append({"t": started + step * 10, "kind": "progress", "step": step, "epoch": epoch,
+                      "epochs": epochs, "total_steps": steps, "loss": round(0.5 / step + 0.05, 4),
+                      "lr": 1e-4, "img_s": 3.5, "eta_s": (steps - step) * 10})
+        if step % per_epoch == 0:
+            lines.append({"t": started + step * 10, "kind": "epoch", "epoch": epoch, "epochs": epochs,
+                          "step": step, "seconds": per_epoch * 10.0})
+            lines.append({"t": started + step * 10, "kind": "val_loss", "epoch": epoch, "step": step,
+                          "loss": round(0.6 / step + 0.06, 4)})
+            name = checkpoint_name(epoch, step)
+            (rd.checkpoints_dir / name).mkdir(exist_ok=True)
+            (rd.checkpoints_dir / name / "COMPLETE").write_text("")
+            lines.append({"t": started + step * 10, "kind": "checkpoint", "epoch": epoch, "step": step,
+                          "path": f"checkpoints/{name}"})
+    rd.events_path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    rd.log_path.write_text("".join(f"step {i}: loss {0.5 / i + 0.05:.4f}\n" for i in range(1, 40)))
+    return rd
+
+
+@pytest.fixture
+def fake_env(monkeypatch):
+    for k, v in FAST_ENV.items():
+        monkeypatch.setenv(k, v)
+    for k in list(os.environ):
+        if k.startswith("TUNELAB_FAKE_"):
+            monkeypatch.delenv(k)
+    monkeypatch.setenv("TUNELAB_NO_GPU", "1")
+    started: list[RunDir] = []
+    yield started
+    for rd in list(started) + [RunDir(p) for p in []]:
+        kill_run_processes(rd)
+
+
+def test_lost_is_shown_for_a_running_status_nobody_holds(tmp_path):
+    project = make_project(tmp_path)
+    write_run(project, "20260101-000000-a", state="running", done_epochs=1)
+    write_run(project, "20260101-000001-b", state="finished")
+
+    @sync
+    async def body():
+        app = PaneApp(project, clock=lambda: FIXED_NOW)
+        async with app.run_test(size=(160, 20)) as pilot:
+            await until(pilot, lambda: len(table_state(app)) == 2, what="two rows")
+            assert table_state(app) == {"20260101-000000-a": "lost", "20260101-000001-b": "finished"}
+            table = app.query_one(DataTable)
+            assert list(str(k.value) for k in table.rows) == ["20260101-000001-b", "20260101-000000-a"]
+            row = [str(c) for c in table.get_row("20260101-000001-b")]
+            assert row[3] == "3/3" and row[9] == "$1.00"  # 30 min at $2/h
+    body()
+
+
+def test_delete_asks_first_and_refuses_a_lost_run(tmp_path):
+    project = make_project(tmp_path)
+    lost = write_run(project, "20260101-000000-a", state="running", done_epochs=1)
+    done = write_run(project, "20260101-000001-b", state="finished")
+
+    @sync
+    async def body():
+        app = PaneApp(project, clock=lambda: FIXED_NOW)
+        async with app.run_test(size=(160, 20)) as pilot:
+            await until(pilot, lambda: len(table_state(app)) == 2)
+            app.query_one(DataTable).focus()
+            await pilot.press("down", "delete")  # the lost run
+            await pilot.pause()
+            assert not isinstance(app.screen, ConfirmModal) and lost.path.exists()
+            await pilot.press("up", "delete")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmModal)
+            await pilot.press("y")
+            await until(pilot, lambda: not done.path.exists(), what="deleted")
+            await until(pilot, lambda: list(table_state(app)) == ["20260101-000000-a"])
+    body()
+
+
+def test_launch_shows_the_check_errors_in_a_modal_and_launches_nothing(tmp_path):
+    project = make_project(tmp_path, "[train]\nepochs = -1\n")
+
+    @sync
+    async def body():
+        app = PaneApp(project)
+        async with app.run_test(size=(120, 30)) as pilot:
+            await pilot.pause()
+            app.query_one(DataTable).focus()
+            await pilot.press("n")
+            await pilot.pause()
+            await pilot.press("enter")  # the only config, x
+            await until(pilot, lambda: isinstance(app.screen, ProblemsModal), timeout=30, what="modal")
+            body_text = str(app.screen.body)
+            assert "train.epochs" in body_text
+            assert not (project / "runs").exists() or not any((project / "runs").iterdir())
+    body()
+
+
+def test_live_progress_stop_resume_and_a_second_tui_sees_the_same(tmp_path, fake_env, monkeypatch):
+    monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.15")
+    monkeypatch.setenv("TUNELAB_FAKE_STEPS_PER_EPOCH", "4")
+    project = make_project(tmp_path, "[train]\nepochs = 6\n")
+    rd = launch.create_run(project, "x")
+    fake_env.append(rd)
+    launch.start_supervisor(rd)
+
+    @sync
+    async def body():
+        app = PaneApp(project)
+        async with app.run_test(size=(160, 20)) as pilot:
+            await until(pilot, lambda: table_state(app).get(rd.run_id) == "running", what="running")
+            table = app.query_one(DataTable)
+            seen = set()
+
+            def progressed():
+                seen.add(str(table.get_cell(rd.run_id, "epoch")))
+                return len(seen - {"-", "0/6"}) >= 2
+
+            await until(pilot, progressed, what="live progress")
+            table.focus()
+            await pilot.press("s")  # graceful stop
+            await until(pilot, lambda: table_state(app).get(rd.run_id) == "stopped", what="stopped")
+        assert rd.latest_complete_checkpoint() is not None
+
+        # Re-attach: a second app sees the same truth from the run dir.
+        app2 = PaneApp(project)
+        async with app2.run_test(size=(160, 20)) as pilot:
+            await until(pilot, lambda: table_state(app2).get(rd.run_id) == "stopped")
+            app2.query_one(DataTable).focus()
+            await pilot.press("r")  # resume
+            await until(pilot, lambda: table_state(app2).get(rd.run_id) in ("running", "finished"),
+                        what="resumed")
+        wait_state(rd, "finished", timeout=30)
+    body()
+
+
+def test_snapshot_runs_tab(tmp_path, snap_compare, monkeypatch):
+    monkeypatch.setenv("TUNELAB_NO_GPU", "1")
+    project = make_project(tmp_path)
+    write_run(project, "20260101-000000-lora", state="finished")
+    write_run(project, "20260102-000000-full", state="running", done_epochs=1)  # no supervisor: lost
+    write_run(project, "20260103-000000-dreambooth", state="stopped", done_epochs=2)
+    from engine.contact_sheet import write_best
+    write_best(RunDir(project / "runs" / "20260101-000000-lora"), "e0002-s00000008", now=FIXED_NOW)
+    app = PaneApp(project, clock=lambda: FIXED_NOW, poll=0)
+
+    async def loaded(pilot):
+        await until(pilot, lambda: len(table_state(app)) == 3)
+        await pilot.pause()
+
+    assert snap_compare(app, terminal_size=(150, 12), run_before=loaded)

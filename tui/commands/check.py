@@ -1,0 +1,174 @@
+"""`tunelab check PROJECT [CONFIG]`: validate a project (and a run config) and print what training would see.
+
+Prints the concepts with repeats and counts, the effective images and steps per epoch, every problem
+with its path and reason, and with CONFIG the fully resolved config and its validation errors.
+Exit status: 1 when the project cannot be trained as it is (invalid project.toml or config, a missing
+concept folder, unreadable metadata, a bad base model, no usable image; with --strict also any
+unreadable image or orphan caption), else 0. Bad images alone are not errors: a run skips them.
+It never writes the user's files; only the disposable header cache `.cache/scan.json` (--no-cache: not even that).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+HELP = "validate a project (and a config); print the resolved dataset and config"
+SHOWN_PER_FLAG = 10
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("project", help="project folder, or a name under ./projects")
+    p.add_argument("config", nargs="?", help="run config: a name in the project's configs/ (lora or lora.toml) or a path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, as `tunelab run` would (repeatable)")
+    p.add_argument("--resolution", type=int, default=None,
+                   help="flag images smaller than this (default: the config's data.resolution; none without a config)")
+    p.add_argument("--all", action="store_true", help="list every flagged image, not the first %d per kind" % SHOWN_PER_FLAG)
+    p.add_argument("--strict", action="store_true", help="exit 1 also for unreadable images and orphan captions")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the header cache .cache/scan.json")
+    p.add_argument("--projects-dir", default="projects", help=argparse.SUPPRESS)
+
+
+def resolve_config_path(arg: str, project_dir: Path) -> Path:
+    """A config argument: a name in the project's configs/ (`lora` or `lora.toml`), else a path."""
+    for c in (project_dir / "configs" / arg, project_dir / "configs" / f"{arg}.toml", Path(arg)):
+        if c.is_file():
+            return c
+    if "/" in arg or Path(arg).is_absolute():
+        return Path(arg)
+    return project_dir / "configs" / (arg if arg.endswith(".toml") else f"{arg}.toml")
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.config import dump_config, load_run_config
+    from engine.project import FLAG_UNREADABLE, load_project_file, resolve_project, scan_project
+    from engine.schema import ConfigError
+
+    out = sys.stdout
+    errors: list[str] = []
+    project_dir = resolve_project(args.project, args.projects_dir)
+    if not project_dir.is_dir():
+        print(f"{args.project}: no such project (not a folder, and not a name under {args.projects_dir}/)", file=sys.stderr)
+        return 1
+
+    try:
+        pf = load_project_file(project_dir)
+    except ConfigError as e:
+        print(f"project.toml has errors:\n{_indent(str(e))}", file=sys.stderr)
+        return 1
+
+    cfg = None
+    if args.config:
+        cpath = resolve_config_path(args.config, project_dir)
+        try:
+            cfg = load_run_config(cpath, args.overrides)
+        except ConfigError as e:
+            errors.append(f"config has errors:\n{_indent(str(e))}")
+
+    resolution = args.resolution or (cfg.data.resolution if cfg else None)
+    ds = scan_project(project_dir, resolution=resolution, use_cache=not args.no_cache, project=pf,
+                      concepts=(cfg.data.concepts if cfg else None) or None)
+
+    print(f"project {pf.name}  ({project_dir})", file=out)
+    if ds.implicit_concepts:
+        print("concepts: none listed in project.toml; each top-level image folder is one (sidecar captions, 1 repeat)", file=out)
+    rows = [("concept", "repeats", "caption", "images", "usable", "captioned", "effective")]
+    for c in ds.concepts:
+        rows.append((c.name, str(c.repeats), c.caption, str(c.images), str(c.usable), str(c.captioned), str(c.effective)))
+    usable = len(ds.usable_items)
+    rows.append(("total", "", "", str(len(ds.items)), str(usable), str(sum(c.captioned for c in ds.concepts)),
+                 str(ds.effective_count)))
+    _table(rows, out)
+    if cfg:
+        t, launch = cfg.train, cfg.launch
+        procs = launch.num_processes * launch.num_machines
+        spe = ds.steps_per_epoch(t.batch_size, t.gradient_accumulation, procs)
+        print(f"steps per epoch: {spe}  (effective images {ds.effective_count} / batch {t.batch_size} x "
+              f"accumulation {t.gradient_accumulation} x processes {procs});  {t.epochs} epochs = {spe * t.epochs} steps",
+              file=out)
+    else:
+        print(f"steps per epoch at batch 1: {ds.steps_per_epoch(1)}  (give a CONFIG for its batch size)", file=out)
+
+    goals = pf.goals.as_dict()
+    n_goals = sum(len(v) for v in goals.values())
+    print(f"goals: {', '.join(f'{len(v)} {k}' for k, v in goals.items())}"
+          + ("  (none yet: add prompts to [goals] in project.toml; they are the default sample prompts)" if not n_goals else ""),
+          file=out)
+
+    if cfg is not None:
+        print(f"\nresolved config ({cpath}):", file=out)
+        out.write(_indent(dump_config(cfg)) + "\n")
+
+    # Problems: things that are not items, then unreadable items (all listed), then warnings (grouped).
+    unreadable = [i for i in ds.items if not i.usable]
+    if ds.problems or unreadable:
+        print(f"\nproblems ({len(ds.problems) + len(unreadable)}):", file=out)
+        for p in ds.problems:
+            print(f"  {'error: ' if p.error else ''}{p.path}: {p.reason}", file=out)
+        for i in unreadable:
+            reason = next(f for f in i.flags if f.startswith(FLAG_UNREADABLE))
+            print(f"  {i.rel}: {reason} (skipped)", file=out)
+    warnings: dict[str, list[str]] = defaultdict(list)
+    for i in ds.items:
+        if not i.usable:
+            continue
+        for f in i.flags:
+            kind = f.split(" (", 1)[0]
+            warnings[kind].append(f"{i.rel}: {f}")
+    if warnings:
+        print("\nwarnings:", file=out)
+        for kind, lines in warnings.items():
+            print(f"  {kind}: {len(lines)} image(s)", file=out)
+            shown = lines if args.all else lines[:SHOWN_PER_FLAG]
+            for line in shown:
+                print(f"    {line}", file=out)
+            if len(lines) > len(shown):
+                print(f"    ... and {len(lines) - len(shown)} more (--all lists every one)", file=out)
+
+    errors.extend(ds.errors)
+    if cfg is not None:
+        errors.extend(_base_problems(cfg, project_dir))
+    if args.strict and (ds.problems or unreadable):
+        errors.append(f"--strict: {len(ds.problems) + len(unreadable)} problem(s) listed above")
+
+    if errors:
+        print("\nerrors:", file=sys.stderr)
+        for e in errors:
+            print(_indent(e), file=sys.stderr)
+        return 1
+    print(f"\nok: {usable} usable image(s)" + (f", {len(ds.problems) + len(unreadable)} problem(s) skipped"
+                                              if ds.problems or unreadable else ""), file=out)
+    return 0
+
+
+def _base_problems(cfg, project_dir: Path) -> list[str]:
+    try:
+        from engine import basemodel
+    except ImportError:
+        return []
+    check = getattr(basemodel, "check_base", None)
+    if check is None:
+        return []
+    try:
+        result = check(cfg.model.base, project_dir, cfg.model.config or None)
+    except Exception as e:  # noqa: BLE001 - a broken check must not hide the rest of the report
+        return [f"model.base = {cfg.model.base!r}: {e}"]
+    if not result:
+        return []
+    return [str(r) for r in ([result] if isinstance(result, str) else result)]
+
+
+def _indent(text: str, by: str = "  ") -> str:
+    return "\n".join(by + line if line else line for line in text.rstrip("\n").split("\n"))
+
+
+def _table(rows: list[tuple[str, ...]], out) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for n, r in enumerate(rows):
+        cells = [r[0].ljust(widths[0])] + [c.rjust(w) if c.isdigit() or not c else c.ljust(w)
+                                            for c, w in zip(r[1:], widths[1:])]
+        print("  " + "  ".join(cells).rstrip(), file=out)
+        if n == 0 or n == len(rows) - 2:
+            print("  " + "  ".join("-" * w for w in widths), file=out)

@@ -1,0 +1,61 @@
+"""`tunelab grid RUN [-o sheet.png] [--seed N]`: write a run's contact sheet (prompts × checkpoints) as a PNG.
+
+RUN is a run directory, or a run id looked up under ./projects/*/runs/. The picture is the one the TUI's
+Compare tab exports (`engine.contact_sheet`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "write a run's contact sheet (prompts x checkpoints) as a PNG"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", metavar="RUN", help="a run directory, or a run id under ./projects/*/runs/")
+    parser.add_argument("-o", "--output", metavar="PNG",
+                        help="where to write the sheet (default: RUN/contact-sheet.png, or -s<SEED> added)")
+    parser.add_argument("--seed", type=int, default=None, help="which seed's images (default: the first seed)")
+    parser.add_argument("--cell", type=int, default=128, help="cell size in pixels (default 128)")
+
+
+def find_run(spec: str, projects: Path = Path("projects")) -> Path | None:
+    """A run directory from a path or a run id under PROJECTS/*/runs/."""
+    path = Path(spec)
+    if (path / "config.toml").is_file() or (path / "samples").is_dir():
+        return path
+    if "/" not in spec:
+        matches = sorted(projects.glob(f"*/runs/{spec}"))
+        if len(matches) == 1:
+            return matches[0]
+    return None
+
+
+def run(args: argparse.Namespace) -> int:
+    from engine.contact_sheet import SheetLayout, load_sheet, write_sheet
+
+    run_path = find_run(args.run)
+    if run_path is None:
+        print(f"tunelab grid: {args.run}: not a run directory, nor a run id under ./projects/*/runs/",
+              file=sys.stderr)
+        return 1
+    if args.cell < 16:
+        print(f"tunelab grid: --cell {args.cell}: must be >= 16", file=sys.stderr)
+        return 2
+    out = Path(args.output) if args.output else \
+        run_path / (f"contact-sheet-s{args.seed}.png" if args.seed is not None else "contact-sheet.png")
+    seeds = load_sheet(run_path).seeds
+    if args.seed is not None and seeds and args.seed not in seeds:
+        print(f"tunelab grid: seed {args.seed} has no samples; seeds with samples: "
+              f"{', '.join(map(str, seeds))}", file=sys.stderr)
+        return 1
+    try:
+        written, sheet = write_sheet(run_path, out, seed=args.seed, layout=SheetLayout(cell=args.cell))
+    except OSError as e:
+        print(f"tunelab grid: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(written)
+    print(f"{len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints, seed {sheet.seed}, "
+          f"{sheet.filled()} of {len(sheet.rows) * len(sheet.columns)} cells filled", file=sys.stderr)
+    return 0

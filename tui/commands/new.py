@@ -1,0 +1,155 @@
+"""`tunelab new NAME [--from DIR]`: create a project folder with a commented project.toml and configs/lora.toml.
+
+NAME is a project name (created under ./projects) or a path (anything with a `/`). It refuses `..`
+and a folder that exists and is not empty. With `--from DIR`, DIR's images, their sidecar captions and
+a metadata.csv/jsonl are copied (or, with `--link`, symlinked) into the project's `images/` folder,
+keeping DIR's subfolders; `images` is then the project's one concept (list more in project.toml).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path, PurePath
+
+HELP = "create a project"
+
+PROJECT_TEMPLATE = '''# A tunelab project. Reference: docs/project.md. `tunelab check {name}` validates it.
+name = {name_toml}
+notes = ""
+
+# Goals: what the fine-tuned model should do, as the prompts you will type afterwards. They are the
+# default sample prompts, and the contact sheet groups its rows by these three kinds.
+[goals]
+# The subject as trained, e.g. "a photo of sks dog on a sofa"
+accuracy = []
+# The subject somewhere new, e.g. "sks dog as an astronaut, oil painting"
+flexibility = []
+# Unrelated prompts, to see what the fine-tune broke, e.g. "a red sports car on a coast road"
+preservation = []
+
+# Concepts: image folders with a repeat count and a caption source. With none listed, every
+# top-level folder holding images is a concept with sidecar captions (photo.png + photo.txt), 1 repeat.
+#
+# [[concepts]]
+# folder = "images"
+# repeats = 1
+# caption = "sidecar"        # sidecar | fixed | template | filename | empty
+# text = ""                  # for caption = "fixed"
+# template = ""              # for caption = "template": "official art of pokemon {{name}}, {{type1}}"
+# metadata = ""              # metadata.csv / .jsonl with a file_name column (default: found in the folder)
+# trigger = ""               # a word put in front of every caption, e.g. "sks"
+'''
+
+CONFIG_HEADER = """# A run config for `tunelab run {name} lora`. Reference: docs/config.md.
+# Every key is optional; these are the defaults. Delete what you do not change.
+
+"""
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("name", help="project name (under ./projects) or a path")
+    p.add_argument("--from", dest="source", metavar="DIR", help="copy images, captions and metadata from DIR")
+    p.add_argument("--link", action="store_true", help="with --from: symlink the images instead of copying them")
+    p.add_argument("--projects-dir", default="projects", help="where a bare NAME goes (default ./projects)")
+
+
+def project_path(name: str, projects_dir: str | os.PathLike = "projects") -> Path:
+    """Where `tunelab new NAME` creates the project. Raises ValueError for a name that escapes."""
+    if not name.strip():
+        raise ValueError("the project name is empty")
+    parts = PurePath(name).parts
+    if ".." in parts:
+        raise ValueError(f"{name!r}: '..' is not allowed in a project name or path")
+    if "/" in name or os.sep in name or Path(name).is_absolute():
+        return Path(name)
+    if name.startswith("."):
+        raise ValueError(f"{name!r}: a project name cannot start with '.' (hidden folders are ignored)")
+    return Path(projects_dir) / name
+
+
+def _sources(src: Path) -> list[Path]:
+    from engine.captions import CAPTION_EXT
+    from engine.metadata import METADATA_NAMES
+    from engine.project import IMAGE_EXTS
+
+    out = []
+    for dirpath, dirnames, filenames in os.walk(src):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fn in sorted(filenames):
+            if fn.startswith("."):
+                continue
+            ext = os.path.splitext(fn)[1].lower()
+            if ext in IMAGE_EXTS or ext == CAPTION_EXT or fn in METADATA_NAMES:
+                out.append(Path(dirpath) / fn)
+    return out
+
+
+def create_project(path: Path, source: Path | None = None, link: bool = False) -> tuple[int, int]:
+    """Create the project; returns (images, other files) brought in from `source`."""
+    import tomli_w
+
+    from engine import atomic
+    from engine.config import default_config, dump_config
+    from engine.project import IMAGE_EXTS
+
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise FileExistsError(f"{path}: already exists and is not empty; pick another name or empty it")
+    files = _sources(source) if source is not None else []
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "configs").mkdir(exist_ok=True)
+    images_dir = path / "images"
+    images_dir.mkdir(exist_ok=True)
+    name = path.resolve().name
+    atomic.write_text(path / "project.toml", PROJECT_TEMPLATE.format(
+        name=name if path.parent == Path("projects") else str(path), name_toml=tomli_w.dumps({"n": name})[4:].strip()))
+    atomic.write_text(path / "configs" / "lora.toml", CONFIG_HEADER.format(name=name) + dump_config(default_config("lora")))
+    n_images = n_other = 0
+    for f in files:
+        dest = images_dir / f.relative_to(source)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        is_image = f.suffix.lower() in IMAGE_EXTS
+        if link and is_image:
+            os.symlink(f.resolve(), dest)
+        else:
+            shutil.copy2(f, dest)
+        n_images += is_image
+        n_other += not is_image
+    return n_images, n_other
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        path = project_path(args.name, args.projects_dir)
+    except ValueError as e:
+        print(f"tunelab new: {e}", file=sys.stderr)
+        return 2
+    source = None
+    if args.source:
+        source = Path(args.source)
+        if not source.is_dir():
+            print(f"tunelab new: --from {args.source}: not a folder", file=sys.stderr)
+            return 2
+        try:
+            if path.resolve().is_relative_to(source.resolve()):
+                print(f"tunelab new: {path} is inside --from {args.source}; create the project elsewhere", file=sys.stderr)
+                return 2
+        except OSError:
+            pass
+    try:
+        n_images, n_other = create_project(path, source, link=args.link)
+    except FileExistsError as e:
+        print(f"tunelab new: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        print(f"tunelab new: {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"created {path}")
+    if source is not None:
+        verb = "linked" if args.link else "copied"
+        print(f"  {verb} {n_images} image(s) and {n_other} caption/metadata file(s) from {source} into {path / 'images'}")
+    else:
+        print(f"  put images (with photo.txt captions) in {path / 'images'}/")
+    print(f"  write your goals in {path / 'project.toml'}, then: tunelab check {path} lora")
+    return 0

@@ -1,0 +1,225 @@
+"""Home: the projects under the projects folder, with images, captions, runs and last activity.
+
+The list paints at once with the project names; a worker then scans each project (images and
+captions via `engine.project.scan_project`, runs via `engine.rundir`) and fills its row in.
+A missing or empty projects folder is not an error: the screen says so and `n` creates a project.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Static
+from textual.worker import get_current_worker
+
+from engine.project import load_project_file, scan_project
+from engine.rundir import STATES, list_runs
+from engine.schema import ConfigError
+from tui import actions
+
+COLUMNS = ("project", "images", "captioned", "runs", "last activity", "notes")
+
+
+@dataclass
+class ProjectSummary:
+    name: str
+    path: Path
+    images: str = "…"
+    captioned: str = "…"
+    runs: str = "…"
+    activity: str = "…"
+    notes: str = ""
+
+    def row(self) -> tuple[str, ...]:
+        return (self.name, self.images, self.captioned, self.runs, self.activity, self.notes)
+
+
+def list_project_dirs(projects_dir: Path) -> list[Path]:
+    try:
+        entries = sorted(os.scandir(projects_dir), key=lambda e: e.name.lower())
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return []
+    return [Path(e.path) for e in entries if not e.name.startswith(".") and e.is_dir()]
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def last_activity(project_dir: Path, runs) -> float:
+    """Newest of: project.toml, configs, the top-level folders (a caption save renames into its folder),
+    and each run's status and events."""
+    stamps = [_mtime(project_dir / "project.toml")]
+    try:
+        for e in os.scandir(project_dir):
+            if not e.name.startswith(".") and e.name != "runs":
+                stamps.append(_mtime(Path(e.path)))
+    except OSError:
+        pass
+    stamps.extend(_mtime(p) for p in (project_dir / "configs").glob("*.toml"))
+    for run in runs:
+        stamps.extend((_mtime(run.status_path), _mtime(run.events_path)))
+    return max(stamps)
+
+
+def format_time(stamp: float) -> str:
+    if not stamp:
+        return "—"
+    return datetime.fromtimestamp(stamp, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def summarise(project_dir: Path) -> ProjectSummary:
+    s = ProjectSummary(project_dir.name, project_dir)
+    try:
+        pf = load_project_file(project_dir)
+        s.name = pf.name or project_dir.name
+        s.notes = pf.notes.strip().splitlines()[0] if pf.notes.strip() else ""
+        ds = scan_project(project_dir, project=pf)
+        usable = len(ds.usable_items)
+        captioned = sum(1 for i in ds.items if i.usable and i.caption)
+        s.images = f"{len(ds.items):,}"
+        s.captioned = f"{100 * captioned // usable}%" if usable else "—"
+    except ConfigError as e:
+        s.images = s.captioned = "?"
+        s.notes = f"project.toml has errors ({len(e.problems)})"
+    except OSError as e:
+        s.images = s.captioned = "?"
+        s.notes = f"cannot read: {e.strerror or e}"
+    runs = list_runs(project_dir)
+    counts = Counter(r.state() for r in runs)
+    s.runs = ", ".join(f"{counts[k]} {k}" for k in STATES if counts[k]) or "none"
+    s.activity = format_time(last_activity(project_dir, runs))
+    return s
+
+
+class HomeScreen(Screen[None]):
+    ACTION_SCOPE = "home"
+    BINDINGS = actions.bindings("home")
+
+    DEFAULT_CSS = """
+    HomeScreen #home-title { height: 1; background: $panel; padding: 0 1; }
+    HomeScreen #home-projects { height: 1fr; }
+    HomeScreen #home-empty { height: auto; padding: 1 2; color: $text-muted; }
+    """
+
+    class Listed(Message):
+        def __init__(self, dirs: list[Path]) -> None:
+            super().__init__()
+            self.dirs = dirs
+
+    class Summarised(Message):
+        def __init__(self, summary: ProjectSummary) -> None:
+            super().__init__()
+            self.summary = summary
+
+    def __init__(self, projects_dir: Path) -> None:
+        super().__init__()
+        self.projects_dir = projects_dir
+        self.summaries: dict[Path, ProjectSummary] = {}
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"tunelab — projects in {self.projects_dir}", id="home-title", markup=False)
+        table = DataTable(id="home-projects", cursor_type="row", zebra_stripes=False)
+        table.add_columns(*COLUMNS)
+        yield table
+        yield Static("", id="home-empty")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#home-empty").display = False
+        self.action_refresh()
+
+    def on_screen_resume(self) -> None:
+        if self.summaries:  # back from a project: its numbers may have changed
+            self.action_refresh()
+
+    # --- scanning ----------------------------------------------------------------------------
+    def action_refresh(self) -> None:
+        self._scan_worker()
+
+    @work(thread=True, exclusive=True, group="home-scan", exit_on_error=False)
+    def _scan_worker(self) -> None:
+        dirs = list_project_dirs(self.projects_dir)
+        self.post_message(self.Listed(dirs))
+        worker = get_current_worker()
+        for d in dirs:
+            if worker.is_cancelled:
+                return
+            self.post_message(self.Summarised(summarise(d)))
+
+    @on(Listed)
+    def _listed(self, event: Listed) -> None:
+        table = self.query_one("#home-projects", DataTable)
+        keep = self.selected
+        table.clear()
+        old = self.summaries
+        self.summaries = {}
+        for d in event.dirs:
+            s = old.get(d) or ProjectSummary(d.name, d)
+            self.summaries[d] = s
+            table.add_row(*s.row(), key=str(d))
+        if keep is not None and keep in self.summaries:
+            table.move_cursor(row=list(self.summaries).index(keep))
+        empty = self.query_one("#home-empty", Static)
+        if not event.dirs:
+            where = self.projects_dir
+            why = "does not exist yet" if not where.exists() else "has no projects yet"
+            empty.update(f"{where} {why}. Press n to create a project there "
+                         f"(or run `tunelab new NAME --from IMAGES_DIR`).")
+        empty.display = not event.dirs
+        table.display = bool(event.dirs)
+        if event.dirs:
+            table.focus()
+
+    @on(Summarised)
+    def _summarised(self, event: Summarised) -> None:
+        s = event.summary
+        if s.path not in self.summaries:
+            return
+        self.summaries[s.path] = s
+        table = self.query_one("#home-projects", DataTable)
+        for column, value in zip(table.columns, s.row()):
+            table.update_cell(str(s.path), column, value, update_width=True)
+
+    # --- actions -----------------------------------------------------------------------------
+    @property
+    def selected(self) -> Path | None:
+        table = self.query_one("#home-projects", DataTable)
+        if not self.summaries or table.row_count == 0:
+            return None
+        row = table.cursor_row
+        dirs = list(self.summaries)
+        return dirs[row] if 0 <= row < len(dirs) else None
+
+    @on(DataTable.RowSelected, "#home-projects")
+    def _row_selected(self) -> None:
+        self.action_open_project()
+
+    def action_open_project(self) -> None:
+        path = self.selected
+        if path is None:
+            self.app.bell()
+            return
+        self.app.open_project(path)  # type: ignore[attr-defined]
+
+    def action_new_project(self) -> None:
+        from tui.screens.new_project import NewProjectScreen
+
+        self.app.push_screen(NewProjectScreen(self.projects_dir), self._created)
+
+    def _created(self, path: Path | None) -> None:
+        if path is None:
+            return
+        self.notify(f"created {path}", timeout=3)
+        self.action_refresh()
+        self.app.open_project(path)  # type: ignore[attr-defined]

@@ -1,0 +1,156 @@
+"""The monitor of one run: its log, its training curves, its GPUs and what it costs, live.
+
+Everything comes from the run directory: `train.log` through `LogView`, `events.jsonl` through an
+incremental `RunWatcher` polled by a thread worker (new events only, by byte offset), NVML through
+`GpuPanel`. Actions write control requests (`RunDir.request`): sample now, save now, stop; the trainer
+picks them up at its next step. The screen can be closed and opened again at any time, from any TUI.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Static
+
+from engine.rundir import ALIVE_STATES, RunDir
+from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
+from tui.actions import bindings
+from tui.widgets.gpu_panel import GpuPanel
+from tui.widgets.log_view import LogView
+from tui.widgets.loss_plot import LossPlot, TrainingHistory
+from tui.widgets.runs_pane import STATE_STYLES, now_for, progress_bar, summary_fraction
+
+
+def stats_text(s: RunSummary, history: TrainingHistory) -> Text:
+    t = Text()
+
+    def row(label: str, value: str, style: str = "") -> None:
+        t.append(f"{label:<10}", style="dim")
+        t.append(value + "\n", style=style)
+
+    row("epoch", fmt_progress(s))
+    row("step", "-" if s.step is None else (f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)))
+    row("loss", "-" if s.loss is None else f"{s.loss:.4f}")
+    if history.smoothed:
+        row("smoothed", f"{history.smoothed[-1]:.4f}")
+    if history.val_loss:
+        row("val loss", f"{history.val_loss[-1]:.4f}")
+    row("lr", "-" if s.lr is None else f"{s.lr:.2e}")
+    row("img/s", "-" if s.img_s is None else f"{s.img_s:.1f}")
+    row("ETA", fmt_duration(s.eta_s) if s.alive else "-")
+    row("elapsed", fmt_duration(s.elapsed_s))
+    row("cost", fmt_cost(s) + (f"  ({fmt_cost(s, s.cost_per_epoch)}/epoch)" if s.cost_per_epoch else ""))
+    if s.epoch_seconds:
+        row("epoch time", fmt_duration(s.epoch_seconds))
+    row("checkpoints", f"{s.checkpoints}" + (f"  last {s.last_checkpoint}" if s.last_checkpoint else ""))
+    if s.error:
+        row("error", s.error, "red")
+    elif s.errors:
+        row("error", s.errors[-1], "red")
+    return t
+
+
+class MonitorScreen(Screen):
+    ACTION_SCOPE = "monitor"
+    BINDINGS = bindings("monitor")
+    DEFAULT_CSS = """
+    MonitorScreen #monitor-head { height: 1; padding: 0 1; background: $boost; }
+    MonitorScreen #monitor-body { height: 1fr; }
+    MonitorScreen LogView { width: 3fr; }
+    MonitorScreen #monitor-side { width: 2fr; min-width: 40; }
+    MonitorScreen LossPlot { height: 1fr; }
+    MonitorScreen #monitor-stats { height: auto; border: round $primary 40%; border-title-color: $text-muted; padding: 0 1; }
+    """
+
+    class Polled(Message):
+        def __init__(self, summary: RunSummary, events: list[dict[str, Any]]) -> None:
+            super().__init__()
+            self.summary, self.events = summary, events
+
+    def __init__(self, run_dir: RunDir | str, *, poll: float = 1.0, log_poll: float = 0.25) -> None:
+        super().__init__()
+        self.run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+        self.poll_seconds = poll
+        self.log_poll = log_poll
+        self.history = TrainingHistory()
+        self.summary: RunSummary | None = None
+        self._watcher = RunWatcher(self.run_dir)
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(self.run_dir.run_id, style="bold"), id="monitor-head")
+        with Horizontal(id="monitor-body"):
+            yield LogView(self.run_dir.log_path, poll=self.log_poll, id="monitor-log")
+            with Vertical(id="monitor-side"):
+                yield LossPlot(self.history, id="monitor-plot")
+                stats = Static("", id="monitor-stats")
+                stats.border_title = "run"
+                yield stats
+                yield GpuPanel(id="monitor-gpu")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(LogView).focus()
+        self.poll_now()
+        if self.poll_seconds > 0:
+            self.set_interval(self.poll_seconds, self.poll_now)
+
+    def poll_now(self) -> None:
+        self._poll(now_for(self))
+
+    @work(thread=True, exclusive=True, group="monitor-poll", exit_on_error=False)
+    def _poll(self, now: float) -> None:
+        summary = self._watcher.refresh(now)
+        self.post_message(self.Polled(summary, list(self._watcher.new_events)))
+
+    @on(Polled)
+    def _show(self, event: Polled) -> None:
+        s = self.summary = event.summary
+        if self.history.absorb(event.events):
+            self.query_one(LossPlot).update_history()
+        head = Text(s.run_id, style="bold")
+        head.append("  ")
+        head.append(s.state, style=STATE_STYLES.get(s.state, ""))
+        head.append("  ")
+        head.append_text(progress_bar(summary_fraction(s), 20))
+        if s.method:
+            head.append(f"  {s.method}", style="dim")
+        if s.description:
+            head.append(f"  {s.description}", style="dim italic")
+        self.query_one("#monitor-head", Static).update(head)
+        self.query_one("#monitor-stats", Static).update(stats_text(s, self.history))
+
+    # --- actions -----------------------------------------------------------------------------------
+    def action_back(self) -> None:
+        self.app.pop_screen()
+
+    def _request(self, name: str, done: str) -> None:
+        state = self.run_dir.state()
+        if state not in ALIVE_STATES:
+            self.notify(f"The run is {state}; nobody would read the request.", severity="warning")
+            return
+        try:
+            self.run_dir.request(name)
+        except OSError as e:
+            self.notify(f"Could not write the request: {e}", severity="error")
+            return
+        self.notify(done)
+
+    def action_sample_now(self) -> None:
+        self._request("sample-now", "Sample requested: images come at the next step.")
+
+    def action_save_now(self) -> None:
+        self._request("save-now", "Checkpoint requested: saved at the next step.")
+
+    def action_stop(self) -> None:
+        self._request("stop", "Stop requested: the trainer saves a checkpoint and exits.")
+
+    def action_toggle_log_scale(self) -> None:
+        self.query_one(LossPlot).toggle_log_scale()
+
+    def action_cycle_metric(self) -> None:
+        self.query_one(LossPlot).cycle_metric()

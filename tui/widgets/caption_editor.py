@@ -1,0 +1,280 @@
+"""The caption editor: a TextArea for one image's sidecar caption, with save, conflict detection and a token count.
+
+The editor remembers `base`, the caption as it was on disk when loaded or last saved. Saving first
+reads the file again: if it changed since (another editor, `tunelab caption`, a sync) and differs
+from what is typed, nothing is written and the user chooses in `ConflictScreen` (keep mine, take
+theirs, or edit a merge). A change on disk while there are no unsaved edits simply reloads. The
+unsaved text stays in the editor until a choice is made, so an edit is never silently dropped and
+the other version is never silently overwritten. Writes are atomic (`engine.captions.write_caption`).
+
+Captions are compared the way training reads them (`decode_caption`: BOM, CRLF and line breaks
+normalised), so an editor that only changes line endings does not cause a conflict.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.message import Message
+from textual.widgets import Static, TextArea
+
+from engine.captions import decode_caption, estimate_tokens, write_caption
+from engine.project import Item
+from tui import actions
+
+CLIP_CONTENT_TOKENS = 75  # CLIP's 77-token window minus the start and end tokens
+
+
+def normalise(text: str) -> str:
+    return decode_caption(text.encode("utf-8")).text
+
+
+def read_disk(path: Path) -> str | None:
+    """The caption on disk, normalised; None when there is no file."""
+    try:
+        return decode_caption(path.read_bytes()).text
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+class CaptionEditor(Vertical):
+    """Edits the caption of one item at a time."""
+
+    ACTION_SCOPE = "caption"
+    BINDINGS = actions.bindings("caption")
+
+    DEFAULT_CSS = """
+    CaptionEditor { height: auto; }
+    CaptionEditor #caption-title { height: 1; color: $text-muted; }
+    CaptionEditor #caption-text { height: 8; }
+    CaptionEditor #caption-status { height: 1; }
+    CaptionEditor #caption-status.-over { color: $error; }
+    CaptionEditor #caption-status.-conflict { color: $warning; text-style: bold; }
+    """
+
+    class Saved(Message):
+        """A caption was written to disk (by a save or a conflict choice)."""
+
+        def __init__(self, item: Item, text: str) -> None:
+            super().__init__()
+            self.item = item
+            self.text = text
+
+    class Navigate(Message):
+        """The user asked for the next (+1) or previous (-1) image while editing."""
+
+        def __init__(self, delta: int) -> None:
+            super().__init__()
+            self.delta = delta
+
+    class Done(Message):
+        """The user left the editor (escape)."""
+
+    class ConflictRaised(Message):
+        """The caption on disk changed while there were unsaved edits; the choice dialog is open."""
+
+        def __init__(self, item: Item, mine: str, theirs: str | None) -> None:
+            super().__init__()
+            self.item = item
+            self.mine = mine
+            self.theirs = theirs
+
+    def __init__(self, *, cursor_blink: bool = True, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.item: Item | None = None
+        self.base: str | None = None       # the caption on disk when loaded / last saved (None: no file)
+        self.caption_source = "sidecar"
+        self.conflict_open = False
+        self.stale = False  # a conflict was put off: the file on disk differs from `base`
+        self._after_conflict: list[Callable[[], None]] = []
+        self._cursor_blink = cursor_blink
+
+    def compose(self) -> ComposeResult:
+        yield Static("caption", id="caption-title")
+        area = TextArea("", id="caption-text", soft_wrap=True, show_line_numbers=False,
+                        placeholder="no caption: type one, ctrl+s saves")
+        area.cursor_blink = self._cursor_blink
+        area.disabled = True
+        yield area
+        yield Static("", id="caption-status")
+
+    # --- state -------------------------------------------------------------------------------
+    @property
+    def text_area(self) -> TextArea:
+        return self.query_one("#caption-text", TextArea)
+
+    @property
+    def text(self) -> str:
+        return self.text_area.text
+
+    @property
+    def dirty(self) -> bool:
+        if self.item is None:
+            return False
+        return normalise(self.text) != (self.base or "")
+
+    @property
+    def path(self) -> Path | None:
+        return self.item.caption_path if self.item is not None else None
+
+    # --- loading and saving ------------------------------------------------------------------
+    def load(self, item: Item | None, caption_source: str = "sidecar") -> None:
+        """Show another item's caption; the current one is saved first (a conflict asks first)."""
+        if item is not None and self.item is not None and item.path == self.item.path:
+            self.item = item  # the same file after a rescan: keep the text and its undo history
+            self.caption_source = caption_source
+            return
+        if self.dirty and not self.save():
+            self._after_conflict.append(lambda: self.load(item, caption_source))
+            return
+        self.item = item
+        self.caption_source = caption_source
+        area = self.text_area
+        if item is None:
+            self.base = None
+            self.stale = False
+            area.load_text("")
+            area.disabled = True
+            self.query_one("#caption-title", Static).update("caption")
+        else:
+            self.base = read_disk(item.caption_path)
+            self.stale = False
+            area.load_text(self.base or "")
+            area.disabled = False
+            title = item.caption_path.name
+            if caption_source != "sidecar":
+                title += f"  (concept {item.concept!r} takes captions from {caption_source}; this file is not used)"
+            self.query_one("#caption-title", Static).update(title)
+        self._update_status()
+
+    def save(self) -> bool:
+        """Write the caption if it changed. False when a conflict stopped it (the dialog is then open)."""
+        if self.item is None or not self.dirty:
+            return True
+        if self.conflict_open:
+            return False
+        mine = normalise(self.text)
+        theirs = read_disk(self.item.caption_path)
+        if theirs != self.base and theirs != mine:
+            self._raise_conflict(mine, theirs)
+            return False
+        self._write(mine)
+        return True
+
+    def _write(self, text: str) -> None:
+        assert self.item is not None
+        write_caption(self.item.caption_path, text)
+        self.base = text
+        self.stale = False
+        self._update_status()
+        self.post_message(self.Saved(self.item, text))
+
+    def disk_changed(self) -> None:
+        """The current caption file changed on disk: reload it, or raise a conflict if there are edits."""
+        if self.item is None:
+            return
+        theirs = read_disk(self.item.caption_path)
+        if theirs == self.base:
+            return  # our own write, or a change that changes nothing
+        mine = normalise(self.text)
+        if not self.dirty or mine == theirs:
+            self.base = theirs
+            if mine != (theirs or ""):
+                self._replace_text(theirs or "")
+                self.app.notify(f"{self.item.caption_path.name} changed on disk; reloaded", timeout=3)
+            self._update_status()
+            return
+        if not self.conflict_open:
+            self._raise_conflict(mine, theirs)
+
+    def _replace_text(self, text: str) -> None:
+        """Replace the text as one undoable edit (so ctrl+z brings the previous text back)."""
+        area = self.text_area
+        area.replace(text, (0, 0), area.document.end)
+
+    # --- conflicts ---------------------------------------------------------------------------
+    def _raise_conflict(self, mine: str, theirs: str | None) -> None:
+        from tui.screens.conflict import ConflictScreen
+
+        assert self.item is not None
+        self.conflict_open = True
+        self._update_status()
+        item = self.item
+        self.post_message(self.ConflictRaised(item, mine, theirs))
+        self.app.push_screen(ConflictScreen(item.caption_path, item.rel, mine, theirs),
+                             lambda choice: self._resolve(item, choice))
+
+    def _resolve(self, item: Item, choice: tuple[str, str] | None) -> None:
+        """Apply the user's choice: ("mine" | "theirs" | "merged", text), or None to decide later."""
+        self.conflict_open = False
+        if self.item is None or item.path != self.item.path:
+            return
+        if choice is None:
+            # Decide later: the edit stays in the editor, unsaved; the next save asks again.
+            self.stale = True
+            self._update_status()
+            self._after_conflict.clear()
+            return
+        kind, text = choice
+        self.stale = False
+        if kind == "theirs":
+            theirs = read_disk(item.caption_path)  # the newest, if it changed again meanwhile
+            self.base = theirs
+            self._replace_text(theirs or "")
+            self._update_status()
+        else:
+            if kind == "merged":
+                self._replace_text(text)
+            self._write(normalise(text))
+        pending, self._after_conflict = self._after_conflict, []
+        for then in pending:
+            then()
+
+    # --- status ------------------------------------------------------------------------------
+    def _update_status(self) -> None:
+        status = self.query_one("#caption-status", Static)
+        status.set_class(False, "-over", "-conflict")
+        if self.item is None:
+            status.update("")
+            return
+        n = estimate_tokens(normalise(self.text))
+        state = "unsaved" if self.dirty else ("saved" if self.base is not None else "no caption file")
+        if self.conflict_open or self.stale:
+            state = "changed on disk — choose a version"
+            status.set_class(True, "-conflict")
+        elif n > CLIP_CONTENT_TOKENS:
+            status.set_class(True, "-over")
+        over = f" (CLIP reads {CLIP_CONTENT_TOKENS}; the rest is cut)" if n > CLIP_CONTENT_TOKENS else ""
+        status.update(f"~{n}/{CLIP_CONTENT_TOKENS} tokens{over} · {state}")
+
+    @on(TextArea.Changed, "#caption-text")
+    def _changed(self, event: TextArea.Changed) -> None:
+        event.stop()
+        self._update_status()
+
+    # --- actions -----------------------------------------------------------------------------
+    def action_save(self) -> None:
+        if self.item is None:
+            return
+        was_dirty = self.dirty
+        if self.save() and was_dirty:
+            self.app.notify(f"saved {self.item.caption_path.name}", timeout=2)
+
+    def action_next_image(self) -> None:
+        self.post_message(self.Navigate(+1))
+
+    def action_prev_image(self) -> None:
+        self.post_message(self.Navigate(-1))
+
+    def action_done(self) -> None:
+        if self.save():
+            self.post_message(self.Done())
+        else:
+            self._after_conflict.append(lambda: self.post_message(self.Done()))
+
+    def focus_text(self) -> None:
+        if self.item is not None:
+            self.text_area.focus()

@@ -1,0 +1,248 @@
+"""The Configs tab: the project's run configs, each validated, with its problems shown at the key.
+
+The list marks each config valid or not; the view shows the file with line numbers and every
+problem printed under the line it points at (`configs/lora.toml:14: train.learning_rate = -1: must be
+> 0`, the same words as `tunelab check`). `e` opens the config in $VISUAL/$EDITOR with the app
+suspended; `n` writes a new config from a method's defaults (`engine.config.default_config`).
+Validation runs in a worker and again whenever a config file changes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from engine import atomic
+from engine.config import dump_config, default_config, load_run_config
+from engine.schema import ConfigError, Problem
+from tui import actions
+
+
+@dataclass
+class ConfigStatus:
+    path: Path
+    rel: str
+    text: str = ""
+    problems: list[Problem] = field(default_factory=list)
+    method: str = ""
+    description: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def validate_config(path: Path, project_dir: Path) -> ConfigStatus:
+    """Load and validate one config; problems name the file relative to the project."""
+    try:
+        rel = path.relative_to(project_dir).as_posix()
+    except ValueError:
+        rel = str(path)
+    status = ConfigStatus(path, rel)
+    try:
+        status.text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        status.problems = [Problem(rel, None, "", f"cannot read: {e.strerror or e}")]
+        return status
+    try:
+        cfg = load_run_config(path)
+        status.method = cfg.method
+        status.description = cfg.description
+    except ConfigError as e:
+        status.problems = [dataclasses.replace(p, file=rel if p.file == str(path) else p.file) for p in e.problems]
+    return status
+
+
+def list_configs(project_dir: Path) -> list[Path]:
+    try:
+        return sorted(p for p in (project_dir / "configs").glob("*.toml") if p.is_file() and not p.name.startswith("."))
+    except OSError:
+        return []
+
+
+def render_config(status: ConfigStatus) -> Text:
+    """The file with line numbers, each problem under its line; problems with no line first."""
+    out = Text()
+    by_line: dict[int, list[Problem]] = {}
+    for p in status.problems:
+        if p.line:
+            by_line.setdefault(p.line, []).append(p)
+        else:
+            out.append(f"✗ {p}\n", style="bold red")
+    if status.ok:
+        desc = f" — {status.description}" if status.description else ""
+        out.append(f"✓ {status.rel}: valid ({status.method}){desc}\n", style="green")
+    else:
+        out.append(f"✗ {status.rel}: {len(status.problems)} problem(s)\n", style="bold red")
+    out.append("\n")
+    lines = status.text.splitlines()
+    width = len(str(max(1, len(lines))))
+    for n, line in enumerate(lines, start=1):
+        bad = n in by_line
+        out.append(f"{n:>{width}} │ ", style="red" if bad else "dim")
+        out.append(line + "\n", style="" if not bad else "bold")
+        for p in by_line.get(n, []):
+            out.append(" " * width + " └ ", style="red")
+            out.append(f"{p}\n", style="red")
+    beyond = [p for ln, ps in by_line.items() if ln > len(lines) for p in ps]
+    for p in beyond:
+        out.append(f"✗ {p}\n", style="red")
+    return out
+
+
+def editor_command(path: Path) -> list[str] | None:
+    """$VISUAL or $EDITOR (split like a shell would, never run through one), else nano or vi."""
+    for var in ("VISUAL", "EDITOR"):
+        value = os.environ.get(var, "").strip()
+        if value:
+            return [*shlex.split(value), str(path)]
+    for name in ("nano", "vi"):
+        found = shutil.which(name)
+        if found:
+            return [found, str(path)]
+    return None
+
+
+class ConfigsPane(Vertical):
+    ACTION_SCOPE = "configs"
+    BINDINGS = actions.bindings("configs")
+
+    DEFAULT_CSS = """
+    ConfigsPane #configs-body { height: 1fr; }
+    ConfigsPane #configs-list { width: 32; height: 1fr; }
+    ConfigsPane #config-scroll { width: 1fr; height: 1fr; padding: 0 1; }
+    ConfigsPane #configs-hint { height: 1; color: $text-muted; }
+    """
+
+    class Validated(Message):
+        def __init__(self, statuses: list[ConfigStatus]) -> None:
+            super().__init__()
+            self.statuses = statuses
+
+    def __init__(self, project_dir: str | os.PathLike, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.project_dir = Path(project_dir)
+        self.statuses: list[ConfigStatus] = []
+        self._select_after: str | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="configs-body"):
+            yield OptionList(id="configs-list")
+            with VerticalScroll(id="config-scroll"):
+                yield Static("validating…", id="config-view")
+        yield Static("e edit in $EDITOR · n new from a method's template · r validate again", id="configs-hint")
+
+    def on_mount(self) -> None:
+        self.action_validate()
+
+    # --- validation --------------------------------------------------------------------------
+    def action_validate(self) -> None:
+        self._validate_worker()
+
+    @work(thread=True, exclusive=True, group="configs", exit_on_error=False)
+    def _validate_worker(self) -> None:
+        statuses = [validate_config(p, self.project_dir) for p in list_configs(self.project_dir)]
+        self.post_message(self.Validated(statuses))
+
+    @on(Validated)
+    def _validated(self, event: Validated) -> None:
+        event.stop()
+        listing = self.query_one("#configs-list", OptionList)
+        selected = self.selected
+        self.statuses = event.statuses
+        listing.clear_options()
+        for s in self.statuses:
+            mark = Text("✓ ", style="green") if s.ok else Text("✗ ", style="bold red")
+            label = mark + Text(s.path.name)
+            if not s.ok:
+                label += Text(f" ({len(s.problems)})", style="red")
+            listing.add_option(Option(label, id=s.path.name))
+        if not self.statuses:
+            self.query_one("#config-view", Static).update(
+                Text(f"No run configs in {self.project_dir.name}/configs/. Press n to create one from a template."))
+            return
+        names = [s.path.name for s in self.statuses]
+        want = self._select_after or (selected.path.name if selected is not None else None)
+        self._select_after = None
+        index = names.index(want) if want in names else 0
+        listing.highlighted = index
+        self._show(index)
+
+    @property
+    def selected(self) -> ConfigStatus | None:
+        index = self.query_one("#configs-list", OptionList).highlighted
+        if index is None or not (0 <= index < len(self.statuses)):
+            return None
+        return self.statuses[index]
+
+    @on(OptionList.OptionHighlighted, "#configs-list")
+    def _highlighted(self, event: OptionList.OptionHighlighted) -> None:
+        self._show(event.option_index)
+
+    @on(OptionList.OptionSelected, "#configs-list")
+    def _selected(self, event: OptionList.OptionSelected) -> None:
+        self.action_edit_config()
+
+    def _show(self, index: int) -> None:
+        if 0 <= index < len(self.statuses):
+            self.query_one("#config-view", Static).update(render_config(self.statuses[index]))
+
+    def files_changed(self, paths: set[Path]) -> None:
+        configs = (self.project_dir / "configs").resolve()
+        if any(p.parent == configs for p in paths):
+            self.action_validate()
+
+    # --- edit and create ---------------------------------------------------------------------
+    def action_edit_config(self) -> None:
+        status = self.selected
+        if status is None:
+            self.app.bell()
+            return
+        command = editor_command(status.path)
+        if command is None:
+            self.app.notify("Set $EDITOR (or $VISUAL) to edit configs from tunelab", severity="warning")
+            return
+        from textual.app import SuspendNotSupported
+
+        try:
+            with self.app.suspend():
+                subprocess.call(command)
+        except SuspendNotSupported:
+            self.app.notify("This terminal cannot suspend the app to run an editor", severity="warning")
+        except OSError as e:
+            self.app.notify(f"could not start {command[0]}: {e.strerror or e}", severity="error")
+        self.action_validate()
+
+    def action_new_config(self) -> None:
+        from tui.screens.new_config import NewConfigScreen
+
+        existing = {p.stem for p in list_configs(self.project_dir)}
+        self.app.push_screen(NewConfigScreen(existing), self._create)
+
+    def _create(self, result: tuple[str, str] | None) -> None:
+        if result is None:
+            return
+        method, name = result
+        path = self.project_dir / "configs" / f"{name}.toml"
+        if path.exists():
+            self.app.notify(f"{path.name} exists already; nothing written", severity="error")
+            return
+        header = (f"# A {method} run config: `tunelab run {self.project_dir.name} {name}`. Reference: docs/config.md.\n"
+                  "# Every key is optional; these are the defaults for the method. Delete what you do not change.\n\n")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, header + dump_config(default_config(method)))
+        self.app.notify(f"created configs/{path.name}", timeout=3)
+        self._select_after = path.name
+        self.action_validate()

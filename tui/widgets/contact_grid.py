@@ -1,0 +1,340 @@
+"""The contact sheet on screen: one page of prompts (rows) × checkpoints (columns), with a cursor.
+
+The grid shows as many rows and columns as fit its size (cells of `CELL_W`×`CELL_H` terminal cells),
+paging to keep the cursor in view; arrows move the cursor, `pageup`/`pagedown` move a page of rows.
+Images never decode on the UI thread: the visible cells' thumbnails are made by a thread worker at the
+exact pixel size the image mode draws (a half-block cell is 1×2 pixels) and kept in an LRU keyed by
+path, modification time and size, so paging back, or a refresh while the run writes, costs nothing.
+
+Image modes (`app.image_mode`): `halfblock` (default; textual-image's `HalfcellImage`), `kitty`, `sixel`
+(their textual-image widgets) and `none` (a mark that the sample exists). A missing cell (not sampled
+yet) is an empty box.
+"""
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image as PILImage
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal
+from textual.message import Message
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import Static
+
+from engine.contact_sheet import Sheet
+
+CELL_W = 16  # terminal columns per cell
+CELL_H = 8  # terminal rows per cell image
+LABEL_W = 30
+HEADER_H = 2
+KIND_STYLES = {"accuracy": "bold green", "flexibility": "bold cyan", "preservation": "bold magenta",
+               "other": "bold"}
+THUMB_CACHE = 512
+
+
+def pixel_box(mode: str, w: int, h: int) -> tuple[int, int]:
+    """The pixel size a cell of w×h terminal cells draws in a mode."""
+    if mode in ("kitty", "sixel"):
+        from tui.widgets.image_preview import cell_pixels
+
+        cw, ch = cell_pixels()
+        return w * cw, h * ch
+    return w, h * 2  # half blocks: one column, two pixel rows per cell
+
+
+class ThumbCache:
+    """Decoded, resized thumbnails (LRU). Thread-safe enough: only the loader worker writes it."""
+
+    def __init__(self, size: int = THUMB_CACHE):
+        self.size = size
+        self._items: OrderedDict[tuple[str, int, int, tuple[int, int]], PILImage.Image] = OrderedDict()
+
+    @staticmethod
+    def key(path: Path, box: tuple[int, int]) -> tuple[str, int, int, tuple[int, int]] | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return str(path), st.st_mtime_ns, st.st_size, box
+
+    def get(self, key: Any) -> PILImage.Image | None:
+        img = self._items.get(key)
+        if img is not None:
+            self._items.move_to_end(key)
+        return img
+
+    def make(self, path: Path, box: tuple[int, int]) -> PILImage.Image | None:
+        key = self.key(path, box)
+        if key is None:
+            return None
+        img = self.get(key)
+        if img is not None:
+            return img
+        try:
+            with PILImage.open(path) as src:
+                src.draft("RGB", box)
+                img = src.convert("RGB")
+        except (OSError, ValueError, SyntaxError):
+            return None
+        # Fit inside the box (keep the aspect), centred on the background.
+        img.thumbnail(box, PILImage.Resampling.BILINEAR)
+        if img.size != box:
+            canvas = PILImage.new("RGB", box, (0, 0, 0))
+            canvas.paste(img, ((box[0] - img.width) // 2, (box[1] - img.height) // 2))
+            img = canvas
+        self._items[key] = img
+        if len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return img
+
+
+class SampleCell(Widget):
+    """One cell: an image widget of the app's mode, or a placeholder."""
+
+    DEFAULT_CSS = f"""
+    SampleCell {{ width: {CELL_W}; height: {CELL_H}; margin-right: 1; background: $panel; }}
+    SampleCell.-missing {{ background: $surface; border: round $panel-lighten-2; }}
+    SampleCell.-cursor {{ outline: heavy $accent; }}
+    SampleCell.-best {{ background: $warning 30%; }}
+    SampleCell > .placeholder {{ width: 100%; height: 100%; content-align: center middle; color: $text-muted; }}
+    """
+
+    def __init__(self, mode: str) -> None:
+        super().__init__()
+        self.mode = mode
+        self._image_widget: Widget | None = None
+        self.path: Path | None = None
+
+    def compose(self) -> ComposeResult:
+        from tui.widgets.image_preview import image_widget_class
+
+        cls = image_widget_class(self.mode) if self.mode != "none" else None
+        if cls is not None:
+            self._image_widget = cls(None)
+            self._image_widget.styles.width = CELL_W
+            self._image_widget.styles.height = CELL_H
+            self._image_widget.display = False
+            yield self._image_widget
+        yield Static("", classes="placeholder")
+
+    def show(self, path: Path | None, image: PILImage.Image | None, pending: bool = False) -> None:
+        self.path = path
+        self.set_class(path is None, "-missing")
+        placeholder = self.query_one(".placeholder", Static)
+        if self._image_widget is not None and image is not None:
+            if getattr(self._image_widget, "image", None) is not image:
+                self._image_widget.image = image
+            self._image_widget.display = True
+            placeholder.display = False
+            return
+        if self._image_widget is not None:
+            self._image_widget.display = False
+        placeholder.display = True
+        if path is None:
+            placeholder.update("")
+        elif pending:
+            placeholder.update("…")
+        elif self.mode == "none":
+            placeholder.update(Text(path.name, style="dim"))
+        else:
+            placeholder.update(Text("unreadable", style="red"))
+
+
+@dataclass(frozen=True)
+class Page:
+    row0: int
+    col0: int
+    rows: int
+    cols: int
+
+
+class ContactGrid(Widget, can_focus=True):
+    """The visible page of a `Sheet`; `CursorMoved` says which cell is selected."""
+
+    DEFAULT_CSS = f"""
+    ContactGrid {{ height: 1fr; layout: vertical; }}
+    ContactGrid > .grid-row {{ height: {CELL_H + 1}; }}
+    ContactGrid > .grid-head {{ height: {HEADER_H}; }}
+    ContactGrid .label {{ width: {LABEL_W}; height: 100%; padding-right: 1; }}
+    ContactGrid .col-head {{ width: {CELL_W}; margin-right: 1; height: {HEADER_H}; }}
+    ContactGrid .empty {{ padding: 1 2; color: $text-muted; }}
+    """
+
+    BINDINGS = [
+        Binding("up", "move(-1, 0)", "Up", show=False),
+        Binding("down", "move(1, 0)", "Down", show=False),
+        Binding("left", "move(0, -1)", "Left", show=False),
+        Binding("right", "move(0, 1)", "Right", show=False),
+        Binding("home", "jump(0)", "First column", show=False),
+        Binding("end", "jump(-1)", "Last column", show=False),
+    ]
+
+    cursor: reactive[tuple[int, int]] = reactive((0, 0), init=False)
+
+    class CursorMoved(Message):
+        def __init__(self, grid: "ContactGrid", row: int, col: int) -> None:
+            super().__init__()
+            self.grid, self.row, self.col = grid, row, col
+
+    class ThumbsReady(Message):
+        def __init__(self, images: dict[Path, PILImage.Image | None], generation: int) -> None:
+            super().__init__()
+            self.images, self.generation = images, generation
+
+    def __init__(self, mode: str = "halfblock", *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.mode = mode
+        self.sheet: Sheet | None = None
+        self.best: str | None = None
+        self.page = Page(0, 0, 0, 0)
+        self.thumbs = ThumbCache()
+        self._shown: dict[Path, PILImage.Image | None] = {}
+        self._generation = 0
+        self._built: tuple[int, int] | None = None
+
+    # --- data ---------------------------------------------------------------------------------------
+    def set_sheet(self, sheet: Sheet | None, best: str | None = None) -> None:
+        self.sheet, self.best = sheet, best
+        if sheet is not None:
+            r, c = self.cursor
+            r = min(r, max(0, len(sheet.rows) - 1))
+            c = min(c, max(0, len(sheet.columns) - 1))
+            if (r, c) != self.cursor:
+                self.cursor = (r, c)
+        self._layout_page()
+
+    def on_resize(self) -> None:
+        self._layout_page()
+
+    def fit(self) -> tuple[int, int]:
+        rows = max(1, (self.size.height - HEADER_H) // (CELL_H + 1))
+        cols = max(1, (self.size.width - LABEL_W) // (CELL_W + 1))
+        return rows, cols
+
+    def _layout_page(self) -> None:
+        if not self.is_mounted:
+            return
+        sheet = self.sheet
+        if sheet is None or not sheet.rows or not sheet.columns:
+            self._build(0, 0)
+            return
+        rows, cols = self.fit()
+        rows, cols = min(rows, len(sheet.rows)), min(cols, len(sheet.columns))
+        r, c = self.cursor
+        row0, col0 = self.page.row0, self.page.col0
+        if r < row0:
+            row0 = r
+        elif r >= row0 + rows:
+            row0 = r - rows + 1
+        if c < col0:
+            col0 = c
+        elif c >= col0 + cols:
+            col0 = c - cols + 1
+        row0 = max(0, min(row0, len(sheet.rows) - rows))
+        col0 = max(0, min(col0, len(sheet.columns) - cols))
+        self.page = Page(row0, col0, rows, cols)
+        self._build(rows, cols)
+        self._fill()
+
+    def _build(self, rows: int, cols: int) -> None:
+        """(Re)create the cell widgets when the page's shape changes; otherwise they are reused."""
+        if self._built == (rows, cols):
+            return
+        self._built = (rows, cols)
+        self.remove_children()
+        if rows == 0:
+            self.mount(Static("No samples yet. They appear here as the run writes them "
+                              "(epoch 0 is sampled before training).", classes="empty"))
+            return
+        head = Horizontal(Static("", classes="label"),
+                          *[Static("", classes="col-head") for _ in range(cols)], classes="grid-head")
+        lines = [Horizontal(Static("", classes="label"), *[SampleCell(self.mode) for _ in range(cols)],
+                            classes="grid-row") for _ in range(rows)]
+        self.mount(head, *lines)
+        self.call_after_refresh(self._fill)
+
+    def _fill(self) -> None:
+        sheet, page = self.sheet, self.page
+        if sheet is None or self._built in (None, (0, 0)):
+            return
+        heads = list(self.query(".col-head").results(Static))
+        if len(heads) != page.cols:
+            return  # not mounted yet; called again after the refresh
+        for i, head in enumerate(heads):
+            col = sheet.columns[page.col0 + i]
+            text = Text("base" if col.epoch == 0 else f"epoch {col.epoch}", style="bold")
+            if col.name == self.best:
+                text.append(" ★", style="yellow")
+            text.append(f"\nstep {col.step}", style="dim")
+            if page.col0 + i == self.cursor[1]:
+                text.stylize("reverse")
+            head.update(text)
+        rows = list(self.query(".grid-row").results(Horizontal))
+        wanted: list[Path] = []
+        box = pixel_box(self.mode, CELL_W, CELL_H)
+        groups = {r: kind for kind, rs in sheet.groups() for r in rs[:1]}
+        for i, line in enumerate(rows):
+            r = page.row0 + i
+            prompt = sheet.rows[r]
+            label = Text()
+            if r in groups or i == 0:
+                label.append(prompt.kind.upper() + "\n", style=KIND_STYLES.get(prompt.kind, "bold"))
+            label.append(prompt.text, style="reverse" if r == self.cursor[0] else "")
+            line.query_one(".label", Static).update(label)
+            for j, cell in enumerate(line.query(SampleCell).results(SampleCell)):
+                c = page.col0 + j
+                path = sheet.cell_path(r, c)
+                cell.set_class((r, c) == self.cursor, "-cursor")
+                cell.set_class(sheet.columns[c].name == self.best, "-best")
+                if path is None:
+                    cell.show(None, None)
+                    continue
+                key = self.thumbs.key(path, box)
+                image = self.thumbs.get(key) if key else None
+                if image is None and self.mode != "none":
+                    wanted.append(path)
+                cell.show(path, image, pending=image is None)
+        if wanted:
+            self._generation += 1
+            self._load(wanted, box, self._generation)
+
+    @work(thread=True, exclusive=True, group="grid-thumbs", exit_on_error=False)
+    def _load(self, paths: list[Path], box: tuple[int, int], generation: int) -> None:
+        images = {p: self.thumbs.make(p, box) for p in paths}
+        self.post_message(self.ThumbsReady(images, generation))
+
+    @on(ThumbsReady)
+    def _thumbs_ready(self, event: ThumbsReady) -> None:
+        event.stop()
+        for cell in self.query(SampleCell).results(SampleCell):
+            if cell.path in event.images:
+                img = event.images[cell.path]
+                cell.show(cell.path, img, pending=False)
+
+    # --- the cursor ---------------------------------------------------------------------------------
+    def action_move(self, drow: int, dcol: int) -> None:
+        if self.sheet is None or not self.sheet.rows or not self.sheet.columns:
+            return
+        r = max(0, min(len(self.sheet.rows) - 1, self.cursor[0] + drow))
+        c = max(0, min(len(self.sheet.columns) - 1, self.cursor[1] + dcol))
+        self.cursor = (r, c)
+
+    def action_jump(self, col: int) -> None:
+        if self.sheet is None or not self.sheet.columns:
+            return
+        self.cursor = (self.cursor[0], col % len(self.sheet.columns))
+
+    def page_rows(self, direction: int) -> None:
+        self.action_move(direction * max(1, self.page.rows), 0)
+
+    def watch_cursor(self, cursor: tuple[int, int]) -> None:
+        self._layout_page()
+        self.post_message(self.CursorMoved(self, *cursor))

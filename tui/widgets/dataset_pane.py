@@ -1,0 +1,331 @@
+"""The Dataset tab: the image list with filters, the preview, and the caption editor beside it.
+
+The pane owns the scanned `Dataset` and decides what the list shows (text filter, flag filter). It
+scans in a worker (`engine.project.scan_project`), so the tab paints at once; it rescans when images
+appear or disappear on disk, and re-reads single captions when only they change. Bulk operations and
+their undo run through `engine.captions`, exactly as `tunelab caption` does.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.message import Message
+from textual.widgets import Input, Static
+
+from engine.captions import CaptionError, UndoConflict, estimate_tokens, undo_last, with_trigger
+from engine.project import FLAG_NO_CAPTION, FLAG_TOO_LONG, IMAGE_EXTS, Dataset, Item, scan_project
+from engine.schema import ConfigError
+from tui import actions
+from tui.widgets.caption_editor import CaptionEditor, read_disk
+from tui.widgets.dataset_table import DatasetTable, short_flags
+from tui.widgets.image_preview import ImagePreview
+
+ANY_FLAG = "any flag"
+CLIP_CONTENT_TOKENS = 75
+
+
+def flag_heads(item: Item) -> list[str]:
+    return [h for h in short_flags(item.flags).split(", ") if h]
+
+
+class DatasetPane(Vertical):
+    ACTION_SCOPE = "dataset"
+    BINDINGS = actions.bindings("dataset")
+
+    DEFAULT_CSS = """
+    DatasetPane #dataset-bar { height: 1; }
+    DatasetPane #dataset-filter { width: 1fr; height: 1; border: none; padding: 0 1; }
+    DatasetPane #dataset-flag { width: auto; padding: 0 1; color: $accent; }
+    DatasetPane #dataset-count { width: auto; padding: 0 1; color: $text-muted; }
+    DatasetPane #dataset-body { height: 1fr; }
+    DatasetPane #dataset-table { width: 3fr; }
+    DatasetPane #dataset-side { width: 2fr; min-width: 30; border-left: vkey $panel-lighten-2; padding: 0 0 0 1; }
+    DatasetPane #dataset-problems { height: auto; max-height: 3; color: $warning; }
+    """
+
+    class Scanned(Message):
+        def __init__(self, dataset: Dataset | None, error: str = "") -> None:
+            super().__init__()
+            self.dataset = dataset
+            self.error = error
+
+    class Undone(Message):
+        def __init__(self, text: str, error: bool = False) -> None:
+            super().__init__()
+            self.text = text
+            self.error = error
+
+    def __init__(self, project_dir: str | os.PathLike, *, image_mode: str = "halfblock", animations: bool = True,
+                 id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.project_dir = Path(project_dir)
+        self.image_mode = image_mode
+        self.animations = animations
+        self.dataset: Dataset | None = None
+        self.items: list[Item] = []
+        self.shown: list[Item] = []
+        self.flag: str | None = None          # None: all; ANY_FLAG; or one flag's head
+        self._haystack: dict[Path, str] = {}
+        self._by_caption: dict[Path, Item] = {}
+        self._sources: dict[str, tuple[str, str]] = {}  # concept label -> (caption source, trigger)
+        self.scanning = False
+
+    def compose(self) -> ComposeResult:
+        with Horizontal(id="dataset-bar"):
+            search = Input(placeholder="/ filter: file, concept or caption", id="dataset-filter")
+            search.cursor_blink = self.animations
+            yield search
+            yield Static("flag: all", id="dataset-flag")
+            yield Static("scanning…", id="dataset-count")
+        yield Static("", id="dataset-problems")
+        with Horizontal(id="dataset-body"):
+            yield DatasetTable(id="dataset-table", empty_text="scanning…")
+            with Vertical(id="dataset-side"):
+                yield ImagePreview(self.project_dir, self.image_mode, id="preview")
+                yield CaptionEditor(cursor_blink=self.animations, id="caption-editor")
+
+    def on_mount(self) -> None:
+        self.query_one("#dataset-problems").display = False
+        self.rescan()
+
+    @property
+    def table(self) -> DatasetTable:
+        return self.query_one("#dataset-table", DatasetTable)
+
+    @property
+    def editor(self) -> CaptionEditor:
+        return self.query_one("#caption-editor", CaptionEditor)
+
+    # --- scanning ----------------------------------------------------------------------------
+    def rescan(self) -> None:
+        self.scanning = True
+        self._scan_worker()
+
+    @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
+    def _scan_worker(self) -> None:
+        try:
+            dataset = scan_project(self.project_dir)
+            self.post_message(self.Scanned(dataset))
+        except ConfigError as e:
+            self.post_message(self.Scanned(None, f"project.toml has errors:\n{e}"))
+        except OSError as e:
+            self.post_message(self.Scanned(None, f"cannot scan {self.project_dir}: {e.strerror or e}"))
+
+    @on(Scanned)
+    def _scanned(self, event: Scanned) -> None:
+        event.stop()
+        self.scanning = False
+        problems = self.query_one("#dataset-problems", Static)
+        if event.dataset is None:
+            self.dataset, self.items = None, []
+            self.table.empty_text = "cannot scan this project: see above"
+            problems.update(event.error)
+            problems.display = True
+            self._apply_filter()
+            return
+        ds = event.dataset
+        self.dataset = ds
+        self.items = ds.items
+        self._sources = {}
+        for c in ds.project.concepts:
+            self._sources[c.label] = (c.caption, c.trigger)
+        self._haystack = {it.path: self._hay(it) for it in self.items}
+        self._by_caption = {it.caption_path: it for it in self.items}
+        self.table.empty_text = "no images in this project yet: put images (with photo.txt captions) in a folder here"
+        shown = [str(p) for p in ds.problems]
+        problems.update(("; ".join(shown[:3]) + (f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""))
+                        if shown else "")
+        problems.display = bool(shown)
+        self._apply_filter()
+        self.editor.disk_changed()  # a bulk operation or an undo may have changed the caption being edited
+
+    @staticmethod
+    def _hay(item: Item) -> str:
+        return f"{item.rel}\t{item.concept}\t{item.caption or ''}".lower()
+
+    # --- filtering ---------------------------------------------------------------------------
+    def _apply_filter(self) -> None:
+        words = self.query_one("#dataset-filter", Input).value.lower().split()
+        flag = self.flag
+        out = []
+        for it in self.items:
+            if flag is not None:
+                heads = flag_heads(it)
+                if (flag == ANY_FLAG and not heads) or (flag != ANY_FLAG and flag not in heads):
+                    continue
+            if words:
+                hay = self._haystack.get(it.path) or self._hay(it)
+                if not all(w in hay for w in words):
+                    continue
+            out.append(it)
+        self.shown = out
+        self.table.set_items(out)
+        total = len(self.items)
+        self.query_one("#dataset-count", Static).update(
+            "scanning…" if self.scanning and not total else
+            (f"{len(out):,} of {total:,}" if len(out) != total else f"{total:,} images"))
+        self.query_one("#dataset-flag", Static).update(f"flag: {flag or 'all'}")
+
+    @on(Input.Changed, "#dataset-filter")
+    def _filter_changed(self) -> None:
+        self._apply_filter()
+
+    @on(Input.Submitted, "#dataset-filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def flags_present(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for it in self.items:
+            for h in flag_heads(it):
+                seen.setdefault(h, None)
+        return sorted(seen)
+
+    # --- selection, preview, editor ----------------------------------------------------------
+    @on(DatasetTable.Highlighted)
+    def _highlighted(self, event: DatasetTable.Highlighted) -> None:
+        event.stop()
+        item = event.item
+        if item is None:
+            self.query_one(ImagePreview).show(None, "")
+            self.editor.load(None)
+            return
+        size = f"{item.width}x{item.height}" if item.width else "size unknown"
+        facts = f"{item.rel} · {size} · {item.concept}"
+        if item.flags:
+            facts += " · " + "; ".join(item.flags)
+        self.query_one(ImagePreview).show(item.path, facts)
+        self.editor.load(item, self._sources.get(item.concept, ("sidecar", ""))[0])
+
+    @on(DatasetTable.Selected)
+    def _selected(self, event: DatasetTable.Selected) -> None:
+        event.stop()
+        self.editor.focus_text()
+
+    @on(CaptionEditor.Saved)
+    def _saved(self, event: CaptionEditor.Saved) -> None:
+        event.stop()
+        self._recaption(event.item, event.text)
+
+    def _recaption(self, item: Item, text: str | None) -> None:
+        """Update an item after its sidecar changed (the list shows what training will read)."""
+        source, trigger = self._sources.get(item.concept, ("sidecar", ""))
+        if source != "sidecar":
+            return
+        keep = [f for f in item.flags if f != FLAG_NO_CAPTION and f != "empty caption"
+                and not f.startswith(FLAG_TOO_LONG)]
+        if text is None:
+            item.caption = None
+            keep.append(FLAG_NO_CAPTION)
+        else:
+            caption = with_trigger(text, trigger) if trigger else text
+            item.caption = caption
+            if not text:
+                keep.append("empty caption")
+            n = estimate_tokens(caption)
+            if caption and n > CLIP_CONTENT_TOKENS:
+                keep.append(f"{FLAG_TOO_LONG} (~{n} tokens, CLIP reads {CLIP_CONTENT_TOKENS})")
+        item.flags = keep
+        self._haystack[item.path] = self._hay(item)
+        self.table.refresh_items()
+
+    @on(CaptionEditor.Navigate)
+    def _navigate(self, event: CaptionEditor.Navigate) -> None:
+        event.stop()
+        self.table.cursor += event.delta
+        self.editor.focus_text()
+
+    @on(CaptionEditor.Done)
+    def _done(self, event: CaptionEditor.Done) -> None:
+        event.stop()
+        self.table.focus()
+
+    # --- changes on disk ---------------------------------------------------------------------
+    def files_changed(self, paths: set[Path]) -> None:
+        """Paths changed outside the app (from the watcher): re-read captions, rescan for images."""
+        rescan = False
+        current = self.editor.path
+        for p in paths:
+            suffix = p.suffix.lower()
+            if suffix in IMAGE_EXTS:
+                rescan = True
+            elif suffix == ".txt":
+                item = self._by_caption.get(p)
+                if item is not None:
+                    self._recaption(item, read_disk(p))
+                if current is not None and p == current:
+                    self.editor.disk_changed()
+            elif p.name in ("project.toml", "metadata.csv", "metadata.jsonl") or not suffix:
+                rescan = True  # a folder (moved in or out), or what captions are made from
+        if rescan:
+            self.rescan()
+
+    # --- actions -----------------------------------------------------------------------------
+    def action_focus_filter(self) -> None:
+        self.query_one("#dataset-filter", Input).focus()
+
+    def action_cycle_flag(self) -> None:
+        cycle: list[str | None] = [None, ANY_FLAG, *self.flags_present()]
+        try:
+            i = cycle.index(self.flag)
+        except ValueError:
+            i = 0
+        self.flag = cycle[(i + 1) % len(cycle)]
+        self._apply_filter()
+
+    def action_edit_caption(self) -> None:
+        self.editor.focus_text()
+
+    def action_rescan(self) -> None:
+        self.rescan()
+
+    def action_bulk(self) -> None:
+        if self.dataset is None:
+            self.app.bell()
+            return
+        if not self.editor.save():
+            self.app.notify("Resolve the caption conflict first", severity="warning")
+            return
+        from tui.widgets.bulk_dialog import BulkDialog
+
+        filtered = len(self.shown) != len(self.items)
+        scope = " shown by the filter" if filtered else ""
+        self.app.push_screen(BulkDialog(self.dataset, self.shown, scope), self._bulk_done)
+
+    def _bulk_done(self, result) -> None:
+        if result is None:
+            return
+        plan, _journal = result
+        self.app.notify(f"{plan.summary()} — press u to undo", timeout=6)
+        self.rescan()
+
+    def action_undo_bulk(self) -> None:
+        if not self.editor.save():
+            self.app.notify("Resolve the caption conflict first", severity="warning")
+            return
+        self._undo_worker()
+
+    @work(thread=True, exclusive=True, group="undo", exit_on_error=False)
+    def _undo_worker(self) -> None:
+        try:
+            res = undo_last(self.project_dir)
+            self.post_message(self.Undone(f"undid {res.operation}: restored {len(res.restored)} caption file(s)"))
+        except UndoConflict as e:
+            self.post_message(self.Undone(str(e), error=True))
+        except CaptionError as e:
+            self.post_message(self.Undone(str(e), error=True))
+
+    @on(Undone)
+    def _undone(self, event: Undone) -> None:
+        event.stop()
+        if event.error:
+            from tui.screens.error import ErrorScreen
+
+            self.app.push_screen(ErrorScreen("Nothing was undone", event.text))
+            return
+        self.app.notify(event.text, timeout=5)
+        self.rescan()

@@ -1,0 +1,484 @@
+"""A live view of a (possibly huge, still growing) log file: toolong's model, plus rotation and `\\r`.
+
+How it stays fast and small:
+
+- The file is a list of newline byte offsets (`array('Q')`, 8 bytes a line); lines are read on demand
+  with `os.pread` and only the visible ones are rendered (Line API on a `ScrollView`, small LRU caches).
+- The index is built **backwards from the end, lazily**: a thread first scans just enough of the tail to
+  fill the screen (so a 1 GB log paints at once), then a bounded budget more (`AUTO_INDEX_BYTES`); older
+  parts are indexed only when the user scrolls near the top of what is indexed (or presses `home`).
+  Memory therefore grows with what was looked at, not with the file.
+- The same thread polls the file (fstat on the open fd; no inotify, so NFS works) for appended data.
+  A file that shrank (truncated) or whose path now names another inode (rotated) is scanned afresh.
+- The thread never touches the index the UI reads: it leaves results in a locked mailbox and posts one
+  `LogView.Changed` message, which coalesces (`can_replace`) while the UI is busy; the handler applies them.
+
+Display rules: a half-written last line is shown and updated as it grows; a `\\r` inside a line overprints
+it the way a terminal would (`10%\\r20%` shows `20%`), and `\\r\\n` endings are plain line ends; ANSI colour
+codes are honoured. Follow mode (`f`) keeps the last line in view; scrolling up turns it off, reaching the
+end turns it back on.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from array import array
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.style import Style
+from rich.text import Text
+from textual import work
+from textual.geometry import Size
+from textual.message import Message
+from textual.reactive import reactive
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
+
+from tui.actions import bindings
+
+TAIL_CHUNK = 64 * 1024  # first read from the end
+BACK_CHUNK = 4 * 1024 * 1024  # later backward reads
+FORWARD_CHUNK = 16 * 1024 * 1024  # at most this much new data per poll
+AUTO_INDEX_BYTES = 16 * 1024 * 1024  # indexed in the background without being asked
+MIN_TAIL_LINES = 400  # the first scan goes on until it has this many lines (or the start)
+MAX_LINE_BYTES = 16 * 1024  # a longer line is shown cut, with "…"
+POLL_SECONDS = 0.25
+
+
+def newline_offsets(data: bytes, base: int) -> array:
+    """Absolute offsets of every b"\\n" in `data` (which starts at file offset `base`), ascending."""
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency; keep a pure fallback anyway
+        out, pos = array("Q"), data.find(b"\n")
+        while pos >= 0:
+            out.append(base + pos)
+            pos = data.find(b"\n", pos + 1)
+        return out
+    found = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10).astype(np.uint64)
+    if base:
+        found += np.uint64(base)
+    out = array("Q")
+    out.frombytes(found.tobytes())
+    return out
+
+
+def _reversed(a: array) -> array:
+    out = array("Q", a)
+    out.reverse()
+    return out
+
+
+def overprint(text: str) -> str:
+    """What a terminal shows for a line with carriage returns: each segment overwrites the line's start."""
+    text = text.rstrip("\r")
+    if "\r" not in text:
+        return text
+    shown = ""
+    for seg in text.split("\r"):
+        shown = seg + shown[len(seg):]
+    return shown
+
+
+class LineIndex:
+    """Newline offsets of the indexed part of a file: `[low, end)`.
+
+    `_back` holds offsets found by scanning backwards (descending, so extending it is cheap), `_fwd`
+    those found after the first scan point (ascending). Until `low` reaches 0 the bytes before the first
+    indexed newline are not a line (their start is unknown), so they are not shown.
+    """
+
+    def __init__(self, end: int = 0):
+        self.low = end
+        self.end = end
+        self._back = array("Q")
+        self._fwd = array("Q")
+
+    @property
+    def complete(self) -> bool:
+        return self.low == 0
+
+    @property
+    def newlines(self) -> int:
+        return len(self._back) + len(self._fwd)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the offsets."""
+        return (len(self._back) + len(self._fwd)) * 8
+
+    def _nl(self, k: int) -> int:
+        nb = len(self._back)
+        return self._back[nb - 1 - k] if k < nb else self._fwd[k - nb]
+
+    def add_back(self, descending: array, low: int) -> int:
+        """Offsets found below `low`, in descending order; returns how many lines were added above."""
+        before = self.line_count
+        self._back.extend(descending)
+        self.low = low
+        return self.line_count - before
+
+    def add_forward(self, ascending: array, end: int) -> None:
+        self._fwd.extend(ascending)
+        self.end = end
+
+    @property
+    def line_count(self) -> int:
+        n = self.newlines
+        first = 0 if self.complete else 1  # newlines used up as "the start of line 0"
+        if n == 0:
+            return 1 if (self.complete and self.end > 0) else 0
+        starts = n + 1 - first
+        last_start = self._nl(n - 1) + 1
+        return starts - (1 if last_start >= self.end else 0)
+
+    def span(self, i: int) -> tuple[int, int]:
+        """Byte range of line `i` (without its newline)."""
+        n = self.newlines
+        if self.complete:
+            start = 0 if i == 0 else self._nl(i - 1) + 1
+            end = self._nl(i) if i < n else self.end
+        else:
+            start = self._nl(i) + 1
+            end = self._nl(i + 1) if i + 1 < n else self.end
+        return start, end
+
+
+@dataclass
+class _Mailbox:
+    """What the watcher thread found since the UI last looked (guarded by `lock`)."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    reset: tuple[int, int] | None = None  # (fd, end) of a freshly opened file
+    back: list[tuple[array, int]] = field(default_factory=list)
+    fwd: array = field(default_factory=lambda: array("Q"))
+    end: int | None = None
+    missing: bool = False
+    notified: bool = False
+
+
+class LogView(ScrollView, can_focus=True):
+    """Follows a log file; see the module docstring."""
+
+    DEFAULT_CSS = """
+    LogView {
+        background: $surface;
+        border: round $primary 40%;
+        border-title-color: $text-muted;
+        border-subtitle-color: $text-muted;
+    }
+    LogView:focus { border: round $primary; }
+    """
+
+    ACTION_SCOPE = "log"
+    BINDINGS = bindings("log")
+
+    follow: reactive[bool] = reactive(True)
+
+    class Changed(Message):
+        """The watcher thread left news in the mailbox (coalesces while the UI is busy)."""
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, LogView.Changed)
+
+    class FollowChanged(Message):
+        def __init__(self, log_view: "LogView", follow: bool) -> None:
+            super().__init__()
+            self.log_view = log_view
+            self.follow = follow
+
+    def __init__(self, path: str | os.PathLike, *, poll: float = POLL_SECONDS, name: str | None = None,
+                 id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(name=name, id=id, classes=classes)
+        self.path = Path(path)
+        self.poll = poll
+        self.index = LineIndex()
+        self._fd = -1  # the UI's dup, for reading lines
+        self._thread_fd = -1  # the watcher thread's own
+        self._generation = 0
+        self._mailbox = _Mailbox()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._want_back = threading.Event()
+        self._want_all = False
+        self._missing = False
+        self._max_width = 0
+        self._text_cache: OrderedDict[tuple[int, int, int], Text] = OrderedDict()
+        self._strip_cache: OrderedDict[tuple[int, int, int, int, int], Strip] = OrderedDict()
+        self.border_title = self.path.name
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._update_subtitle()
+        self._watch_file()
+
+    def on_unmount(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        # The thread closes its own fd (and any dup the UI never adopted) as it leaves.
+        _close(self._fd)
+        self._fd = -1
+
+    # --- the watcher thread -----------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="log-watch", exit_on_error=False)
+    def _watch_file(self) -> None:
+        # The thread reads through its own fd; the UI gets a dup of it with each reset, so neither side
+        # ever reads through a descriptor the other closed (and whose number may have been reused).
+        box = self._mailbox
+        try:
+            self._watch_loop(box)
+        finally:
+            _close(self._thread_fd)
+            self._thread_fd = -1
+            with box.lock:  # a dup the UI never adopted
+                if box.reset is not None and self._stop.is_set():
+                    _close(box.reset[0])
+                    box.reset = None
+
+    def _watch_loop(self, box: _Mailbox) -> None:
+        low = end = 0
+        auto_left = AUTO_INDEX_BYTES
+        while not self._stop.is_set():
+            fd = self._thread_fd
+            if fd < 0:
+                fd = self._thread_fd = self._open()
+                if fd < 0:
+                    with box.lock:
+                        box.missing = True
+                    self._notify()
+                    self._wake.wait(self.poll)
+                    self._wake.clear()
+                    continue
+                end = low = os.fstat(fd).st_size
+                auto_left = AUTO_INDEX_BYTES
+                with box.lock:
+                    if box.reset is not None:
+                        _close(box.reset[0])
+                    box.reset, box.back, box.fwd, box.end, box.missing = \
+                        (os.dup(fd), end), [], array("Q"), None, False
+                # The tail first, until there are enough lines to fill a screen.
+                found = 0
+                while low > 0 and found < MIN_TAIL_LINES and not self._stop.is_set():
+                    low, n = self._scan_back(fd, low, TAIL_CHUNK if found == 0 else BACK_CHUNK)
+                    found += n
+                auto_left -= end - low
+                self._notify()
+            # Growth, truncation, rotation.
+            try:
+                size = os.fstat(fd).st_size
+                rotated = self._rotated(fd)
+            except OSError:
+                size, rotated = -1, True
+            if rotated or size < end:
+                _close(fd)
+                self._thread_fd = -1
+                continue
+            if size > end:
+                stop = min(size, end + FORWARD_CHUNK)
+                data = os.pread(fd, stop - end, end)
+                offsets = newline_offsets(data, end)
+                end += len(data)
+                with box.lock:
+                    box.fwd.extend(offsets)
+                    box.end = end
+                self._notify()
+                if end < size:
+                    continue  # more to read: no sleep
+            # Older lines: a bounded budget on our own, the rest only when the user asks.
+            if low > 0 and (auto_left > 0 or self._want_back.is_set() or self._want_all):
+                before = low
+                low, _ = self._scan_back(fd, low, BACK_CHUNK)
+                auto_left -= before - low
+                self._want_back.clear()
+                self._notify()
+                continue
+            self._wake.wait(self.poll)
+            self._wake.clear()
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return -1
+
+    def _rotated(self, fd: int) -> bool:
+        try:
+            return os.stat(self.path).st_ino != os.fstat(fd).st_ino
+        except FileNotFoundError:
+            return False  # renamed away and not yet recreated: keep reading the old file
+
+    def _scan_back(self, fd: int, low: int, chunk: int) -> tuple[int, int]:
+        start = max(0, low - chunk)
+        data = os.pread(fd, low - start, start)
+        offsets = newline_offsets(data, start)
+        with self._mailbox.lock:
+            self._mailbox.back.append((_reversed(offsets), start))
+        return start, len(offsets)
+
+    def _notify(self) -> None:
+        box = self._mailbox
+        with box.lock:
+            if box.notified:
+                return
+            box.notified = True
+        self.post_message(self.Changed())
+
+    # --- applying news (UI thread) ----------------------------------------------------------------
+    def on_log_view_changed(self, event: Changed) -> None:
+        event.stop()
+        self.apply_pending()
+
+    def apply_pending(self) -> None:
+        box = self._mailbox
+        with box.lock:
+            reset, back, fwd, end, missing = box.reset, box.back, box.fwd, box.end, box.missing
+            box.reset, box.back, box.fwd, box.end, box.notified = None, [], array("Q"), None, False
+        if reset is not None:
+            fd, size = reset
+            _close(self._fd)
+            self._fd = fd
+            self._generation += 1
+            self.index = LineIndex(size)
+            self._text_cache.clear()
+            self._strip_cache.clear()
+            self._max_width = 0
+            self.follow = True  # a new or truncated file: its tail is what matters
+        self._missing = missing and reset is None and self._fd < 0
+        added_above = 0
+        for offsets, low in back:
+            added_above += self.index.add_back(offsets, low)
+        if end is not None:
+            self.index.add_forward(fwd, end)
+            # The old last line may have grown: forget its cached rendering.
+            self._text_cache.clear()
+            self._strip_cache.clear()
+        self._update_virtual_size()
+        if self.follow:
+            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+        elif added_above:
+            self.scroll_to(y=self.scroll_y + added_above, animate=False, force=True)
+        self._update_subtitle()
+        self.refresh()
+
+    def _update_virtual_size(self) -> None:
+        self.virtual_size = Size(max(self._max_width, 1), self.index.line_count)
+
+    def _update_subtitle(self) -> None:
+        if self._missing or (self._fd < 0 and self.index.end == 0):
+            self.border_subtitle = "waiting for the file…"
+            return
+        parts = [_size(self.index.end)]
+        if not self.index.complete:
+            parts.append(f"last {_size(self.index.end - self.index.low)} indexed")
+        parts.append("following" if self.follow else "paused · f follows")
+        self.border_subtitle = " · ".join(parts)
+
+    # --- reading and rendering lines --------------------------------------------------------------
+    def line_text(self, i: int) -> Text:
+        """Line `i` as shown (overprinted, tabs expanded, ANSI colours applied), from a small LRU."""
+        start, end = self.index.span(i)
+        key = (self._generation, start, end)
+        cached = self._text_cache.get(key)
+        if cached is not None:
+            self._text_cache.move_to_end(key)
+            return cached
+        length = min(end - start, MAX_LINE_BYTES)
+        try:
+            raw = os.pread(self._fd, length, start) if length > 0 else b""
+        except OSError:
+            raw = b""
+        plain = overprint(raw.decode("utf-8", errors="replace"))
+        if end - start > MAX_LINE_BYTES:
+            plain += "…"
+        if "\x1b" in plain:
+            text = Text.from_ansi(plain, no_wrap=True, end="")
+        else:
+            text = Text(plain, no_wrap=True, end="", style=_line_style(plain))
+        text.expand_tabs(8)
+        self._text_cache[key] = text
+        if len(self._text_cache) > 512:
+            self._text_cache.popitem(last=False)
+        return text
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.scrollable_content_region.width
+        base = self.rich_style
+        if index >= self.index.line_count or self._fd < 0:
+            return Strip.blank(width, base)
+        start, end = self.index.span(index)
+        key = (self._generation, start, end, scroll_x, width)
+        strip = self._strip_cache.get(key)
+        if strip is None:
+            text = self.line_text(index)
+            if text.cell_len > self._max_width:
+                self._max_width = text.cell_len
+                self.call_later(self._update_virtual_size)
+            strip = Strip(text.render(self.app.console), text.cell_len)
+            strip = strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)
+            self._strip_cache[key] = strip
+            if len(self._strip_cache) > 1024:
+                self._strip_cache.popitem(last=False)
+        else:
+            self._strip_cache.move_to_end(key)
+        if index < 200 and not self.index.complete:
+            self._want_back.set()  # near the top of what is indexed: fetch older lines
+            self._wake.set()
+        return strip
+
+    # --- follow mode ------------------------------------------------------------------------------
+    def watch_scroll_y(self, old_value: float, new_value: float) -> None:
+        super().watch_scroll_y(old_value, new_value)
+        at_end = round(new_value) >= self.max_scroll_y
+        if at_end != self.follow:
+            self.follow = at_end
+
+    def watch_follow(self, follow: bool) -> None:
+        self._update_subtitle()
+        self.post_message(self.FollowChanged(self, follow))
+
+    def action_toggle_follow(self) -> None:
+        if self.follow:
+            self.follow = False
+        else:
+            self.follow = True
+            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+
+    def action_scroll_end(self) -> None:
+        self.follow = True
+        self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+
+    def action_scroll_home(self) -> None:
+        self.follow = False
+        self._want_all = True  # the user asked for the start: index all of it
+        self._wake.set()
+        self.scroll_to(y=0, animate=False, force=True)
+
+
+def _close(fd: int) -> None:
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _line_style(plain: str) -> Style | str:
+    head = plain[:200]
+    if head.startswith("Traceback") or "Error" in head or "error:" in head.lower():
+        return "red"
+    if "warning" in head.lower():
+        return "yellow"
+    return ""
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"

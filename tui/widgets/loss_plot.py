@@ -1,0 +1,165 @@
+"""The monitor's training plot (textual-plotext): loss, learning rate or throughput against the step.
+
+`TrainingHistory` folds events (`progress`, `val_loss`, `checkpoint`, `epoch`) into plain lists; it is
+fed incrementally by the monitor's event tail and knows nothing of Textual. `LossPlot` draws it: raw loss
+and its exponential moving average, validation-loss points, checkpoints as vertical markers, an optional
+log y axis; `p` cycles to the learning rate and to images per second. Redraws are throttled, so a fast
+trainer costs at most a few plot builds a second.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from textual_plotext import PlotextPlot
+
+SMOOTHING = 0.9
+METRICS = ("loss", "lr", "img/s")
+MAX_POINTS = 2000  # plotted points per series; longer histories are thinned evenly
+
+
+@dataclass
+class TrainingHistory:
+    steps: list[int] = field(default_factory=list)
+    loss: list[float] = field(default_factory=list)
+    smoothed: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    lr_steps: list[int] = field(default_factory=list)
+    img_s: list[float] = field(default_factory=list)
+    img_s_steps: list[int] = field(default_factory=list)
+    val_steps: list[int] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    checkpoints: list[int] = field(default_factory=list)
+    epoch_seconds: list[float] = field(default_factory=list)
+    last: dict[str, Any] = field(default_factory=dict)  # the newest progress event
+
+    def absorb(self, events: Iterable[dict[str, Any]]) -> bool:
+        """Take new events; True if anything plotted changed."""
+        changed = False
+        for ev in events:
+            kind = ev.get("kind")
+            step = ev.get("step")
+            if not isinstance(step, (int, float)):
+                if kind == "epoch" and isinstance(ev.get("seconds"), (int, float)):
+                    self.epoch_seconds.append(float(ev["seconds"]))
+                continue
+            step = int(step)
+            if kind == "progress":
+                self.last = ev
+                loss = ev.get("loss")
+                if isinstance(loss, (int, float)) and math.isfinite(loss):
+                    if self.steps and step <= self.steps[-1]:
+                        # A resumed run repeats steps after its checkpoint: keep the curve monotone.
+                        while self.steps and self.steps[-1] >= step:
+                            self.steps.pop(), self.loss.pop(), self.smoothed.pop()
+                    prev = self.smoothed[-1] if self.smoothed else float(loss)
+                    self.steps.append(step)
+                    self.loss.append(float(loss))
+                    self.smoothed.append(SMOOTHING * prev + (1 - SMOOTHING) * float(loss))
+                    changed = True
+                lr = ev.get("lr")
+                if isinstance(lr, (int, float)):
+                    self.lr_steps.append(step)
+                    self.lr.append(float(lr))
+                    changed = True
+                ips = ev.get("img_s", ev.get("img/s"))
+                if isinstance(ips, (int, float)):
+                    self.img_s_steps.append(step)
+                    self.img_s.append(float(ips))
+                    changed = True
+            elif kind == "val_loss" and isinstance(ev.get("loss"), (int, float)):
+                self.val_steps.append(step)
+                self.val_loss.append(float(ev["loss"]))
+                changed = True
+            elif kind == "checkpoint":
+                if step not in self.checkpoints:
+                    self.checkpoints.append(step)
+                    changed = True
+            elif kind == "epoch" and isinstance(ev.get("seconds"), (int, float)):
+                self.epoch_seconds.append(float(ev["seconds"]))
+        return changed
+
+
+def thin(xs: list, ys: list, limit: int = MAX_POINTS) -> tuple[list, list]:
+    if len(xs) <= limit:
+        return xs, ys
+    stride = math.ceil(len(xs) / limit)
+    return xs[::stride] + xs[-1:], ys[::stride] + ys[-1:]
+
+
+class LossPlot(PlotextPlot):
+    """Draws a `TrainingHistory`; call `update_history()` after feeding it."""
+
+    DEFAULT_CSS = """
+    LossPlot { height: 1fr; min-height: 8; }
+    """
+
+    def __init__(self, history: TrainingHistory | None = None, *, min_interval: float = 0.5,
+                 id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.history = history or TrainingHistory()
+        self.metric = "loss"
+        self.log_scale = False
+        self.min_interval = min_interval
+        self._dirty = True
+        self._timer = None
+
+    def on_mount(self) -> None:
+        super().on_mount()
+        self._draw()
+
+    def update_history(self) -> None:
+        """Redraw soon (at most once per `min_interval`)."""
+        self._dirty = True
+        if self._timer is None:
+            self._timer = self.set_timer(self.min_interval if self.min_interval > 0 else 0.001, self._flush)
+
+    def _flush(self) -> None:
+        self._timer = None
+        if self._dirty:
+            self._draw()
+
+    def toggle_log_scale(self) -> None:
+        self.log_scale = not self.log_scale
+        self._draw()
+
+    def cycle_metric(self) -> str:
+        self.metric = METRICS[(METRICS.index(self.metric) + 1) % len(METRICS)]
+        self._draw()
+        return self.metric
+
+    def _draw(self) -> None:
+        self._dirty = False
+        h = self.history
+        plt = self.plt
+        plt.clear_data()
+        plt.clear_figure()
+        if self.metric == "loss":
+            xs, ys = thin(h.steps, h.loss)
+            if xs:
+                plt.plot(xs, ys, label="loss", color="gray", marker="braille")
+                sx, sy = thin(h.steps, h.smoothed)
+                plt.plot(sx, sy, label="smoothed", color="cyan", marker="braille")
+            if h.val_steps:
+                plt.scatter(h.val_steps, h.val_loss, label="val", color="orange", marker="●")
+            title = "loss" + (" (log)" if self.log_scale else "")
+            if self.log_scale and (h.loss or h.val_loss):
+                plt.yscale("log")
+        elif self.metric == "lr":
+            xs, ys = thin(h.lr_steps, h.lr)
+            if xs:
+                plt.plot(xs, ys, label="lr", color="green", marker="braille")
+            title = "learning rate"
+        else:
+            xs, ys = thin(h.img_s_steps, h.img_s)
+            if xs:
+                plt.plot(xs, ys, label="img/s", color="magenta", marker="braille")
+            title = "images per second"
+        for step in h.checkpoints:
+            plt.vline(step, "yellow")
+        plt.title(title + ("  · ckpt │" if h.checkpoints else ""))
+        plt.xlabel("step")
+        if not (h.steps or h.lr_steps):
+            plt.title(f"{title}: waiting for the first progress event")
+        self.refresh()

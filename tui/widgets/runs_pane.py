@@ -1,0 +1,465 @@
+"""The Runs tab: the project's runs as a live table, and the actions on them.
+
+A thread worker polls the run directories once a second (`engine.runinfo.RunWatcher` per run, which
+tails `events.jsonl` by byte offset, so a refresh reads only what was appended) and posts one `Polled`
+message; the handler updates the table in place. Every action that touches processes or files
+(launch, stop, resume, delete) runs in a worker too and reports back through `ActionDone`, shown as a
+notification or, for a failed check, a modal with the check's output.
+
+The table shows the state as the run dir says it (`lost`: status says alive but no supervisor holds the
+lock), progress, epoch, last and smoothed loss, img/s, ETA, elapsed, cost so far and the checkpoint
+marked best on the contact sheet (`best.json`).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.screen import ModalScreen
+from textual.widgets import Button, DataTable, Label, OptionList, Static
+
+from engine.rundir import ALIVE_STATES, RunDir, list_runs
+from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
+from tui.actions import bindings
+
+SMOOTHING = 0.9  # EMA factor of the smoothed loss (the plot uses the same)
+POLL_SECONDS = 1.0
+
+STATE_STYLES = {
+    "starting": "cyan", "running": "green bold", "stopping": "yellow", "finished": "blue",
+    "failed": "red bold", "stopped": "magenta", "lost": "red reverse",
+}
+
+
+def now_for(node: Any) -> float:
+    """The app's clock (`app.clock`, injectable for deterministic snapshots), else the wall clock."""
+    try:
+        clock = getattr(node.app, "clock", None)
+    except Exception:  # noqa: BLE001 - no app (unit tests of helpers)
+        clock = None
+    return float(clock()) if callable(clock) else time.time()
+
+
+def progress_bar(fraction: float | None, width: int = 12) -> Text:
+    if fraction is None:
+        return Text("·" * width, style="dim")
+    fraction = max(0.0, min(1.0, fraction))
+    full = int(round(fraction * width))
+    bar = Text("█" * full, style="green")
+    bar.append("░" * (width - full), style="dim")
+    bar.append(f" {fraction * 100:3.0f}%")
+    return bar
+
+
+def summary_fraction(s: RunSummary) -> float | None:
+    if s.state == "finished":
+        return 1.0
+    if s.step is not None and s.total_steps:
+        return s.step / s.total_steps
+    if s.epoch is not None and s.epochs:
+        return s.epoch / s.epochs
+    return None
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+@dataclass
+class RunRow:
+    summary: RunSummary
+    smoothed: float | None
+    best: str | None
+
+
+COLUMNS = ("run", "state", "progress", "epoch", "loss", "smoothed", "img/s", "ETA", "elapsed", "cost", "best")
+
+
+def row_cells(row: RunRow) -> list[Any]:
+    s = row.summary
+    best = row.best or ""
+    if best:
+        from engine.rundir import parse_checkpoint_name
+
+        parsed = parse_checkpoint_name(best)
+        best = f"★ e{parsed[0]}" if parsed else f"★ {best}"
+    return [
+        s.run_id,
+        Text(s.state, style=STATE_STYLES.get(s.state, "")),
+        progress_bar(summary_fraction(s)),
+        fmt_progress(s),
+        _num(s.loss, ".4f"),
+        _num(row.smoothed, ".4f"),
+        _num(s.img_s, ".1f"),
+        fmt_duration(s.eta_s) if s.alive else "-",
+        fmt_duration(s.elapsed_s),
+        fmt_cost(s),
+        Text(best, style="yellow"),
+    ]
+
+
+# --- modals --------------------------------------------------------------------------------------
+
+class ConfirmModal(ModalScreen[bool]):
+    """Yes/no, with the question in words; `y`/`enter` confirm, `n`/`escape` cancel."""
+
+    DEFAULT_CSS = """
+    ConfirmModal { align: center middle; }
+    ConfirmModal > Vertical { width: 64; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
+    ConfirmModal Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
+    ConfirmModal Button { margin-left: 2; }
+    """
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+    def __init__(self, question: str, yes: str = "Yes") -> None:
+        super().__init__()
+        self.question, self.yes = question, yes
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.question)
+            with Horizontal():
+                yield Button(self.yes, variant="error", id="yes")
+                yield Button("Cancel", id="no")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+    def action_answer(self, value: bool) -> None:
+        self.dismiss(value)
+
+
+class ProblemsModal(ModalScreen[None]):
+    """A block of text (a failed check's output, an error) to read and dismiss."""
+
+    DEFAULT_CSS = """
+    ProblemsModal { align: center middle; }
+    ProblemsModal > Vertical { width: 90%; height: 80%; border: thick $error; background: $surface; padding: 0 1; }
+    ProblemsModal VerticalScroll { height: 1fr; }
+    ProblemsModal #title { text-style: bold; color: $error; padding: 1 0; }
+    """
+    BINDINGS = [Binding("escape,enter,q", "dismiss_modal", "Close")]
+
+    def __init__(self, title: str, body: str) -> None:
+        super().__init__()
+        self.title_text, self.body = title, body
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label(self.title_text, id="title")
+            with VerticalScroll():
+                yield Static(Text(self.body), id="body")
+            yield Label("esc closes", classes="hint")
+
+    def action_dismiss_modal(self) -> None:
+        self.dismiss(None)
+
+
+class ConfigPicker(ModalScreen[str | None]):
+    """Pick a run config from the project's `configs/`."""
+
+    DEFAULT_CSS = """
+    ConfigPicker { align: center middle; }
+    ConfigPicker > Vertical { width: 60; height: auto; max-height: 80%; border: thick $primary; background: $surface; padding: 0 1; }
+    ConfigPicker OptionList { height: auto; max-height: 20; }
+    """
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = names
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Label("Launch which config? (the check runs first)")
+            yield OptionList(*self.names, id="configs")
+
+    @on(OptionList.OptionSelected)
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.names[event.option_index])
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+
+# --- the pane ------------------------------------------------------------------------------------
+
+class RunsPane(Vertical):
+    """The project's runs; see the module docstring. Mounted by the project screen's Runs tab."""
+
+    ACTION_SCOPE = "runs"
+    BINDINGS = bindings("runs")
+    DEFAULT_CSS = """
+    RunsPane { height: 1fr; }
+    RunsPane DataTable { height: 1fr; }
+    RunsPane #runs-empty { padding: 1 2; color: $text-muted; }
+    RunsPane #runs-empty.hidden { display: none; }
+    """
+
+    class Polled(Message):
+        def __init__(self, rows: list[RunRow]) -> None:
+            super().__init__()
+            self.rows = rows
+
+        def can_replace(self, message: Message) -> bool:
+            return isinstance(message, RunsPane.Polled)
+
+    class ActionDone(Message):
+        """A launch/stop/resume/delete finished (ok or not); `detail` is long text for a modal."""
+
+        def __init__(self, message: str, ok: bool = True, detail: str = "", title: str = "") -> None:
+            super().__init__()
+            self.message, self.ok, self.detail, self.title = message, ok, detail, title
+
+    def __init__(self, project_dir: str | Path, *, poll: float = POLL_SECONDS, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.project_dir = Path(project_dir)
+        self.poll_seconds = poll
+        self.rows: dict[str, RunRow] = {}
+        self._watchers: dict[str, RunWatcher] = {}
+        self._smoothed: dict[str, float] = {}
+
+    def compose(self) -> ComposeResult:
+        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
+        for name in COLUMNS:
+            table.add_column(name, key=name)
+        yield table
+        yield Static("No runs yet. Press n to launch a config.", id="runs-empty")
+
+    def on_mount(self) -> None:
+        self.poll_now()
+        if self.poll_seconds > 0:
+            self.set_interval(self.poll_seconds, self.poll_now)
+
+    # --- polling -------------------------------------------------------------------------------
+    def poll_now(self) -> None:
+        self._poll(now_for(self))
+
+    @work(thread=True, exclusive=True, group="runs-poll", exit_on_error=False)
+    def _poll(self, now: float) -> None:
+        rows = []
+        seen = set()
+        for run in list_runs(self.project_dir):
+            seen.add(run.run_id)
+            watcher = self._watchers.get(run.run_id)
+            if watcher is None:
+                watcher = self._watchers[run.run_id] = RunWatcher(run)
+            summary = watcher.refresh(now)
+            ema = self._smoothed.get(run.run_id)
+            for ev in watcher.new_events:
+                loss = ev.get("loss")
+                if ev.get("kind") == "progress" and isinstance(loss, (int, float)):
+                    ema = float(loss) if ema is None else SMOOTHING * ema + (1 - SMOOTHING) * float(loss)
+            if ema is not None:
+                self._smoothed[run.run_id] = ema
+            rows.append(RunRow(summary, ema, read_best_name(run)))
+        for gone in set(self._watchers) - seen:
+            self._watchers.pop(gone, None)
+            self._smoothed.pop(gone, None)
+        self.post_message(self.Polled(rows))
+
+    @on(Polled)
+    def _show(self, event: Polled) -> None:
+        table = self.query_one(DataTable)
+        new = {r.summary.run_id: r for r in event.rows}
+        for run_id in list(self.rows):
+            if run_id not in new:
+                table.remove_row(run_id)
+        for run_id, row in new.items():
+            cells = row_cells(row)
+            if run_id in self.rows:
+                for name, value in zip(COLUMNS, cells):
+                    table.update_cell(run_id, name, value)
+            else:
+                table.add_row(*cells, key=run_id)
+        if [str(k.value) for k in table.rows] != list(new):  # keep newest first, as list_runs gives them
+            table.sort("run", reverse=True)
+        self.rows = new
+        self.query_one("#runs-empty").set_class(bool(new), "hidden")
+
+    # --- selection -------------------------------------------------------------------------------
+    def selected_run(self) -> RunDir | None:
+        table = self.query_one(DataTable)
+        if not self.rows or table.cursor_row < 0 or table.row_count == 0:
+            return None
+        key = table.coordinate_to_cell_key((table.cursor_row, 0)).row_key.value
+        return RunDir(self.project_dir / "runs" / str(key)) if key else None
+
+    def _selected_or_say(self) -> RunDir | None:
+        run = self.selected_run()
+        if run is None:
+            self.notify("No run selected.", severity="warning")
+        return run
+
+    # --- actions ---------------------------------------------------------------------------------
+    def action_open_monitor(self) -> None:
+        run = self._selected_or_say()
+        if run is not None:
+            from tui.screens.monitor import MonitorScreen
+
+            self.app.push_screen(MonitorScreen(run))
+
+    @on(DataTable.RowSelected)
+    def _row_chosen(self, event: DataTable.RowSelected) -> None:
+        event.stop()
+        self.action_open_monitor()
+
+    def action_launch(self) -> None:
+        names = sorted(p.stem for p in (self.project_dir / "configs").glob("*.toml"))
+        if not names:
+            self.notify(f"No configs in {self.project_dir / 'configs'}; create one in the Configs tab.",
+                        severity="warning")
+            return
+
+        def chosen(name: str | None) -> None:
+            if name:
+                self.notify(f"Checking {name}…")
+                self._launch(name)
+
+        self.app.push_screen(ConfigPicker(names), chosen)
+
+    @work(thread=True, group="runs-action", exit_on_error=False)
+    def _launch(self, config: str) -> None:
+        from engine import launch
+
+        env = dict(os.environ)
+        launch._add_source_root(env)
+        check = subprocess.run(
+            [sys.executable, "-m", "tui.cli", "check", str(self.project_dir), config],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=300,
+        )
+        if check.returncode != 0:
+            self.post_message(self.ActionDone(f"{config}: the check failed; nothing was launched", ok=False,
+                                              detail=(check.stdout + check.stderr).strip(),
+                                              title=f"tunelab check {self.project_dir.name} {config}"))
+            return
+        try:
+            run = launch.create_run(self.project_dir, config)
+            launch.start_supervisor(run)
+        except Exception as e:  # noqa: BLE001 - ConfigError, LaunchError, OSError: all shown the same way
+            self.post_message(self.ActionDone(f"{config}: launch failed", ok=False, detail=str(e),
+                                              title="Launch failed"))
+            return
+        self.post_message(self.ActionDone(f"Launched {run.run_id}"))
+
+    def action_stop(self) -> None:
+        run = self._selected_or_say()
+        if run is not None:
+            self._stop(run, force=False)
+
+    def action_force_stop(self) -> None:
+        run = self._selected_or_say()
+        if run is None:
+            return
+        state = self.rows[run.run_id].summary.state if run.run_id in self.rows else run.state()
+        if state not in ALIVE_STATES and state != "lost":
+            self.notify(f"{run.run_id} is {state}; nothing to stop.")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._stop(run, force=True)
+
+        self.app.push_screen(ConfirmModal(
+            f"Force stop {run.run_id}?\n\nThe trainer is killed (SIGTERM, then SIGKILL) without saving a "
+            f"checkpoint; progress since the last checkpoint is lost.", yes="Force stop"), answered)
+
+    @work(thread=True, group="runs-action", exit_on_error=False)
+    def _stop(self, run: RunDir, force: bool) -> None:
+        from engine.launch import stop_run
+
+        try:
+            if force:
+                state = stop_run(run, force=True, timeout=20.0, kill_after=5.0)
+                self.post_message(self.ActionDone(f"{run.run_id}: {state}"))
+            else:
+                state = stop_run(run, force=False, timeout=0.0)  # the poll shows it end
+                msg = f"{run.run_id}: stop requested (a checkpoint is saved first)" \
+                    if state in ALIVE_STATES else f"{run.run_id}: {state}"
+                if state == "lost":
+                    msg = f"{run.run_id} is lost (no supervisor); force stop (K) settles it"
+                self.post_message(self.ActionDone(msg, ok=state != "lost"))
+        except Exception as e:  # noqa: BLE001
+            self.post_message(self.ActionDone(f"{run.run_id}: stop failed: {e}", ok=False))
+        self.call_from_thread(self.poll_now)
+
+    def action_resume(self) -> None:
+        run = self._selected_or_say()
+        if run is not None:
+            self._resume(run)
+
+    @work(thread=True, group="runs-action", exit_on_error=False)
+    def _resume(self, run: RunDir) -> None:
+        from engine.launch import resume_run
+
+        try:
+            resume_run(run)
+        except Exception as e:  # noqa: BLE001 - LaunchError says why (alive, finished, no checkpoint)
+            self.post_message(self.ActionDone(f"Cannot resume: {e}", ok=False))
+            return
+        self.post_message(self.ActionDone(f"Resumed {run.run_id}"))
+        self.call_from_thread(self.poll_now)
+
+    def action_delete(self) -> None:
+        run = self._selected_or_say()
+        if run is None:
+            return
+        state = run.state()
+        if state in ALIVE_STATES or state == "lost":
+            self.notify(f"{run.run_id} is {state}: stop it first (a lost run: force stop).", severity="error")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._delete(run)
+
+        self.app.push_screen(ConfirmModal(
+            f"Delete run {run.run_id}?\n\nIts checkpoints, samples and log are removed from disk.",
+            yes="Delete"), answered)
+
+    @work(thread=True, group="runs-action", exit_on_error=False)
+    def _delete(self, run: RunDir) -> None:
+        if run.state() in ALIVE_STATES:  # it may have been resumed meanwhile
+            self.post_message(self.ActionDone(f"{run.run_id} is alive again; not deleted", ok=False))
+            return
+        # Rename first, so no reader ever sees a half-deleted run under its id.
+        trash = run.path.with_name(f".deleting-{run.run_id}")
+        try:
+            os.rename(run.path, trash)
+            shutil.rmtree(trash)
+        except OSError as e:
+            self.post_message(self.ActionDone(f"Could not delete {run.run_id}: {e}", ok=False))
+            return
+        self.post_message(self.ActionDone(f"Deleted {run.run_id}"))
+        self.call_from_thread(self.poll_now)
+
+    @on(ActionDone)
+    def _done(self, event: ActionDone) -> None:
+        if event.detail and not event.ok:
+            self.app.push_screen(ProblemsModal(event.title or event.message, event.detail))
+        self.notify(event.message, severity="information" if event.ok else "error")
+        self.poll_now()
+
+
+def read_best_name(run: RunDir) -> str | None:
+    from engine.contact_sheet import read_best
+
+    best = read_best(run)
+    name = (best or {}).get("checkpoint")
+    return str(name) if name else None
