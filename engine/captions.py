@@ -154,7 +154,8 @@ def with_trigger(caption: str, trigger: str, sep: str = ", ") -> str:
     trigger = trigger.strip()
     if not trigger:
         return caption
-    if caption == trigger or caption.startswith(trigger + sep.rstrip()) or caption.startswith(trigger + " "):
+    marks = {trigger + sep, trigger + " ", trigger + ","} | ({trigger + sep.rstrip()} if sep.strip() else set())
+    if caption == trigger or any(caption.startswith(m) for m in marks):
         return caption
     return f"{trigger}{sep}{caption}" if caption else trigger
 
@@ -189,8 +190,8 @@ class Plan:
         """A per-file unified diff of every change (the `--dry-run` output)."""
         out: list[str] = []
         for c in self.changes:
-            old = [] if c.old is None else [c.old]
-            new = [] if c.new is None else [c.new]
+            old = [] if c.old is None else (c.old.splitlines() or [""])
+            new = [] if c.new is None else (c.new.splitlines() or [""])
             a = f"a/{c.label}" if c.old is not None else "/dev/null"
             b = f"b/{c.label}" if c.new is not None else "/dev/null"
             out.extend(difflib.unified_diff(old, new, a, b, lineterm="", n=0))
@@ -262,9 +263,9 @@ def _plan(operation: str, items: Sequence[Target], compute: Callable[[Target, st
             continue
         if result is None:
             continue
-        old = _exact_old(t)
-        if old == result:
+        if cur == result:  # the same caption once read (BOM, CRLF, trailing newline aside): leave the file be
             continue
+        old = _exact_old(t)
         plan.changes.append(Change(t.caption_path, old, result, _rel_caption(t)))
     return plan
 
@@ -332,7 +333,7 @@ def plan_suffix(items: Sequence[Target], suffix: str, sep: str = ", ", root=None
     def compute(t: Target, cur: str | None):
         if cur is None:
             return (None, "no caption")
-        if cur == suffix or cur.endswith(sep.lstrip() + suffix) or cur.endswith(" " + suffix):
+        if cur == suffix or any(cur.endswith(m + suffix) for m in (sep, " ", ",")):
             return cur
         return f"{cur}{sep}{suffix}" if cur else suffix
     return _plan(f"suffix {suffix!r}", items, compute, root)

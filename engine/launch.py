@@ -301,17 +301,20 @@ def trainer_env(run_dir: RunDir, cfg: Any) -> dict[str, str]:
     if launch is not None and (launch.num_processes > 1 or launch.num_machines > 1) \
             and not launch.accelerate_config and not _gpu_visible():
         env.setdefault("ACCELERATE_USE_CPU", "true")
-    _add_source_root(env)
+    add_source_root(env)
     return env
 
 
-def _add_source_root(env: dict[str, str]) -> None:
+def add_source_root(env: dict[str, str]) -> None:
     """Let `python -m engine.…` (and `tests.fake_trainer`) import from a source checkout wherever the
     caller's working directory is. Appended, so an installed package still wins."""
     parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(SOURCE_ROOT) not in parts:
         parts.append(str(SOURCE_ROOT))
     env["PYTHONPATH"] = os.pathsep.join(parts)
+
+
+_add_source_root = add_source_root  # the name the TUI's runs pane first used
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,7 +343,8 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
                overrides: Iterable[str] = ()) -> RunDir:
     """Validate the config (with overrides) and create `runs/<run-id>/` with the frozen config.
 
-    Raises `engine.schema.ConfigError` (printable problems) or `LaunchError`, before creating anything.
+    Raises `engine.schema.ConfigError` (printable problems, in the config or in project.toml) or
+    `LaunchError`, before creating anything.
     The directory is built under a hidden temporary name and renamed into place, so no reader ever sees
     a run without its config.
     """
@@ -349,9 +353,9 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     project_dir = Path(project_dir)
     if not project_dir.is_dir():
         raise LaunchError(f"project {project_dir} not found (not a directory)")
-    if not (project_dir / "project.toml").is_file():
-        raise LaunchError(f"{project_dir} is not a tunelab project: it has no project.toml "
-                          f"(create one with `tunelab new NAME`)")
+    from engine.project import load_project_file
+
+    load_project_file(project_dir)  # a broken project.toml is a ConfigError now, not a failed run later
     path = resolve_config_path(project_dir, config_path)
     cfg = load_run_config(_display_path(path), list(overrides))
     source = path.read_text(encoding="utf-8")
@@ -413,9 +417,9 @@ def start_supervisor(run_dir: RunDir | str | os.PathLike, *, resume: bool = Fals
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     path = run_dir.path.resolve()
     env = dict(os.environ)
-    _add_source_root(env)
+    add_source_root(env)
     read_fd, write_fd = os.pipe()
-    cmd = [sys.executable, "-m", "engine.supervisor", str(path), "--ready-fd", str(write_fd)]
+    cmd = [sys.executable, "-m", "engine.supervisor", str(path), "--detach", "--ready-fd", str(write_fd)]
     if resume:
         cmd.append("--resume")
     try:
@@ -430,16 +434,21 @@ def start_supervisor(run_dir: RunDir | str | os.PathLike, *, resume: bool = Fals
         answer = _read_answer(read_fd, ready_timeout)
     finally:
         os.close(read_fd)
+        # With --detach this process only forks and exits: reap it, so no zombie or child is left.
+        try:
+            rc = proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            rc = None
     if answer.startswith("ok"):
-        return proc.pid
+        parts = answer.split()
+        return int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else proc.pid
     if answer:
         raise LaunchError(answer.strip())
-    # EOF without an answer: it died early, or it is still starting after the timeout.
-    try:
-        rc = proc.wait(timeout=0.5)
-    except subprocess.TimeoutExpired:
-        return proc.pid
-    raise LaunchError(f"the supervisor exited at once ({describe_exit(rc)}); see {run_dir.log_path}")
+    if rc not in (None, 0):
+        raise LaunchError(f"the supervisor exited at once ({describe_exit(rc)}); see {run_dir.log_path}")
+    # No answer in time: it may still be starting (a very slow disk); its status will tell.
+    status = run_dir.read_status() or {}
+    return int(status.get("supervisor_pid") or proc.pid)
 
 
 def _read_answer(fd: int, timeout: float) -> str:

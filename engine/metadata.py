@@ -18,7 +18,11 @@ METADATA_NAMES = ("metadata.csv", "metadata.jsonl")
 
 
 class MetadataError(Exception):
-    """A metadata file that cannot be read; the message names the file (and line)."""
+    """A metadata file that cannot be read; `str()` is `file:line: reason`."""
+
+    def __init__(self, path: Path, line: int | None, reason: str):
+        self.path, self.line, self.reason = Path(path), line, reason
+        super().__init__(f"{path}:{line}: {reason}" if line else f"{path}: {reason}")
 
 
 @dataclass
@@ -67,12 +71,12 @@ def load_metadata(path: str | os.PathLike) -> Metadata:
     try:
         raw = path.read_bytes()
     except OSError as e:
-        raise MetadataError(f"{path}: cannot read: {e.strerror or e}") from None
+        raise MetadataError(path, None, f"cannot read: {e.strerror or e}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise MetadataError(f"{path}:{line}: not valid UTF-8") from None
+        raise MetadataError(path, line, "not valid UTF-8") from None
     rows: dict[str, dict[str, str]] = {}
     columns: list[str] = []
     if path.suffix.lower() == ".jsonl":
@@ -82,11 +86,11 @@ def load_metadata(path: str | os.PathLike) -> Metadata:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise MetadataError(f"{path}:{n}: invalid JSON: {e.msg} (column {e.colno})") from None
+                raise MetadataError(path, n, f"invalid JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(obj, dict):
-                raise MetadataError(f"{path}:{n}: each line must be a JSON object")
+                raise MetadataError(path, n, "each line must be a JSON object")
             if "file_name" not in obj:
-                raise MetadataError(f"{path}:{n}: no \"file_name\" in this row")
+                raise MetadataError(path, n, "no \"file_name\" in this row")
             for k in obj:
                 if k not in columns:
                     columns.append(k)
@@ -95,7 +99,7 @@ def load_metadata(path: str | os.PathLike) -> Metadata:
         reader = csv.DictReader(io.StringIO(text, newline=""))
         columns = list(reader.fieldnames or [])
         if "file_name" not in columns:
-            raise MetadataError(f"{path}:1: no \"file_name\" column (columns: {', '.join(columns) or 'none'})")
+            raise MetadataError(path, 1, f"no \"file_name\" column (columns: {', '.join(columns) or 'none'})")
         for row in reader:
             name = row.get("file_name") or ""
             if not name.strip():

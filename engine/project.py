@@ -27,7 +27,7 @@ from engine import atomic
 from engine.captions import (CAPTION_EXT, CaptionError, decode_caption, estimate_tokens, render_template,
                              template_fields, tidy, with_trigger)
 from engine.metadata import Metadata, MetadataError, find_metadata, load_metadata
-from engine.schema import ConfigError, Problem, from_dict, load_toml, opt, render_reference
+from engine.schema import ConfigError, from_dict, load_toml, opt, render_reference
 
 PROJECT_FILE = "project.toml"
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
@@ -260,11 +260,12 @@ def _is_image(name: str) -> bool:
     return dot > 0 and name[dot:].lower() in IMAGE_EXTS
 
 
-def _walk(root: str, project_dir: str, recursive: bool = True) -> tuple[list[str], list[str]]:
+def _walk(root: str, project_dir: str, recursive: bool = True, first_only: bool = False) -> tuple[list[str], list[str]]:
     """(images, caption files) under root as path strings, skipping hidden entries and the project's
     runs/configs/.cache. Strings, not Paths: pathlib costs more than the I/O at 10,000 files."""
     images: list[str] = []
     captions: list[str] = []
+    linked: set[str] = set()
     stack = [root]
     while stack:
         d = stack.pop()
@@ -283,13 +284,27 @@ def _walk(root: str, project_dir: str, recursive: bool = True) -> tuple[list[str
                 except OSError:
                     continue
                 if is_dir:
-                    if recursive and not (top and name in IGNORED_TOP):
+                    if recursive and not (top and name in IGNORED_TOP) and _follow(e, d, linked):
                         stack.append(e.path)
                 elif _is_image(name):
                     images.append(e.path)
+                    if first_only:
+                        return images, captions
                 elif name[-4:].lower() == CAPTION_EXT:
                     captions.append(e.path)
     return images, captions
+
+
+def _follow(entry: os.DirEntry, parent: str, linked: set[str]) -> bool:
+    """Descend into a folder; a symlinked one only once, and never into one of its own ancestors (a loop)."""
+    if not entry.is_symlink():
+        return True
+    target = os.path.realpath(entry.path)
+    here = os.path.realpath(parent)
+    if target in linked or here == target or here.startswith(target + os.sep):
+        return False
+    linked.add(target)
+    return True
 
 
 def _tail_ok(f, fmt: str, size: int) -> str:
@@ -405,10 +420,11 @@ class _HeaderCache:
         self.entries[rel] = [size, mtime_ns, *header]
         self.dirty = True
 
-    def save(self, keep: set[str], pixel_limit) -> None:
+    def save(self, keep: set[str] | None, pixel_limit) -> None:
+        """Write if anything changed; `keep`: the paths still present (others are dropped), None: keep all."""
         if not self.enabled:
             return
-        stale = set(self.entries) - keep
+        stale = set(self.entries) - keep if keep is not None else set()
         if not self.dirty and not stale:
             return
         for k in stale:
@@ -434,7 +450,7 @@ def _implicit_concepts(project_dir: Path) -> list[Concept]:
         if e.is_dir():
             if e.name in IGNORED_TOP:
                 continue
-            imgs, _ = _walk(e.path, str(project_dir))
+            imgs, _ = _walk(e.path, str(project_dir), first_only=True)
             if imgs:
                 out.append(Concept(folder=e.name))
         elif _is_image(e.name):
@@ -522,7 +538,7 @@ def scan_project(project_dir: str | os.PathLike, resolution: int | None = None, 
                 if item.caption:
                     count.captioned += 1
     if write_cache:
-        cache.save(seen_rel, limit)
+        cache.save(None if concepts else seen_rel, limit)  # a partial scan must not forget the other concepts
     return ds
 
 
@@ -535,7 +551,11 @@ def _concept_metadata(project_dir: Path, concept: Concept, ds: Dataset) -> Metad
     try:
         return load_metadata(path)
     except MetadataError as e:
-        ds.problems.append(ScanProblem(str(e).split(":", 1)[0], str(e).split(": ", 1)[-1], error=True))
+        try:
+            shown = e.path.relative_to(project_dir).as_posix()
+        except ValueError:
+            shown = str(e.path)
+        ds.problems.append(ScanProblem(f"{shown}:{e.line}" if e.line else shown, e.reason, error=True))
         return None
 
 
@@ -583,6 +603,50 @@ def _caption_item(item: Item, spath: str, concept: Concept, meta: Metadata | Non
         n = estimate_tokens(text)
         if n > max_tokens - 2:
             item.flags.append(f"{FLAG_TOO_LONG} (~{n} tokens, CLIP reads {max_tokens - 2})")
+
+
+def plan_template_captions(ds: Dataset, items: list[Item], template: str | None = None, mode: str = "missing",
+                           metadata: str | os.PathLike | None = None):
+    """A caption plan filling `template` from each item's metadata row (`engine.captions.plan_template`).
+
+    `template` defaults to the items' concepts' `template` in project.toml (they must agree); each
+    item's metadata file is `metadata`, else its concept's `metadata`, else the default search
+    (concept folder, then project folder). Raises CaptionError saying what is missing.
+    """
+    from engine.captions import CaptionError, Target, plan_template
+
+    by_label = {c.label: c for c in ds.project.concepts}
+    usable = [i for i in items if i.usable]
+    if not template:
+        found = {by_label[i.concept].template for i in usable if i.concept in by_label and by_label[i.concept].template}
+        if len(found) != 1:
+            raise CaptionError("give a template, e.g. 'official art of pokemon {name}, {type1}'"
+                               + (" (the concepts' templates differ; pick one concept)" if found else ""))
+        template = found.pop()
+    metas: dict[str, Metadata] = {}
+
+    def meta_for(concept: str) -> Metadata:
+        if concept not in metas:
+            c = by_label.get(concept)
+            if metadata:
+                path = Path(metadata)
+            elif c is not None and c.metadata:
+                path = ds.project_dir / c.metadata
+            else:
+                path = find_metadata(ds.project_dir, _norm_folder(c.folder) if c else concept)
+            if path is None:
+                raise CaptionError(f"no metadata.csv or metadata.jsonl for concept {concept!r} (in its folder or the "
+                                   "project folder); give one with --metadata")
+            try:
+                metas[concept] = load_metadata(path)
+            except MetadataError as e:
+                raise CaptionError(str(e)) from None
+        return metas[concept]
+
+    concept_of = {i.path: i.concept for i in usable}
+    return plan_template([Target(i.path, i.rel) for i in usable], template,
+                         lambda t: meta_for(concept_of[t.image]).fields_for(t.image), mode,  # type: ignore[arg-type]
+                         root=ds.project_dir)
 
 
 # ---------------------------------------------------------------------------------------------

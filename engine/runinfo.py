@@ -9,7 +9,8 @@ Event fields read (extra fields are ignored, missing ones leave the summary's fi
   start     epochs, total_steps
   progress  step, epoch (1-based, under way), epochs, total_steps, loss, lr, img_s, eta_s (seconds)
   epoch     epoch (completed), epochs, seconds (the epoch's duration)
-  checkpoint, sample, warning, error (message)
+  checkpoint (path), sample (path: samples/<column>/<file>), warning, error (message)
+(the trainer's full list is in engine/train/events.py; the fake trainer in tests/ writes the same)
 Costs: elapsed hours (all attempts of the run) × `budget.gpu_hourly_cost` of the frozen config.
 """
 from __future__ import annotations
@@ -78,7 +79,7 @@ class RunWatcher:
         self._start: dict[str, Any] = {}
         self._checkpoints = 0
         self._last_checkpoint: str | None = None
-        self._samples = 0
+        self._sample_cols: set[str] = set()
         self._warnings = 0
         self._errors: list[str] = []
         self._last_t: float | None = None
@@ -108,8 +109,9 @@ class RunWatcher:
             elif kind == "checkpoint":
                 self._checkpoints += 1
                 self._last_checkpoint = Path(str(ev.get("path", ""))).name or None
-            elif kind == "sample":
-                self._samples += 1
+            elif kind == "sample":  # one event per image (samples/<column>/<file>) or per column
+                path = Path(str(ev.get("path", "")))
+                self._sample_cols.add(path.parent.name if path.suffix else path.name)
             elif kind == "warning":
                 self._warnings += 1
             elif kind == "error":
@@ -153,7 +155,7 @@ class RunWatcher:
             s.epoch = epoch_done
         s.loss = _float(p.get("loss"))
         s.lr = _float(p.get("lr"))
-        s.img_s = _float(p.get("img_s", p.get("img/s")))
+        s.img_s = _float(p.get("img_s", p.get("img_per_s", p.get("img/s"))))
         s.epoch_seconds = _float(e.get("seconds"))
         if state in ALIVE_STATES and p:
             eta = _float(p.get("eta_s", p.get("eta")))
@@ -169,7 +171,7 @@ class RunWatcher:
         complete = self.run.checkpoints(complete_only=True)
         s.checkpoints = len(complete) if complete else self._checkpoints
         s.last_checkpoint = complete[-1].path.name if complete else self._last_checkpoint
-        s.sample_columns = len(self.run.sample_columns()) or self._samples
+        s.sample_columns = len(self.run.sample_columns()) or len(self._sample_cols)
         return s
 
 

@@ -9,7 +9,8 @@ gracefully and escalates to SIGTERM/SIGKILL of the trainer's processes after a g
 Lifecycle written to status.json: starting → running → (stopping) → finished | failed | stopped.
 Outcome rules, judged on the events the trainer wrote during this attempt:
   exit 0 and a `finished` event                      → finished
-  a `stopped` event, or a stop was requested          → stopped (killed on request is still stopped)
+  a `stopped` event, or a stop was requested          → stopped (killed on request is still stopped;
+                                                        a crash with an `error` event is still failed)
   anything else                                       → failed, with `error` = cause + the last `error`
                                                         event's message, or the tail of train.log
 
@@ -17,7 +18,15 @@ It is also a child subreaper (Linux), so the trainer's workers (torchrun gives e
 become its children if the launcher dies; whatever is left when the trainer exits is terminated before
 the final status is written, so a `failed`/`stopped` run has no process left holding a GPU.
 
-Exit status: 0 finished, 1 failed, 2 stopped, 3 another supervisor holds the lock, 4 refused to start.
+status.json fields: state, run_id, attempt (1 + resumes), resumed, history (one entry per earlier
+attempt: state, started, ended, exit_code, error, trainer_pid), elapsed_prior_s (duration of earlier
+attempts), host, boot_id, supervisor_pid/_start, trainer_pid/_pgid/_start (start = field 22 of
+/proc/PID/stat, checked before any signal), command (the trainer's argv), started/ended (ISO, UTC)
+and started_t/ended_t (unix), exit_code (negative: killed by that signal), signal, error (one-line
+cause, then the log tail for a crash), stop_reason; supervisor_lost when `tunelab stop` settled it.
+
+Exit status: 0 finished, 1 failed, 2 stopped, 3 another supervisor holds the lock, 4 refused to start
+(not a run dir; already started without --resume; nothing to resume; the previous trainer still runs).
 
 `budget.max_hours` (counted over all attempts of the run) is enforced here: when it is reached the
 trainer is asked to stop, as if by `tunelab stop`.
@@ -44,7 +53,7 @@ from engine.rundir import EventTail, RunDir
 
 POLL_S = 0.2
 TREE_SNAPSHOT_S = 2.0
-LOCK_WAIT_S = 3.0
+LOCK_WAIT_S = 2.0
 LOG_TAIL_LINES = 20
 EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 2}
 
@@ -192,7 +201,7 @@ class Supervisor:
                 pass
         self.run.control_dir.mkdir(exist_ok=True)
         self.begin_status()
-        self.answer("ok")
+        self.answer(f"ok {os.getpid()}")
         say(("resuming" if self.resume else "starting") + f" run {self.run.run_id} (attempt "
             f"{self.status['attempt']}, supervisor pid {os.getpid()})")
         try:
@@ -242,10 +251,13 @@ class Supervisor:
             now = time.monotonic()
             if now - last_snapshot >= TREE_SNAPSHOT_S:
                 last_snapshot = now
-                for p in launch.process_tree(pid):
-                    self.tree.setdefault(p.pid, p)
+                self.reap_orphans()
+                # A scan of /proc: every few seconds, not every poll. Dead entries are dropped (data
+                # loader workers come and go), orphans of the trainer are kept.
+                live = {p.pid: p for p in launch.alive(self.tree.values())}
+                live.update({p.pid: p for p in launch.process_tree(pid)})
+                self.tree = live or self.tree
             self.watch_requests()
-            self.reap_orphans()
             time.sleep(POLL_S)
         self.read_events()
         self.cleanup_leftovers()
@@ -371,7 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint")
     parser.add_argument("--ready-fd", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--detach", action="store_true",
+                        help="fork and let the parent exit at once, so the caller has no child to reap")
     args = parser.parse_args(argv)
+    if args.detach and os.fork() > 0:
+        os._exit(0)  # the caller reaps this parent at once; the supervisor goes on as init's child
     return Supervisor(RunDir(args.run_dir.resolve()), args.resume, args.ready_fd).main()
 
 

@@ -14,12 +14,14 @@ and at the end; then `finished`. On stop it saves a checkpoint, writes `stopped`
 `--resume` it continues from the newest COMPLETE checkpoint's step (the loss curve continues too: the
 loss is a function of the global step).
 
-Events written (fields): start (epochs, steps_per_epoch, total_steps, resumed_from_step),
-progress (step, epoch, epochs, total_steps, loss, lr, img_s, eta_s), epoch (epoch, epochs, step,
-seconds, loss), val_loss (epoch, step, loss), checkpoint (epoch, step, path), sample (epoch, step,
-path, images), warning (message), error (message), stopped (epoch, step, checkpoint), finished
-(epoch, step). `epoch` in progress is the 1-based epoch under way; checkpoint/sample names use the
-number of completed epochs (`rundir.checkpoint_name`). Paths in events are relative to the run dir.
+Events written, a subset of the real trainer's (see `engine/train/events.py`): resumed (step, epoch,
+checkpoint; before `start` on --resume), start (step, epoch, epochs, steps_per_epoch, total_steps,
+processes, resumed_from_step), progress (step, epoch, epochs, total_steps, loss, smooth_loss, lr,
+img_s, elapsed, eta_s), epoch (epoch, epochs, step, seconds, loss), val_loss (epoch, step, loss),
+checkpoint (epoch, step, path), sample (one per image: epoch, step, prompt, seed, path, goal),
+warning (message), error (message), stopped (epoch, step, reason, checkpoint), finished (epoch, step,
+seconds). `epoch` in progress is the 1-based epoch under way; checkpoint/sample names use the number
+of completed epochs (`rundir.checkpoint_name`). Paths in events are relative to the run dir.
 
 Environment variables (all optional):
   TUNELAB_FAKE_EPOCHS           epochs (default: train.epochs from config.toml)
@@ -143,14 +145,14 @@ class FakeTrainer:
         name = checkpoint_name(epoch, step)
         col = self.run.samples_dir / name
         col.mkdir(parents=True, exist_ok=True)
-        images = []
+        goals = ("accuracy", "flexibility", "preservation", "other")
         for p in range(self.prompts):
             for seed in self.seeds:
                 file = sample_name(p, seed)
                 shade = (step * 37 + p * 80 + seed) % 256
                 atomic.write_bytes(col / file, tiny_png((shade, (shade * 3) % 256, 255 - shade)))
-                images.append(file)
-        self.event("sample", epoch=epoch, step=step, path=f"samples/{name}", images=images)
+                self.event("sample", epoch=epoch, step=step, prompt=p, seed=seed, path=f"samples/{name}/{file}",
+                           goal=goals[p % len(goals)])
 
     # --- the loop -----------------------------------------------------------------------------
     def run_rank0(self) -> int:
@@ -164,14 +166,17 @@ class FakeTrainer:
             state = json.loads((ck.path / "state" / "trainer_state.json").read_text())
             start_step = int(state["step"])
             print(f"resuming from {ck.path.name} (step {start_step})", flush=True)
+            self.event("resumed", step=start_step, epoch=self.completed_epochs(start_step),
+                       checkpoint=f"checkpoints/{ck.path.name}")
         time.sleep(env_float("TUNELAB_FAKE_START_S", 0.0))
-        self.event("start", epochs=self.epochs, steps_per_epoch=self.spe, total_steps=self.total,
+        self.event("start", step=start_step, epoch=self.completed_epochs(start_step), epochs=self.epochs,
+                   steps_per_epoch=self.spe, total_steps=self.total, processes=int(os.environ.get("WORLD_SIZE", 1)),
                    resumed_from_step=start_step if self.resume else None)
         if os.environ.get("TUNELAB_FAKE_WARN"):
             self.event("warning", message=os.environ["TUNELAB_FAKE_WARN"])
         if not self.resume:
             self.sample(0)
-        epoch_began = time.monotonic()
+        epoch_began = began = time.monotonic()
         step = start_step
         while step < self.total:
             if not self.ignore_stop and self.run.take_request("stop"):
@@ -179,7 +184,7 @@ class FakeTrainer:
                 if rel is None:
                     ck = self.run.latest_complete_checkpoint()
                     rel = f"checkpoints/{ck.path.name}" if ck else None
-                self.event("stopped", epoch=self.completed_epochs(step), step=step, checkpoint=rel)
+                self.event("stopped", epoch=self.completed_epochs(step), step=step, reason="request", checkpoint=rel)
                 print(f"stopped at step {step}", flush=True)
                 return 0
             if self.run.take_request("save-now"):
@@ -200,7 +205,8 @@ class FakeTrainer:
             loss = loss_at(step)
             print(f"step {step}/{self.total} loss {loss:.4f}", flush=True)
             self.event("progress", step=step, epoch=self.epoch_of(step), epochs=self.epochs,
-                       total_steps=self.total, loss=loss, lr=self.lr, img_s=round(self.batch / dt, 2),
+                       total_steps=self.total, loss=loss, smooth_loss=loss, lr=self.lr,
+                       img_s=round(self.batch / dt, 2), elapsed=round(time.monotonic() - began, 3),
                        eta_s=round((self.total - step) * dt, 2))
             if step % self.spe == 0:
                 epoch = step // self.spe
@@ -213,7 +219,7 @@ class FakeTrainer:
                     self.sample(step)
         if self.exit_code is not None:
             return self.exit_code
-        self.event("finished", epoch=self.epochs, step=step)
+        self.event("finished", epoch=self.epochs, step=step, seconds=round(time.monotonic() - began, 3))
         print("finished", flush=True)
         return 0
 

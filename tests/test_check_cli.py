@@ -139,3 +139,9 @@ def test_check_runs_as_a_command(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "ok: 1 usable image(s)" in r.stdout
+
+
+def test_a_config_naming_a_concept_the_project_lacks_is_an_error(tmp_path, capsys):
+    p = project_with_config(tmp_path, '[data]\nconcepts = ["photos", "fotos"]\n')
+    rc, _, err = check(capsys, p, "lora")
+    assert rc == 1 and "data.concepts: no concept 'fotos'" in err

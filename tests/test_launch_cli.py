@@ -121,9 +121,12 @@ def test_stop_and_resume_by_run_id_continue_the_same_run(cli):
     assert stop.returncode == 0 and stop.stdout.strip().endswith(f"{rd.run_id}: stopped"), stop.stderr
     assert cli("stop", rd.run_id).stdout.strip() == f"{rd.run_id}: already stopped"
 
-    resumed = cli("resume", rd.run_id[:17], step_s=0.001)  # a unique prefix is enough
-    assert resumed.returncode == 0 and "resuming from e00" in resumed.stdout, resumed.stderr
-    assert wait_state(rd, {"finished", "failed"}) == "finished"
+    resumed = cli("resume", rd.run_id[:17], "--wait", step_s=0.001)  # a unique prefix is enough
+    assert resumed.returncode == 0, resumed.stderr
+    lines = resumed.stdout.splitlines()
+    assert "resuming from e00" in lines[0] and lines[1].startswith("resumed from e00")
+    assert "step 1/" not in resumed.stdout  # only this attempt's events are followed
+    assert lines[-1].startswith("run finished") and rd.read_status()["attempt"] == 2
     again = cli("resume", rd.run_id)
     assert again.returncode == 1 and "already finished" in again.stderr
     assert cli("stop", "20990101-000000-nope").returncode == 2

@@ -1,8 +1,6 @@
 """`tunelab new`: a project that checks out of the box, refusing to clobber anything."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from engine.config import default_config, load_run_config
 from engine.project import load_project_file, scan_project
 from tests.projectkit import tree_digest, write_image

@@ -6,6 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from engine import project as P
@@ -228,3 +230,57 @@ def test_a_project_where_the_cache_cannot_be_written_still_scans(tmp_path):
     ds = scan_project(tmp_path)
     assert len(ds.usable_items) == 1
     assert (tmp_path / ".cache").read_text() == "a file where the cache folder would go"
+
+
+def test_project_level_metadata_matches_by_relative_path_or_unique_base_name(tmp_path):
+    write_image(tmp_path / "pokemon" / "001.png")
+    write_image(tmp_path / "pokemon" / "deep" / "002.png")
+    (tmp_path / "metadata.csv").write_text("file_name,name\npokemon/001.png,bulbasaur\n002.png,ivysaur\n")
+    toml(tmp_path, '[[concepts]]\nfolder = "pokemon"\ncaption = "template"\ntemplate = "pokemon {name}"\n')
+    items = by_rel(scan_project(tmp_path))
+    assert items["pokemon/001.png"].caption == "pokemon bulbasaur"
+    assert items["pokemon/deep/002.png"].caption == "pokemon ivysaur"
+
+
+def test_unreadable_metadata_is_an_error_naming_the_file_and_line(tmp_path):
+    write_image(tmp_path / "p" / "1.png")
+    (tmp_path / "p" / "metadata.jsonl").write_text('{"file_name": "1.png", "name": "a"}\n{broken\n')
+    toml(tmp_path, '[[concepts]]\nfolder = "p"\ncaption = "template"\ntemplate = "{name}"\n')
+    errors = scan_project(tmp_path).errors
+    assert any(e.startswith("p/metadata.jsonl:2: invalid JSON") for e in errors), errors
+
+
+def test_symlinked_folders_are_followed_but_a_link_loop_is_not(tmp_path):
+    outside = tmp_path / "outside"
+    write_image(outside / "a.png", caption="x")
+    proj = tmp_path / "proj"
+    (proj / "d").mkdir(parents=True)
+    (proj / "d" / "linked").symlink_to(outside)
+    (proj / "d" / "loop").symlink_to(proj / "d")
+    (proj / "d" / "dangling.png").symlink_to(tmp_path / "missing.png")
+    items = by_rel(scan_project(proj))
+    assert "d/linked/a.png" in items and items["d/linked/a.png"].usable
+    assert not any("loop/loop" in rel for rel in items)
+    assert not items["d/dangling.png"].usable
+
+
+@settings(max_examples=30, deadline=None)
+@given(w=st.integers(1, 3000), h=st.integers(1, 3000), fmt=st.sampled_from(["PNG", "JPEG", "JPEG-progressive", "PNG-L"]))
+def test_the_fast_header_reader_agrees_with_pil(w, h, fmt):
+    import io
+
+    buf = io.BytesIO()
+    mode = "L" if fmt == "PNG-L" else "RGB"
+    Image.new(mode, (w, h)).save(buf, fmt.split("-")[0] if fmt != "PNG-L" else "PNG",
+                                 **({"progressive": True} if fmt.endswith("progressive") else {}))
+    data = buf.getvalue()
+    fast = P._fast_size(data[:65536])
+    assert fast is not None and fast[:2] == Image.open(io.BytesIO(data)).size
+
+
+def test_a_png_cut_short_is_flagged_as_truncated(tmp_path):
+    data = image_bytes((64, 64), "PNG")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "cut.png").write_bytes(data[:-20])
+    (item,) = scan_project(tmp_path).items
+    assert item.flags == ["unreadable: truncated (no PNG IEND chunk)", "no caption"] and not item.usable

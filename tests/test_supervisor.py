@@ -100,7 +100,8 @@ def test_a_run_outlives_its_callers_exit_and_a_sighup_to_the_callers_process_gro
         stdout=subprocess.PIPE, text=True, start_new_session=True,
         env={**os.environ, "TUNELAB_FAKE_STEP_S": "0.15"},
     )
-    rd = RunDir(caller.stdout.readline().strip())
+    with caller.stdout:
+        rd = RunDir(caller.stdout.readline().strip())
     runs.created.append(rd)
     wait_for(lambda: progressed(rd, 1), what="the first progress event")
     st = rd.read_status()
@@ -265,6 +266,10 @@ def test_create_run_refuses_an_invalid_config_and_creates_nothing(tmp_path):
     assert "x.toml:2: train.learning_rate = -1: must be > 0" in text and "epochz" in text
     with pytest.raises(launch.LaunchError, match="not found"):
         launch.create_run(project, "missing")
+    (project / "configs" / "x.toml").write_text("")
+    (project / "project.toml").write_text("nmae = 3\n")
+    with pytest.raises(ConfigError, match=r"project.toml:1: nmae: unknown key; did you mean 'name'"):
+        launch.create_run(project, "x")
     assert not (project / "runs").exists() or not any((project / "runs").iterdir())
 
 

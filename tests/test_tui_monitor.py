@@ -18,11 +18,11 @@ pytestmark = pytest.mark.timeout(60)
 class MonitorApp(App):
     def __init__(self, run: RunDir):
         super().__init__()
-        self.run = run
+        self.run_dir = run
         self.clock = lambda: FIXED_NOW
 
     def on_mount(self) -> None:
-        self.push_screen(MonitorScreen(self.run, poll=0.2, log_poll=0.05))
+        self.push_screen(MonitorScreen(self.run_dir, poll=0.2, log_poll=0.05))
 
 
 def test_history_folds_progress_val_loss_and_checkpoints_and_a_resume_rewinds_the_curve():

@@ -69,6 +69,9 @@ def kohya_state_dict(unet: torch.nn.Module, text_encoder: torch.nn.Module | None
         config = model.peft_config["default"]
         for key, value in get_peft_model_state_dict(model).items():
             module, kind = _split_lora_key(key)
+            if prefix == "lora_te_" and not module.startswith("text_model."):
+                # transformers 5 dropped CLIPTextModel's `text_model.` level; kohya/A1111 names keep it.
+                module = "text_model." + module
             name = prefix + module.replace(".", "_")
             out[f"{name}.{kind}.weight"] = value.detach().to("cpu", torch.float32).contiguous()
             if kind == "lora_down":

@@ -159,15 +159,17 @@ def train_step(s: Session, micro_batches: list[list[int]]) -> torch.Tensor:
     """One optimiser step over its micro-batches; returns the step's mean loss (a device tensor)."""
     acc, cfg = s.accelerator, s.cfg
     total = torch.zeros((), device=acc.device)
+    s.method.begin_step(s.position.step, total_steps=s.total_steps, events=s.events)
     for m, indices in enumerate(micro_batches):
         seed = datamod.step_seed(cfg.train.seed, s.position.step, m, acc.process_index)
         s.aug_gen.manual_seed(seed)
         s.noise_gen.manual_seed(seed)
-        batch = s.data.micro_batch(indices, s.aug_gen)
+        batch = s.data.micro_batch(s.method.batch_indices(indices, step=s.position.step, micro=m), s.aug_gen)
         with no_sync_unless(acc, s.trained, last=m == len(micro_batches) - 1):
             loss = compute_loss(s, batch)
             acc.backward(loss / len(micro_batches))
         total += loss.detach() / len(micro_batches)
+    s.method.before_optimizer_step()
     if cfg.train.max_grad_norm > 0:
         acc.clip_grad_norm_(s.method.trainable_parameters(), cfg.train.max_grad_norm)
     s.optimizer.step()

@@ -80,6 +80,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         raise TrainingAborted() from None
     try:
         method = make_method(cfg, components, accelerator, weight_dtype)
+        method.prepare_data(examples, project_dir=project_dir, events=events)
     except ValueError as e:
         events.error(str(e))
         raise TrainingAborted() from None

@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine import captions as C
-    from engine.project import load_project_file, resolve_project, scan_project
+    from engine.project import load_project_file, plan_template_captions, resolve_project, scan_project
     from engine.schema import ConfigError
 
     project_dir = resolve_project(args.project, args.projects_dir)
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.op == "template":
-            plan = _template_plan(args, pf, ds, targets, mode, project_dir)
+            plan = plan_template_captions(ds, items, args.template, mode, args.metadata)
         elif args.op == "fixed":
             plan = C.plan_fixed(targets, args.text, mode, root=project_dir)
         elif args.op == "empty":
@@ -138,42 +138,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _template_plan(args, pf, ds, targets, mode, project_dir: Path):
-    from engine import captions as C
-    from engine.metadata import MetadataError, find_metadata, load_metadata
-    from engine.project import _norm_folder
+    """Kept for callers of the first version; use engine.project.plan_template_captions."""
+    from engine.project import plan_template_captions
 
-    concepts = {c.label: c for c in pf.concepts}
-    template = args.template
-    if not template:
-        found = {c.template for c in pf.concepts if c.template and (not args.concept or c.label in args.concept
-                                                                     or _norm_folder(c.folder) in args.concept)}
-        if len(found) != 1:
-            raise C.CaptionError("give a TEMPLATE, e.g. 'official art of pokemon {name}, {type1}'"
-                                 + (" (the concepts' templates differ; pick one with --concept)" if found else ""))
-        template = found.pop()
-    metas: dict[str, object] = {}
-
-    def meta_for(item_concept: str):
-        if item_concept not in metas:
-            c = concepts.get(item_concept)
-            if args.metadata:
-                path = Path(args.metadata)
-            elif c is not None and c.metadata:
-                path = project_dir / c.metadata
-            else:
-                path = find_metadata(project_dir, _norm_folder(c.folder) if c else item_concept)
-            if path is None:
-                raise C.CaptionError(f"no metadata.csv or metadata.jsonl for concept {item_concept!r}; "
-                                     "give one with --metadata")
-            try:
-                metas[item_concept] = load_metadata(path)
-            except MetadataError as e:
-                raise C.CaptionError(str(e)) from None
-        return metas[item_concept]
-
-    concept_of = {i.path: i.concept for i in ds.items}
-    return C.plan_template(targets, template, lambda t: meta_for(concept_of[t.image]).fields_for(t.image), mode,
-                           root=project_dir)
+    wanted = {t.image for t in targets}
+    return plan_template_captions(ds, [i for i in ds.items if i.path in wanted], args.template, mode,
+                                  getattr(args, "metadata", None))
 
 
 def _auto_plan(args, targets, mode, project_dir: Path):

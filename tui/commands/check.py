@@ -71,6 +71,11 @@ def run(args: argparse.Namespace) -> int:
     ds = scan_project(project_dir, resolution=resolution, use_cache=not args.no_cache, project=pf,
                       concepts=(cfg.data.concepts if cfg else None) or None)
 
+    if cfg is not None and cfg.data.concepts:
+        found = {c.name for c in ds.concepts} | {c.folder for c in ds.concepts}
+        unknown = [c for c in cfg.data.concepts if c not in found and c.strip("/") not in found]
+        if unknown:
+            errors.append(f"{cpath}: data.concepts: no concept {', '.join(map(repr, unknown))} in this project")
     print(f"project {pf.name}  ({project_dir})", file=out)
     if ds.implicit_concepts:
         print("concepts: none listed in project.toml; each top-level image folder is one (sidecar captions, 1 repeat)", file=out)

@@ -13,7 +13,8 @@ HELP = "write a run's contact sheet (prompts x checkpoints) as a PNG"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run", metavar="RUN", help="a run directory, or a run id under ./projects/*/runs/")
+    parser.add_argument("run", metavar="RUN", help="a run directory, or a run id (or a unique prefix of one) "
+                        "under ./projects/*/runs/")
     parser.add_argument("-o", "--output", metavar="PNG",
                         help="where to write the sheet (default: RUN/contact-sheet.png, or -s<SEED> added)")
     parser.add_argument("--seed", type=int, default=None, help="which seed's images (default: the first seed)")
@@ -21,15 +22,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def find_run(spec: str, projects: Path = Path("projects")) -> Path | None:
-    """A run directory from a path or a run id under PROJECTS/*/runs/."""
+    """A run directory from a path, or a run id (or a unique prefix) under PROJECTS/*/runs/."""
+    from engine.runinfo import find_run as lookup
+
     path = Path(spec)
-    if (path / "config.toml").is_file() or (path / "samples").is_dir():
+    if path.is_dir() and ((path / "samples").is_dir() or (path / "config.toml").is_file()):
         return path
-    if "/" not in spec:
-        matches = sorted(projects.glob(f"*/runs/{spec}"))
-        if len(matches) == 1:
-            return matches[0]
-    return None
+    try:
+        return lookup(spec, projects).path
+    except LookupError:
+        return None
 
 
 def run(args: argparse.Namespace) -> int:

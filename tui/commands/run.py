@@ -23,7 +23,7 @@ terminal closes and after SSH drops; follow it with `tunelab status`, `tunelab r
 
 exit codes:
   0    launched (without --wait); the run finished (with --wait)
-  1    the run failed or was lost (with --wait)
+  1    the run failed or was lost (with --wait), or its supervisor could not start
   2    invalid arguments, project or config; nothing was created
   3    the run was stopped (with --wait)
   130  interrupted while waiting; the run goes on
@@ -81,7 +81,7 @@ def describe_event(ev: dict[str, Any]) -> str | None:
             parts.append(f"loss {ev['loss']:.4f}")
         if isinstance(ev.get("lr"), (int, float)):
             parts.append(f"lr {ev['lr']:.2e}")
-        img_s = ev.get("img_s", ev.get("img/s"))
+        img_s = ev.get("img_s", ev.get("img_per_s", ev.get("img/s")))
         if isinstance(img_s, (int, float)):
             parts.append(f"{img_s:.1f} img/s")
         eta = ev.get("eta_s", ev.get("eta"))
@@ -93,9 +93,11 @@ def describe_event(ev: dict[str, Any]) -> str | None:
         return f"epoch {ev.get('epoch')}" + (f"/{ev['epochs']}" if ev.get("epochs") else "") + f" done{took}"
     if kind == "checkpoint":
         return f"checkpoint {Path(str(ev.get('path', ''))).name or ev.get('step')}"
-    if kind == "sample":
-        n = len(ev.get("images") or [])
-        return f"samples {Path(str(ev.get('path', ''))).name}" + (f" ({n} images)" if n else "")
+    if kind == "sample":  # one per image: samples/<column>/<file>
+        path = Path(str(ev.get("path", "")))
+        return f"sample {path.parent.name}/{path.name}" if path.suffix else f"sample {path.name}"
+    if kind == "resumed":
+        return f"resumed from {Path(str(ev.get('checkpoint', ''))).name or ev.get('step')}"
     if kind == "val_loss" and isinstance(ev.get("loss"), (int, float)):
         return f"val_loss {ev['loss']:.4f} (epoch {ev.get('epoch')})"
     if kind == "warning":
@@ -107,12 +109,14 @@ def describe_event(ev: dict[str, Any]) -> str | None:
     return None
 
 
-def follow(run_dir: Any, poll: float = 0.5, out=None) -> int:
-    """Print events as they come until the run is no longer alive; map the end state to an exit code."""
+def follow(run_dir: Any, poll: float = 0.25, out=None, offset: int = 0) -> int:
+    """Print events (from byte `offset` of events.jsonl) as they come until the run is no longer alive;
+    map the end state to an exit code."""
     from engine.runinfo import RunWatcher, fmt_cost, fmt_duration
 
     out = out or sys.stdout
     watcher = RunWatcher(run_dir)
+    watcher.tail.offset = offset
     try:
         while True:
             summary = watcher.refresh()

@@ -44,7 +44,11 @@ def run(args: argparse.Namespace) -> int:
     if before not in ALIVE_STATES and before != "lost":
         print(f"{run_dir.run_id}: already {before}")
         return 0
-    if not args.force and before != "lost":
+    if before == "lost":
+        print(f"{run_dir.run_id}: lost (its supervisor is gone); "
+              + ("killing its trainer if it still runs…" if args.force else
+                 "asking its trainer, if it still runs, to save a checkpoint and stop…"), flush=True)
+    elif not args.force:
         print(f"{run_dir.run_id}: asking the trainer to save a checkpoint and stop…", flush=True)
     try:
         state = launch.stop_run(run_dir, force=args.force, timeout=args.timeout, kill_after=args.kill_after)

@@ -30,7 +30,7 @@ def stats_text(s: RunSummary, history: TrainingHistory) -> Text:
     t = Text()
 
     def row(label: str, value: str, style: str = "") -> None:
-        t.append(f"{label:<10}", style="dim")
+        t.append(f"{label:<12}", style="dim")
         t.append(value + "\n", style=style)
 
     row("epoch", fmt_progress(s))

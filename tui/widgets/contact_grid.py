@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image as PILImage
+from rich.color import Color as RichColor
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
@@ -26,6 +29,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import Static
 
@@ -199,6 +203,11 @@ class ContactGrid(Widget, can_focus=True):
         self._shown: dict[Path, PILImage.Image | None] = {}
         self._generation = 0
         self._built: tuple[int, int] | None = None
+        # halfblock and none are drawn by this widget itself (Line API, cached strips): one widget
+        # instead of ~200, so an 8×8 page paints in milliseconds. kitty/sixel need textual-image widgets.
+        self.line_mode = mode in ("halfblock", "none")
+        self._lines: dict[int, Strip] = {}
+        self._pixels: OrderedDict[int, tuple[PILImage.Image, list[list[Segment]]]] = OrderedDict()
 
     # --- data ---------------------------------------------------------------------------------------
     def set_sheet(self, sheet: Sheet | None, best: str | None = None) -> None:
@@ -249,6 +258,10 @@ class ContactGrid(Widget, can_focus=True):
         if self._built == (rows, cols):
             return
         self._built = (rows, cols)
+        if self.line_mode:
+            self._lines.clear()
+            self.refresh()
+            return
         self.remove_children()
         if rows == 0:
             self.mount(Static("No samples yet. They appear here as the run writes them "
@@ -265,30 +278,22 @@ class ContactGrid(Widget, can_focus=True):
         sheet, page = self.sheet, self.page
         if sheet is None or self._built in (None, (0, 0)):
             return
+        if self.line_mode:
+            self._fill_lines()
+            return
         heads = list(self.query(".col-head").results(Static))
         if len(heads) != page.cols:
             return  # not mounted yet; called again after the refresh
         for i, head in enumerate(heads):
-            col = sheet.columns[page.col0 + i]
-            text = Text("base" if col.epoch == 0 else f"epoch {col.epoch}", style="bold")
-            if col.name == self.best:
-                text.append(" ★", style="yellow")
-            text.append(f"\nstep {col.step}", style="dim")
-            if page.col0 + i == self.cursor[1]:
-                text.stylize("reverse")
-            head.update(text)
+            head.update(self._head_text(page.col0 + i))
         rows = list(self.query(".grid-row").results(Horizontal))
+        if len(rows) != page.rows or any(len(line.children) != page.cols + 1 for line in rows):
+            return  # the new rows are still mounting; called again after the refresh
         wanted: list[Path] = []
         box = pixel_box(self.mode, CELL_W, CELL_H)
-        groups = {r: kind for kind, rs in sheet.groups() for r in rs[:1]}
         for i, line in enumerate(rows):
             r = page.row0 + i
-            prompt = sheet.rows[r]
-            label = Text()
-            if r in groups or i == 0:
-                label.append(prompt.kind.upper() + "\n", style=KIND_STYLES.get(prompt.kind, "bold"))
-            label.append(prompt.text, style="reverse" if r == self.cursor[0] else "")
-            line.query_one(".label", Static).update(label)
+            line.query_one(".label", Static).update(self._label_text(r, i))
             for j, cell in enumerate(line.query(SampleCell).results(SampleCell)):
                 c = page.col0 + j
                 path = sheet.cell_path(r, c)
@@ -314,6 +319,10 @@ class ContactGrid(Widget, can_focus=True):
     @on(ThumbsReady)
     def _thumbs_ready(self, event: ThumbsReady) -> None:
         event.stop()
+        if self.line_mode:
+            self._lines.clear()
+            self.refresh()
+            return
         for cell in self.query(SampleCell).results(SampleCell):
             if cell.path in event.images:
                 img = event.images[cell.path]
@@ -335,6 +344,171 @@ class ContactGrid(Widget, can_focus=True):
     def page_rows(self, direction: int) -> None:
         self.action_move(direction * max(1, self.page.rows), 0)
 
-    def watch_cursor(self, cursor: tuple[int, int]) -> None:
-        self._layout_page()
+    def watch_cursor(self, old: tuple[int, int], cursor: tuple[int, int]) -> None:
+        page = self.page
+        inside = (page.row0 <= cursor[0] < page.row0 + page.rows and page.col0 <= cursor[1] < page.col0 + page.cols)
+        if inside and self._built == (page.rows, page.cols) and self.sheet is not None:
+            self._move_cursor(old, cursor)  # same page: restyle four widgets, not the page
+        else:
+            self._layout_page()
         self.post_message(self.CursorMoved(self, *cursor))
+
+    def _move_cursor(self, old: tuple[int, int], new: tuple[int, int]) -> None:
+        page = self.page
+        if self.line_mode:
+            self._lines.clear()
+            self.refresh()
+            return
+        rows = list(self.query(".grid-row").results(Horizontal))
+        heads = list(self.query(".col-head").results(Static))
+        if len(rows) != page.rows or len(heads) != page.cols:
+            return
+
+        def cell(rc: tuple[int, int]) -> SampleCell | None:
+            r, c = rc[0] - page.row0, rc[1] - page.col0
+            if 0 <= r < page.rows and 0 <= c < page.cols:
+                return list(rows[r].query(SampleCell).results(SampleCell))[c]
+            return None
+
+        for rc, on in ((old, False), (new, True)):
+            target = cell(rc)
+            if target is not None:
+                target.set_class(on, "-cursor")
+        if old[1] != new[1]:
+            for c in (old[1], new[1]):
+                if page.col0 <= c < page.col0 + page.cols:
+                    heads[c - page.col0].update(self._head_text(c))
+        if old[0] != new[0]:
+            for r in (old[0], new[0]):
+                if page.row0 <= r < page.row0 + page.rows:
+                    rows[r - page.row0].query_one(".label", Static).update(self._label_text(r, r - page.row0))
+
+    # --- line mode: the page drawn as strips ---------------------------------------------------------
+    def _fill_lines(self) -> None:
+        sheet, page = self.sheet, self.page
+        assert sheet is not None
+        box = pixel_box(self.mode, CELL_W, CELL_H)
+        wanted = []
+        if self.mode != "none":
+            for r in range(page.row0, page.row0 + page.rows):
+                for c in range(page.col0, page.col0 + page.cols):
+                    path = sheet.cell_path(r, c)
+                    key = self.thumbs.key(path, box) if path else None
+                    if key is not None and self.thumbs.get(key) is None:
+                        wanted.append(path)
+        self._lines.clear()
+        self.refresh()
+        if wanted:
+            self._generation += 1
+            self._load(wanted, box, self._generation)
+
+    def _cell_pixels(self, image: PILImage.Image) -> list[list[Segment]]:
+        """An image's half-block segments, one list per text row (cached per image)."""
+        hit = self._pixels.get(id(image))
+        if hit is not None and hit[0] is image:
+            return hit[1]
+        w, h = image.size
+        px = image.load()
+        styles: dict[tuple, Style] = {}
+        rows: list[list[Segment]] = []
+        for y in range(0, h - 1, 2):
+            segs: list[Segment] = []
+            for x in range(w):
+                pair = (px[x, y], px[x, y + 1])
+                style = styles.get(pair)
+                if style is None:
+                    style = styles[pair] = Style(color=RichColor.from_rgb(*pair[0]),
+                                                  bgcolor=RichColor.from_rgb(*pair[1]))
+                segs.append(Segment("▀", style))
+            rows.append(segs)
+        self._pixels[id(image)] = (image, rows)
+        if len(self._pixels) > 256:
+            self._pixels.popitem(last=False)
+        return rows
+
+    def render_line(self, y: int) -> Strip:
+        if not self.line_mode:
+            return super().render_line(y)
+        strip = self._lines.get(y)
+        if strip is None:
+            strip = self._lines[y] = self._draw_line(y)
+        return strip
+
+    def _draw_line(self, y: int) -> Strip:
+        width = self.size.width
+        base = self.rich_style
+        sheet, page = self.sheet, self.page
+        if sheet is None or not sheet.rows or not sheet.columns:
+            if y == 1:
+                return Strip(list(Text("  No samples yet. They appear here as the run writes them "
+                                       "(epoch 0 is sampled before training).", style="dim")
+                                  .render(self.app.console))).crop_extend(0, width, base)
+            return Strip.blank(width, base)
+        console = self.app.console
+        segs: list[Segment] = []
+
+        def text(t: Text, w: int) -> None:
+            t = t.copy()
+            t.truncate(w, overflow="ellipsis", pad=True)
+            segs.extend(t.render(console))
+
+        if y < HEADER_H:
+            text(Text(""), LABEL_W)
+            for i in range(page.cols):
+                lines = self._head_text(page.col0 + i).split("\n")
+                text(lines[y] if y < len(lines) else Text(""), CELL_W)
+                segs.append(Segment(" "))
+            return Strip(segs).crop_extend(0, width, base)
+        row_i, sub = divmod(y - HEADER_H, CELL_H + 1)
+        if row_i >= page.rows:
+            return Strip.blank(width, base)
+        r = page.row0 + row_i
+        label_lines = self._label_text(r, row_i).wrap(console, LABEL_W - 1)
+        text(label_lines[sub] if sub < len(label_lines) and sub < CELL_H else Text(""), LABEL_W)
+        box = pixel_box(self.mode, CELL_W, CELL_H)
+        muted = Style(color="grey50")
+        for i in range(page.cols):
+            c = page.col0 + i
+            if sub == CELL_H:  # the gap under a row: the cursor's mark
+                mark = "━" * CELL_W if (r, c) == self.cursor else " " * CELL_W
+                segs.append(Segment(mark, Style(color="yellow", bold=True)))
+            else:
+                path = sheet.cell_path(r, c)
+                key = self.thumbs.key(path, box) if path is not None and self.mode != "none" else None
+                image = self.thumbs.get(key) if key else None
+                if image is not None and image.size == box:
+                    segs.extend(self._cell_pixels(image)[sub])
+                elif path is None:  # not sampled (yet): an empty box
+                    if sub == 0:
+                        line = "┌" + "─" * (CELL_W - 2) + "┐"
+                    elif sub == CELL_H - 1:
+                        line = "└" + "─" * (CELL_W - 2) + "┘"
+                    else:
+                        line = "│" + " " * (CELL_W - 2) + "│"
+                    segs.append(Segment(line, muted))
+                else:
+                    label = "…" if self.mode != "none" else path.stem
+                    line = (label if sub == CELL_H // 2 else "").center(CELL_W)[:CELL_W]
+                    segs.append(Segment(line, muted))
+            segs.append(Segment(" "))
+        return Strip(segs).crop_extend(0, width, base)
+
+    def _head_text(self, c: int) -> Text:
+        assert self.sheet is not None
+        col = self.sheet.columns[c]
+        text = Text("base" if col.epoch == 0 else f"epoch {col.epoch}", style="bold")
+        if col.name == self.best:
+            text.append(" ★", style="yellow")
+        text.append(f"\nstep {col.step}", style="dim")
+        if c == self.cursor[1]:
+            text.stylize("reverse")
+        return text
+
+    def _label_text(self, r: int, line: int) -> Text:
+        assert self.sheet is not None
+        prompt = self.sheet.rows[r]
+        label = Text()
+        if line == 0 or r == 0 or self.sheet.rows[r - 1].kind != prompt.kind:
+            label.append(prompt.kind.upper() + "\n", style=KIND_STYLES.get(prompt.kind, "bold"))
+        label.append(prompt.text, style="reverse" if r == self.cursor[0] else "")
+        return label

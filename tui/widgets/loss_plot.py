@@ -19,6 +19,23 @@ METRICS = ("loss", "lr", "img/s")
 MAX_POINTS = 2000  # plotted points per series; longer histories are thinned evenly
 
 
+class Ema:
+    """Exponential moving average with TensorBoard's debiasing, so the first points are not dragged
+    towards the first value (or zero)."""
+
+    def __init__(self, beta: float = SMOOTHING):
+        self.beta, self.raw, self.n = beta, 0.0, 0
+
+    def add(self, value: float) -> float:
+        self.n += 1
+        self.raw = self.beta * self.raw + (1 - self.beta) * value
+        return self.value
+
+    @property
+    def value(self) -> float:
+        return self.raw / (1 - self.beta ** self.n) if self.n else 0.0
+
+
 @dataclass
 class TrainingHistory:
     steps: list[int] = field(default_factory=list)
@@ -33,6 +50,7 @@ class TrainingHistory:
     checkpoints: list[int] = field(default_factory=list)
     epoch_seconds: list[float] = field(default_factory=list)
     last: dict[str, Any] = field(default_factory=dict)  # the newest progress event
+    _ema: "Ema" = field(default_factory=lambda: Ema(), repr=False)
 
     def absorb(self, events: Iterable[dict[str, Any]]) -> bool:
         """Take new events; True if anything plotted changed."""
@@ -53,10 +71,12 @@ class TrainingHistory:
                         # A resumed run repeats steps after its checkpoint: keep the curve monotone.
                         while self.steps and self.steps[-1] >= step:
                             self.steps.pop(), self.loss.pop(), self.smoothed.pop()
-                    prev = self.smoothed[-1] if self.smoothed else float(loss)
+                        self._ema = Ema()
+                        for v in self.loss:
+                            self._ema.add(v)
                     self.steps.append(step)
                     self.loss.append(float(loss))
-                    self.smoothed.append(SMOOTHING * prev + (1 - SMOOTHING) * float(loss))
+                    self.smoothed.append(self._ema.add(float(loss)))
                     changed = True
                 lr = ev.get("lr")
                 if isinstance(lr, (int, float)):

@@ -33,8 +33,8 @@ from textual.widgets import Button, DataTable, Label, OptionList, Static
 from engine.rundir import ALIVE_STATES, RunDir, list_runs
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
 from tui.actions import bindings
+from tui.widgets.loss_plot import SMOOTHING, Ema
 
-SMOOTHING = 0.9  # EMA factor of the smoothed loss (the plot uses the same)
 POLL_SECONDS = 1.0
 
 STATE_STYLES = {
@@ -233,7 +233,7 @@ class RunsPane(Vertical):
         self.poll_seconds = poll
         self.rows: dict[str, RunRow] = {}
         self._watchers: dict[str, RunWatcher] = {}
-        self._smoothed: dict[str, float] = {}
+        self._smoothed: dict[str, Ema] = {}
 
     def compose(self) -> ComposeResult:
         table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
@@ -265,10 +265,10 @@ class RunsPane(Vertical):
             for ev in watcher.new_events:
                 loss = ev.get("loss")
                 if ev.get("kind") == "progress" and isinstance(loss, (int, float)):
-                    ema = float(loss) if ema is None else SMOOTHING * ema + (1 - SMOOTHING) * float(loss)
-            if ema is not None:
-                self._smoothed[run.run_id] = ema
-            rows.append(RunRow(summary, ema, read_best_name(run)))
+                    if ema is None:
+                        ema = self._smoothed[run.run_id] = Ema(SMOOTHING)
+                    ema.add(float(loss))
+            rows.append(RunRow(summary, ema.value if ema else None, read_best_name(run)))
         for gone in set(self._watchers) - seen:
             self._watchers.pop(gone, None)
             self._smoothed.pop(gone, None)

@@ -79,6 +79,22 @@ class Method:
     def after_optimizer_step(self) -> None:
         """Called once per optimiser step (EMA updates)."""
 
+    # --- hooks for methods that change the data or the step (defaults: nothing) -----------------
+    def prepare_data(self, examples: Any, *, project_dir: Path, events: Any) -> None:
+        """Before `setup`, on the base model: change the `ExampleSet`'s captions or add examples
+        (DreamBooth's instance prompt and class images, textual inversion's placeholder)."""
+
+    def batch_indices(self, indices: list[int], *, step: int, micro: int) -> list[int]:
+        """The examples a micro-batch trains on, given the epoch plan's (DreamBooth adds class images).
+        `step` is the number of optimiser steps done, `micro` the micro-batch within the step."""
+        return indices
+
+    def begin_step(self, step: int, *, total_steps: int, events: Any) -> None:
+        """Before each optimiser step; `step` steps are done (pivotal tuning switches phase here)."""
+
+    def before_optimizer_step(self) -> None:
+        """After backward, before clipping and the optimiser step (drop gradients that must not apply)."""
+
     # --- 2. the loss ------------------------------------------------------------------------
     def loss(self, model_pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None,
              batch: Any) -> torch.Tensor:

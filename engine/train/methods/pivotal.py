@@ -1,0 +1,98 @@
+"""Pivotal tuning: textual inversion first, then LoRA on top of the learned embedding.
+
+For the first `pivotal.ti_fraction` of the optimiser steps only the placeholder's vectors train (as in
+`textual_inversion`); from then on the UNet's LoRA (and the text encoder's, with
+`lora.train_text_encoder`) trains, with the vectors frozen or still training
+(`pivotal.train_embeddings_after_switch`). A `phase` event marks the start of each phase.
+
+Everything that will ever train is in the optimiser and requires grad from the first step, so the
+set of trained parameters never changes under DDP; what must not move in a phase has its gradients
+dropped before the optimiser step (AdamW then skips it entirely: no update, no weight decay, no
+moments). The phase is a function of the step alone, so a resume on either side of the switch, or at
+it, continues exactly. The LoRA parts reuse `LoraMethod`; the embedding parts `PlaceholderTokens`.
+
+Exports: the LoRA (diffusers/PEFT and kohya keys, as `lora`) and the embedding (diffusers and A1111, as
+`textual_inversion`); load both to reproduce the samples.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from engine.train.methods.base import ExportInfo, Method
+from engine.train.methods.lora import LoraMethod
+from engine.train.methods.textual_inversion import PlaceholderTokens
+
+TI_PHASE = "textual_inversion"
+LORA_PHASE = "lora"
+
+
+class PivotalMethod(Method):
+    name = "pivotal"
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tokens = PlaceholderTokens(self.cfg, self.tokenizer)
+        self.lora = LoraMethod(*args, **kwargs)
+        self.phase = TI_PHASE
+
+    @property
+    def trains_text_encoder(self) -> bool:
+        return True
+
+    def switch_step(self, total_steps: int) -> int:
+        """Optimiser steps trained as textual inversion (at least one)."""
+        return min(total_steps, max(1, round(self.cfg.pivotal.ti_fraction * total_steps)))
+
+    # --- which parameters train -------------------------------------------------------------
+    def prepare_data(self, examples: Any, *, project_dir: Path, events: Any) -> None:
+        self.tokens.prepare_examples(examples, events)
+
+    def setup(self) -> None:
+        self.lora.setup()
+        self.tokens.install(self.text_encoder, self.accelerator.device)
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.lora.parameter_groups() for p in g["params"] if p is not self.tokens.vectors]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        groups = []
+        for g in self.lora.parameter_groups():
+            params = [p for p in g["params"] if p is not self.tokens.vectors]
+            if params:
+                groups.append({**g, "params": params})
+        return groups + [{"params": [self.tokens.vectors], "lr": self.lr(text_encoder=True)}]
+
+    def begin_step(self, step: int, *, total_steps: int, events: Any) -> None:
+        switch = self.switch_step(total_steps)
+        self.phase = TI_PHASE if step < switch else LORA_PHASE
+        if step == 0:
+            events.emit("phase", phase=TI_PHASE, step=step, until_step=switch,
+                        message=f"pivotal tuning: textual inversion for steps 1-{switch}")
+            events.say(f"pivotal tuning: training the embedding of {self.tokens.token!r} for {switch} of "
+                       f"{total_steps} steps, then LoRA")
+        if step == switch and switch < total_steps:
+            frozen = not self.cfg.pivotal.train_embeddings_after_switch
+            message = (f"pivotal tuning: switching to LoRA at step {step + 1}; the embedding of "
+                       f"{self.tokens.token!r} is {'frozen' if frozen else 'still training'}")
+            events.emit("phase", phase=LORA_PHASE, step=step, embeddings_frozen=frozen, message=message)
+            events.say(message)
+
+    def before_optimizer_step(self) -> None:
+        if self.phase == TI_PHASE:
+            dropped = self.lora_parameters()
+        else:
+            dropped = [] if self.cfg.pivotal.train_embeddings_after_switch else [self.tokens.vectors]
+        for p in dropped:
+            p.grad = None
+
+    # --- exports ------------------------------------------------------------------------------
+    def export(self, folder: Path, info: ExportInfo) -> list[str]:
+        info.extra.setdefault("ss_tunelab_method", self.name)
+        info.extra.setdefault("ss_tunelab_placeholder_token", self.tokens.token)
+        return self.lora.export(folder, info) + self.tokens.export(folder, info)
+
+    def method_state(self) -> dict[str, Any]:
+        return {**super().method_state(), "phase": self.phase}
