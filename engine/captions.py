@@ -415,8 +415,10 @@ def apply_plan(plan: Plan, project_dir: str | os.PathLike | None = None, journal
     for c in plan.changes:
         old = _read_bytes(c.path)
         new = None if c.new is None else c.new.encode("utf-8")
-        entry: dict = {"path": str(c.path.resolve()), "rel": c.label, "old_sha256": _sha(old),
-                       "new_sha256": _sha(new)}
+        where = c.path.resolve()
+        if root is not None and where.is_relative_to(root.resolve()):
+            where = where.relative_to(root.resolve())  # relative: the project may be moved before an undo
+        entry: dict = {"path": where.as_posix(), "rel": c.label, "old_sha256": _sha(old), "new_sha256": _sha(new)}
         if old is not None:
             try:
                 entry["old_text"] = old.decode("utf-8")
@@ -472,7 +474,7 @@ def undo_last(project_dir: str | os.PathLike, dry_run: bool = False) -> UndoResu
         raise CaptionError(f"{jpath}: unreadable undo journal: {e}") from None
     conflicts: list[Path] = []
     for e in files:
-        p = Path(e["path"])
+        p = Path(project_dir) / e["path"]
         now = _sha(_read_bytes(p))
         if now not in (e["new_sha256"], e["old_sha256"]):
             conflicts.append(p)
@@ -483,7 +485,7 @@ def undo_last(project_dir: str | os.PathLike, dry_run: bool = False) -> UndoResu
     restored = []
     if not dry_run:
         for e in files:
-            p = Path(e["path"])
+            p = Path(project_dir) / e["path"]
             if e["old_sha256"] is None:
                 p.unlink(missing_ok=True)
             else:

@@ -11,6 +11,9 @@ and `.cache/` are skipped), reads every image's size from its header without dec
 flags what a user should know: no caption, unreadable (empty, truncated, not an image, too many
 pixels), too small for the resolution, caption too long for CLIP. It never writes the user's files;
 it keeps a header cache in `.cache/scan.json` (keyed by path, size and mtime), which is safe to delete.
+
+`plan_template_captions` turns a concept's template and metadata into a caption plan (engine.captions),
+for `tunelab caption … template` and the TUI's bulk dialog alike.
 """
 from __future__ import annotations
 

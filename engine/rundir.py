@@ -22,6 +22,7 @@ from engine import atomic
 STATES = ("starting", "running", "stopping", "finished", "failed", "stopped", "lost")
 ALIVE_STATES = frozenset({"starting", "running", "stopping"})
 CONTROL_REQUESTS = ("stop", "save-now", "sample-now")
+STARTING_GRACE_S = 15.0  # a run dir with no status yet counts as starting for this long
 
 _RUN_ID = re.compile(r"^\d{8}-\d{6}-[A-Za-z0-9_.-]+$")
 _CKPT = re.compile(r"^e(\d{4,})-s(\d{8,})$")
@@ -163,11 +164,20 @@ class RunDir:
         """The state to show: the status's state, except `lost` when it claims to be alive unlocked."""
         status = self.read_status() if status is None else status
         if status is None:
-            return "starting" if self.lock_held() else "lost"
+            # The launcher creates the folder a moment before the supervisor writes its first status.
+            if self.lock_held() or self._younger_than(STARTING_GRACE_S):
+                return "starting"
+            return "lost"
         state = status.get("state", "lost")
         if state in ALIVE_STATES and not self.lock_held():
             return "lost"
         return state if state in STATES else "lost"
+
+    def _younger_than(self, seconds: float) -> bool:
+        try:
+            return time.time() - self.path.stat().st_mtime < seconds
+        except FileNotFoundError:
+            return False
 
     # --- control -----------------------------------------------------------------------------
     def request(self, name: str) -> Path:

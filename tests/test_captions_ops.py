@@ -197,3 +197,12 @@ def test_apply_then_undo_restores_any_captions(tmp_path_factory, texts, fixed):
     if plan.changes:
         C.undo_last(root)
     assert {p: (p.read_bytes() if p.exists() else None) for p in before} == before
+
+
+def test_undo_still_works_after_the_project_folder_was_moved(tmp_path):
+    root = tmp_path / "before"
+    ts = make(root, {"a.png": "a dog"})
+    C.apply_plan(C.plan_prefix(ts, "sks"), root)
+    moved = root.rename(tmp_path / "after")
+    C.undo_last(moved)
+    assert (moved / "imgs" / "a.txt").read_text() == "a dog"

@@ -72,3 +72,13 @@ def test_new_refuses_dotdot_and_an_existing_non_empty_folder(tmp_path, capsys, m
 def test_from_a_folder_that_does_not_exist_creates_nothing(tmp_path, capsys):
     rc, _, err = new(capsys, tmp_path / "proj", "--from", tmp_path / "nope")
     assert rc == 2 and "not a folder" in err and not (tmp_path / "proj").exists()
+
+
+def test_from_another_project_takes_its_images_but_not_its_runs(tmp_path, capsys):
+    src = tmp_path / "old"
+    write_image(src / "images" / "a.png", caption="a dog")
+    write_image(src / "runs" / "r1" / "samples" / "e0001" / "p00-s0042.png")
+    rc, out, _ = new(capsys, tmp_path / "proj", "--from", src)
+    assert rc == 0 and "copied 1 image(s)" in out
+    assert (tmp_path / "proj" / "images" / "images" / "a.png").is_file()
+    assert not (tmp_path / "proj" / "images" / "runs").exists()

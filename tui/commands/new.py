@@ -72,11 +72,13 @@ def project_path(name: str, projects_dir: str | os.PathLike = "projects") -> Pat
 def _sources(src: Path) -> list[Path]:
     from engine.captions import CAPTION_EXT
     from engine.metadata import METADATA_NAMES
-    from engine.project import IMAGE_EXTS
+    from engine.project import IGNORED_TOP, IMAGE_EXTS
 
     out = []
     for dirpath, dirnames, filenames in os.walk(src):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        top = Path(dirpath) == src
+        # hidden folders never; a project's runs/ and configs/ neither (--from may be another project)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (top and d in IGNORED_TOP))
         for fn in sorted(filenames):
             if fn.startswith("."):
                 continue

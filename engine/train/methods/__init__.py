@@ -4,12 +4,18 @@ from __future__ import annotations
 from typing import Any
 
 from engine.train.methods.base import ExportInfo, Method
+from engine.train.methods.dreambooth import DreamBoothMethod
 from engine.train.methods.full import FullMethod
 from engine.train.methods.lora import LoraMethod
+from engine.train.methods.pivotal import PivotalMethod
+from engine.train.methods.textual_inversion import TextualInversionMethod
 
 METHODS: dict[str, type[Method]] = {
     "lora": LoraMethod,
     "full": FullMethod,
+    "dreambooth": DreamBoothMethod,
+    "textual_inversion": TextualInversionMethod,
+    "pivotal": PivotalMethod,
 }
 
 

@@ -1,0 +1,134 @@
+"""The Dataset tab: the list, its filters, the preview and its thumbnail cache."""
+from __future__ import annotations
+
+import pytest
+
+from tests.test_tui_support import make_project, sync, wait_for
+from tui.app import make_app
+from tui.thumbnails import THUMBS_DIR, make_thumbnail
+from tui.widgets.dataset_table import DatasetTable
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_project(tmp_path / "projects")
+
+
+async def open_dataset(pilot, app):
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen" and app.screen.summaries)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+    pane = app.screen.query_one("DatasetPane")
+    await wait_for(pilot, lambda: pane.dataset is not None)
+    return pane
+
+
+def rels(pane) -> list[str]:
+    return [it.rel for it in pane.table.items]
+
+
+@sync
+async def test_opening_a_project_lists_every_image_with_its_flags(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        assert rels(pane) == ["images/broken.png", "images/cat_01.png", "images/cat_02.png", "images/dog_01.png",
+                              "images/dog_02.png", "images/tiny.png"]
+        flags = {it.rel: it.flags for it in pane.table.items}
+        assert flags["images/dog_02.png"] == ["no caption"]
+        assert flags["images/broken.png"][0].startswith("unreadable")
+        assert pane.table.has_focus
+        assert "6 images" in str(pane.query_one("#dataset-count").render())
+
+
+@sync
+async def test_filter_by_text_and_by_flag(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        await pilot.press("slash", *"cat")
+        assert rels(pane) == ["images/cat_01.png", "images/cat_02.png"]
+        assert "2 of 6" in str(pane.query_one("#dataset-count").render())
+        await pilot.press(*" sleep")  # every word must match
+        assert rels(pane) == ["images/cat_02.png"]
+        await pilot.press("enter")  # back to the list
+        assert pane.table.has_focus
+        pane.query_one("#dataset-filter").value = ""
+        await pilot.pause()
+        await pilot.press("f")  # any flag
+        assert rels(pane) == ["images/broken.png", "images/dog_02.png"]
+        await pilot.press("f")  # the first flag by name
+        assert pane.flag == "no caption" and rels(pane) == ["images/dog_02.png"]
+        await pilot.press("f", "f")  # ... unreadable, then back to all
+        assert pane.flag is None and len(rels(pane)) == 6
+
+
+@sync
+async def test_preview_shows_the_image_or_why_it_cannot(project, tmp_path):
+    app = make_app(project.parent, images="halfblock", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        preview = pane.query_one("ImagePreview")
+        await wait_for(pilot, lambda: preview.last is not None)
+        assert preview.last.image is None  # broken.png comes first
+        assert "cannot show broken.png" in str(preview.query_one("#preview-placeholder").render())
+        await pilot.press("down")
+        await wait_for(pilot, lambda: preview.last.source.name == "cat_01.png")
+        assert preview.last.image is not None
+        assert preview.query_one("#preview-image").display
+        thumbs = list((project / THUMBS_DIR).rglob("*.png"))
+        assert len(thumbs) == 1
+
+
+def test_thumbnails_are_cached_by_path_mtime_and_size(project):
+    src = project / "images/cat_01.png"
+    first = make_thumbnail(src, project, (64, 64))
+    again = make_thumbnail(src, project, (64, 64))
+    assert first.image is not None and not first.cached and again.cached
+    assert first.image.size == again.image.size == (64, 64)
+    src.write_bytes(src.read_bytes())  # same content, new mtime: a new entry
+    import os
+    os.utime(src, (1, 1))
+    assert not make_thumbnail(src, project, (64, 64)).cached
+    bad = make_thumbnail(project / "images/broken.png", project, (64, 64))
+    assert bad.image is None and "not an image" in bad.error
+
+
+@sync
+async def test_new_images_on_disk_appear_without_restart(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        new = project / "images" / "zebra.png"
+        new.write_bytes((project / "images/cat_01.png").read_bytes())
+        pane.files_changed({new})
+        await wait_for(pilot, lambda: "images/zebra.png" in rels(pane))
+
+
+@sync
+async def test_the_list_stays_usable_with_thousands_of_images(tmp_path, monkeypatch):
+    from engine.project import Item
+
+    monkeypatch.chdir(tmp_path)
+    items = [Item(path=tmp_path / f"{i:05d}.png", rel=f"img/{i:05d}.png", concept="c", width=512, height=512,
+                  caption=f"caption {i}") for i in range(10_000)]
+    from textual.app import App
+
+    class One(App):
+        def compose(self):
+            yield DatasetTable(id="t")
+
+    app = One()
+    async with app.run_test(size=(100, 30)) as pilot:
+        table = app.query_one(DatasetTable)
+        table.set_items(items)
+        table.focus()
+        await pilot.press("end")
+        assert table.cursor == 9_999 and table.scroll_y > 9_900
+        await pilot.press("pageup", "up")
+        assert table.current.rel == f"img/{9_999 - table._page() - 1:05d}.png"
+        await pilot.press("home")
+        assert table.cursor == 0 and table.scroll_y == 0
+        table.set_items(items[5000:5010])
+        assert table.cursor == 0 and len(table.items) == 10
