@@ -42,7 +42,8 @@ class BlipCaptioner:
         source = str(model)
         try:
             self.processor = BlipProcessor.from_pretrained(source, local_files_only=True)
-            self.model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=True, dtype=dtype)
+            self.model = BlipForConditionalGeneration.from_pretrained(source, local_files_only=True, dtype=dtype,
+                                                                      use_safetensors=True)
         except (OSError, ValueError) as e:
             where = "folder" if Path(source).exists() else "hub id (not in the local Hugging Face cache?)"
             raise AutoCaptionError(

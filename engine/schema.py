@@ -157,7 +157,10 @@ class _Builder:
     def build(self, cls: type, data: Any, prefix: str) -> Any:
         if not isinstance(data, dict):
             self.problem(prefix, f"must be a table, got {_describe(data)}")
-            return cls()
+            try:
+                return cls()
+            except TypeError:  # a table with required keys (a concept, a sample prompt) has no default
+                return None
         hints = typing.get_type_hints(cls)
         fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
         kwargs: dict[str, Any] = {}

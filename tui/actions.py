@@ -44,6 +44,11 @@ SCOPES: dict[str, str] = {
     "bulk": "Bulk captions dialog",
     "conflict": "Caption changed on disk (conflict dialog)",
     "dialog": "Dialogs (new project, new config, errors)",
+    "runs": "Runs",
+    "monitor": "Run monitor",
+    "log": "Log view",
+    "compare": "Compare (contact sheet)",
+    "zoom": "Zoomed sample",
     "help": "This help",
 }
 

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args._module.run(args) or 0)
         except KeyboardInterrupt:
             return 130
+        except BrokenPipeError:  # `tunelab check … | head`: the reader left; that is not an error
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
     if argv and argv[0] in ("-h", "--help"):
         build_parser(argv).print_help()
         return 0

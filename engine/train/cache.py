@@ -73,7 +73,7 @@ class LatentCache:
         for i, key in enumerate(keys):
             try:
                 out[i] = load(self.path(key).read_bytes())["params"]
-            except (FileNotFoundError, KeyError, Exception):  # noqa: BLE001 - a bad entry is recomputed
+            except Exception:  # noqa: BLE001 - a missing or bad entry is recomputed
                 missing.append(i)
         for start in range(0, len(missing), ENCODE_BATCH):
             chunk = missing[start:start + ENCODE_BATCH]

@@ -280,12 +280,11 @@ def log_progress(s: Session) -> None:
 
 def check_finite(s: Session) -> None:
     """Abort (error event, no save) when any process saw a non-finite loss since the last check."""
-    bad = s.progress.bad_step.clone()
-    if s.accelerator.num_processes > 1:
-        bad = s.accelerator.reduce(bad.to(torch.float32), reduction="sum")
-        bad = torch.tensor(-1 if float(bad) == -s.accelerator.num_processes else 1)
-    step = s.progress.first_bad_step() if s.accelerator.num_processes == 1 else (
-        None if int(bad) < 0 else s.position.step)
+    step = s.progress.first_bad_step()
+    if s.accelerator.num_processes > 1:  # every process must take the same decision
+        seen = torch.tensor([float(step if step is not None else -1)], device=s.accelerator.device)
+        worst = float(s.accelerator.reduce(seen, reduction="sum").item())
+        step = None if worst == -s.accelerator.num_processes else (step or s.position.step)
     if step is None:
         return
     last = s.run.latest_complete_checkpoint()

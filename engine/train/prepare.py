@@ -89,6 +89,11 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         components.unet.enable_gradient_checkpointing()
         if method.trains_text_encoder:
             components.text_encoder.gradient_checkpointing_enable()
+    if t.ema and not hasattr(method, "ema"):
+        events.warning(f"train.ema applies to full fine-tunes; method {cfg.method!r} trains without EMA")
+    if cfg.data.num_workers:
+        events.warning("data.num_workers is not used yet: images are decoded in the training process "
+                       "(with cached latents nothing is decoded during training)")
     if t.compile:
         events.warning("train.compile is not supported by this trainer yet; training without torch.compile")
 

@@ -10,7 +10,8 @@ missing ones, and a run asking for fewer takes the first ones. Each image is a P
 (`00000.png`, …) beside a `prior.json` saying what they are; deleting the folder is always safe.
 
 Only the main process draws; the others wait and then read the same files. Progress goes to
-`events.jsonl` as `prior` events (`done`, `total`, `generated`, `reused`).
+`events.jsonl` as `prior` events: `done`, `total`, `generated`, `reused`, `class_prompt`, and `cache`
+(the folder, relative to the project). The first comes before any drawing (done = reused).
 """
 from __future__ import annotations
 
@@ -62,18 +63,20 @@ def class_images(cfg: Any, components: Any, *, cache_root: Path, accelerator: An
     identity = base_identity(components)
     folder = Path(cache_root) / "prior" / cache_key(identity, spec)
     paths = [image_path(folder, i) for i in range(count)]
+    shown = str(folder.relative_to(Path(cache_root).parent)) if folder.is_relative_to(Path(cache_root).parent) \
+        else str(folder)  # events name it relative to the project
     if accelerator.is_main_process:
         missing = [i for i, p in enumerate(paths) if not p.is_file()]
         reused = count - len(missing)
         events.emit("prior", done=reused, total=count, generated=0, reused=reused, class_prompt=spec["class_prompt"],
-                    path=str(folder))
+                    cache=shown)
         if missing:
             events.say(f"drawing {len(missing)} class image(s) for {spec['class_prompt']!r} with the base model "
                        f"({reused} cached in {folder})")
             folder.mkdir(parents=True, exist_ok=True)
             atomic.write_json(folder / "prior.json", {**spec, "base": identity, "base_source": components.source,
                                                       "seed_base": SEED_BASE})
-            _draw(cfg, components, folder, missing, accelerator, events, reused=reused, total=count)
+            _draw(cfg, components, folder, missing, accelerator, events, reused=reused, total=count, shown=shown)
         else:
             events.say(f"reusing {count} cached class image(s) for {spec['class_prompt']!r} from {folder}")
     accelerator.wait_for_everyone()
@@ -81,7 +84,7 @@ def class_images(cfg: Any, components: Any, *, cache_root: Path, accelerator: An
 
 
 def _draw(cfg: Any, components: Any, folder: Path, indices: list[int], accelerator: Any, events: Any, *,
-          reused: int, total: int) -> None:
+          reused: int, total: int, shown: str) -> None:
     from diffusers import StableDiffusionPipeline
 
     from engine.train.sampling import make_scheduler
@@ -112,7 +115,7 @@ def _draw(cfg: Any, components: Any, folder: Path, indices: list[int], accelerat
                 atomic.write_bytes(image_path(folder, i), buf.getvalue())
             done += len(chunk)
             events.emit("prior", done=reused + done, total=total, generated=done, reused=reused,
-                        class_prompt=cfg.dreambooth.class_prompt, path=str(folder))
+                        class_prompt=cfg.dreambooth.class_prompt, cache=shown)
     finally:
         del pipe
         gc.collect()

@@ -37,6 +37,7 @@ class ConflictScreen(ModalScreen[tuple[str, str] | None]):
     ConflictScreen > Vertical { width: 90%; max-width: 110; height: auto; max-height: 90%;
         border: thick $warning; background: $surface; padding: 0 1; }
     ConflictScreen #conflict-title { text-style: bold; color: $warning; }
+    ConflictScreen #conflict-versions { height: auto; }
     ConflictScreen .version { width: 1fr; height: auto; padding: 0 1 0 0; }
     ConflictScreen .version-label { color: $text-muted; }
     ConflictScreen .version-text { border: round $panel-lighten-2; height: auto; max-height: 8; padding: 0 1; }
@@ -57,7 +58,7 @@ class ConflictScreen(ModalScreen[tuple[str, str] | None]):
         with Vertical():
             yield Static(f"{self.path.name} changed on disk while you were editing it", id="conflict-title")
             yield Static(f"{self.rel}: nothing is written until you choose. Escape keeps your edit unsaved.")
-            with Horizontal():
+            with Horizontal(id="conflict-versions"):
                 with Vertical(classes="version"):
                     yield Label("mine (unsaved)", classes="version-label")
                     yield Static(self.mine or "(empty)", id="conflict-mine", classes="version-text", markup=False)

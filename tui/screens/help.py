@@ -13,7 +13,7 @@ from tui import actions
 
 def help_table(keymap: dict[str, str] | None = None) -> Table:
     table = Table(box=None, show_header=False, expand=True, padding=(0, 2, 0, 0))
-    table.add_column("keys", style="bold", no_wrap=True, min_width=18)
+    table.add_column("keys", style="bold", no_wrap=True, width=22)
     table.add_column("what", ratio=1)
     for scope, title in actions.SCOPES.items():
         rows = actions.in_scope(scope)

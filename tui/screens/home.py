@@ -187,9 +187,13 @@ class HomeScreen(Screen[None]):
         if s.path not in self.summaries:
             return
         self.summaries[s.path] = s
+        # Rebuilt rather than updated cell by cell: DataTable does not widen a column for a later, longer value.
         table = self.query_one("#home-projects", DataTable)
-        for column, value in zip(table.columns, s.row()):
-            table.update_cell(str(s.path), column, value, update_width=True)
+        row = table.cursor_row
+        table.clear()
+        for summary in self.summaries.values():
+            table.add_row(*summary.row(), key=str(summary.path))
+        table.move_cursor(row=row)
 
     # --- actions -----------------------------------------------------------------------------
     @property

@@ -128,7 +128,8 @@ class CaptionEditor(Vertical):
             self.caption_source = caption_source
             return
         if self.dirty and not self.save():
-            self._after_conflict.append(lambda: self.load(item, caption_source))
+            if self.conflict_open:  # go on once the user has chosen
+                self._after_conflict.append(lambda: self.load(item, caption_source))
             return
         self.item = item
         self.caption_source = caption_source
@@ -140,7 +141,18 @@ class CaptionEditor(Vertical):
             area.disabled = True
             self.query_one("#caption-title", Static).update("caption")
         else:
-            self.base = read_disk(item.caption_path)
+            try:
+                self.base = read_disk(item.caption_path)
+            except OSError as e:
+                # Unreadable (permissions, I/O error): show why, and do not offer to overwrite it.
+                self.base = None
+                self.item = None
+                area.load_text("")
+                area.disabled = True
+                self.query_one("#caption-title", Static).update(
+                    f"{item.caption_path.name}: cannot read: {e.strerror or e}")
+                self._update_status()
+                return
             self.stale = False
             area.load_text(self.base or "")
             area.disabled = False
@@ -157,12 +169,26 @@ class CaptionEditor(Vertical):
         if self.conflict_open:
             return False
         mine = normalise(self.text)
-        theirs = read_disk(self.item.caption_path)
+        try:
+            theirs = read_disk(self.item.caption_path)
+        except OSError as e:
+            return self._failed(e)
         if theirs != self.base and theirs != mine:
             self._raise_conflict(mine, theirs)
             return False
-        self._write(mine)
+        try:
+            self._write(mine)
+        except OSError as e:
+            return self._failed(e)
         return True
+
+    def _failed(self, error: OSError) -> bool:
+        """A read or write failed: the edit stays in the editor, and the user is told why."""
+        assert self.item is not None
+        self._after_conflict.clear()
+        self.app.notify(f"{self.item.caption_path.name} not saved: {error.strerror or error}; your edit is kept "
+                        "in the editor", severity="error", timeout=8)
+        return False
 
     def _write(self, text: str) -> None:
         assert self.item is not None
@@ -176,7 +202,10 @@ class CaptionEditor(Vertical):
         """The current caption file changed on disk: reload it, or raise a conflict if there are edits."""
         if self.item is None:
             return
-        theirs = read_disk(self.item.caption_path)
+        try:
+            theirs = read_disk(self.item.caption_path)
+        except OSError:
+            return  # unreadable for now; the next save reports it
         if theirs == self.base:
             return  # our own write, or a change that changes nothing
         mine = normalise(self.text)
@@ -221,14 +250,23 @@ class CaptionEditor(Vertical):
         kind, text = choice
         self.stale = False
         if kind == "theirs":
-            theirs = read_disk(item.caption_path)  # the newest, if it changed again meanwhile
+            try:
+                theirs = read_disk(item.caption_path)  # the newest, if it changed again meanwhile
+            except OSError:
+                theirs = choice[1] or None
             self.base = theirs
             self._replace_text(theirs or "")
             self._update_status()
         else:
             if kind == "merged":
                 self._replace_text(text)
-            self._write(normalise(text))
+            try:
+                self._write(normalise(text))
+            except OSError as e:
+                self._failed(e)
+                self.stale = True
+                self._update_status()
+                return
         pending, self._after_conflict = self._after_conflict, []
         for then in pending:
             then()

@@ -123,6 +123,7 @@ class DatasetTable(ScrollView, can_focus=True):
         old = self.cursor
         self.set_reactive(DatasetTable.cursor, min(index, max(0, len(self.items) - 1)))
         self._scroll_to_cursor()
+        self.call_after_refresh(self._scroll_to_cursor)
         self.refresh()
         if self.current is not keep or old != self.cursor or keep is None:
             self.post_message(self.Highlighted(self, self.current))
@@ -145,6 +146,7 @@ class DatasetTable(ScrollView, can_focus=True):
 
     def watch_cursor(self, old: int, new: int) -> None:
         self._scroll_to_cursor()
+        self.call_after_refresh(self._scroll_to_cursor)  # the virtual size may not be laid out yet
         self.refresh()
         self.post_message(self.Highlighted(self, self.current))
 

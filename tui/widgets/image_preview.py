@@ -65,11 +65,16 @@ def _cell_size_without_asking() -> tuple[int, int]:
 def _import_textual_image(probe: bool) -> Any:
     if "textual_image.widget" in sys.modules:
         return sys.modules["textual_image.widget"]
-    if probe:
-        import textual_image.widget as widget_module
-
-        return widget_module
     import textual_image._terminal as terminal
+
+    if probe:
+        try:
+            import textual_image.widget as widget_module
+        except (ZeroDivisionError, OSError, terminal.TerminalError):
+            # A terminal that reports 0 columns breaks textual-image's cell-size arithmetic: use the default.
+            terminal.get_cell_size._result = terminal.CellSize(*_cell_size_without_asking())  # type: ignore[attr-defined]
+            import textual_image.widget as widget_module
+        return widget_module
 
     if not hasattr(terminal.get_cell_size, "_result"):
         terminal.get_cell_size._result = terminal.CellSize(*_cell_size_without_asking())  # type: ignore[attr-defined]

@@ -1,0 +1,141 @@
+"""Time the Dataset tab on a 10,000-image project: first paint, and keystroke-to-redraw while scrolling.
+
+    python bench/tui_dataset.py [--images 10000] [--keys 100] [--keep DIR]
+
+Generates the project with `bench/check_10k.py`'s generator (PNG/JPEG files in nested folders with
+sidecar captions), then drives the real app headless (`App.run_test`, 160x50, half-block images):
+
+- paint: from pushing the project screen to its first frame (the list says "scanning…"),
+- rows: from pushing the project screen until the rows are on screen (scan in a worker + first
+  frame with rows), cold (no header cache) and warm,
+- key: per keystroke, from the key to the next frame drawn, for `down`, `pagedown` and a filter
+  keystroke, median and 95th percentile over --keys presses.
+
+A "frame drawn" is measured as the time until the app is idle again after the key (Pilot's
+`press` waits for that), so it includes the message round trip, the refresh and the compositor.
+Prints one JSON object; docs/performance.md quotes it.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("check_10k", ROOT / "bench" / "check_10k.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.make_project
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
+
+
+async def measure(projects: Path, keys: int) -> dict:
+    from tui.app import make_app
+    from tui.screens.project import ProjectScreen
+
+    app = make_app(projects, images="halfblock", watch=False, animations=False)
+    out: dict = {}
+    async with app.run_test(size=(160, 50)) as pilot:
+        await pilot.pause()
+        t0 = time.perf_counter()
+        app.push_screen(ProjectScreen(projects / "bench"))
+        await pilot.pause()
+        out["paint_s"] = round(time.perf_counter() - t0, 3)
+        pane = app.screen.query_one("DatasetPane")
+        while pane.dataset is None:
+            await pilot.pause(0.005)
+        await pilot.pause()
+        out["rows_s"] = round(time.perf_counter() - t0, 3)
+        out["items"] = len(pane.items)
+        table = pane.table
+        table.focus()
+        await pilot.pause()
+        for key in ("down", "pagedown"):
+            times = []
+            for _ in range(keys):
+                t = time.perf_counter()
+                await pilot.press(key)
+                times.append(time.perf_counter() - t)
+            out[f"{key}_median_ms"] = round(1000 * statistics.median(times), 1)
+            out[f"{key}_p95_ms"] = round(1000 * pct(times, 0.95), 1)
+        await pilot.press("slash")
+        times = []
+        for ch in "part0" * (keys // 5 or 1):  # type "part0", clear, again
+            t = time.perf_counter()
+            await pilot.press(ch)
+            times.append(time.perf_counter() - t)
+            if len(times) % 5 == 0:
+                pane.query_one("#dataset-filter").value = ""
+                await pilot.pause()
+        out["filter_key_median_ms"] = round(1000 * statistics.median(times), 1)
+        out["filter_key_p95_ms"] = round(1000 * pct(times, 0.95), 1)
+    return out
+
+
+async def baseline(keys: int) -> float:
+    from textual.app import App
+    from textual.widgets import Static
+
+    class Empty(App):
+        def compose(self):
+            yield Static("x")
+
+    app = Empty()
+    times = []
+    async with app.run_test(size=(160, 50)) as pilot:
+        for _ in range(keys):
+            t = time.perf_counter()
+            await pilot.press("down")
+            times.append(time.perf_counter() - t)
+    return round(1000 * statistics.median(times), 1)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=10_000)
+    ap.add_argument("--keys", type=int, default=100)
+    ap.add_argument("--keep", help="generate the project here and keep it")
+    args = ap.parse_args()
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="tunelab-bench-"))
+    projects = tmp / "projects"
+    try:
+        if not (projects / "bench").exists():
+            t = time.perf_counter()
+            _generator()(projects / "bench", args.images)
+            gen = time.perf_counter() - t
+        else:
+            gen = 0.0
+        shutil.rmtree(projects / "bench" / ".cache", ignore_errors=True)
+        cold = asyncio.run(measure(projects, args.keys))
+        warm = asyncio.run(measure(projects, args.keys))
+        result = {
+            "images": args.images,
+            "generate_s": round(gen, 1),
+            "cold": cold,
+            "warm": warm,
+            "textual_empty_app_key_median_ms": asyncio.run(baseline(args.keys)),
+        }
+        print(json.dumps(result, indent=2))
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

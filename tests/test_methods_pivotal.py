@@ -1,0 +1,113 @@
+"""Pivotal tuning on the tiny model: the embedding trains first, then the LoRA, across a resume at the
+switch; the LoRA and the embedding both load in diffusers and each changes the picture."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.train.loop import train
+from tests.test_methods_support import base_pipeline, differs, one_prompt, render, sample_image
+from tests.train_fixtures import events, make_project, make_run, tiny_config
+
+pytestmark = pytest.mark.timeout(300)
+
+PROMPT = "a <concept> on a plain background"
+
+
+def pivotal_config(**changes):
+    cfg = tiny_config(**{"method": "pivotal", "train.epochs": 3, "pivotal.ti_fraction": 0.34,
+                         "train.learning_rate": 1e-2, "train.text_encoder_learning_rate": 5e-2,
+                         "textual_inversion.initializer_token": "circle", **changes})
+    cfg.save.every_n_steps = 1
+    return one_prompt(cfg, PROMPT)
+
+
+def lora_up(ck) -> dict[str, torch.Tensor]:
+    up = {k: v for k, v in load_file(ck / "pytorch_lora_weights.safetensors").items() if k.endswith(".lora.up.weight")}
+    assert up
+    return up
+
+
+def embedding(ck) -> torch.Tensor:
+    return load_file(ck / "learned_embeds.safetensors")["<concept>"]
+
+
+@pytest.mark.slow
+def test_pivotal_trains_the_embedding_then_the_lora_across_a_resume_and_exports_both(tmp_path):
+    cfg = pivotal_config()
+    run = make_run(make_project(tmp_path, n=2), cfg)  # 1 step per epoch, 3 steps: step 1 is TI
+
+    assert train(run.path, stop_after_steps=1) == 0  # stops right at the switch
+    assert train(run.path, resume=True) == 0
+
+    phases = events(run, "phase")
+    assert [(p["phase"], p["step"]) for p in phases] == [("textual_inversion", 0), ("lora", 1)]
+    assert phases[1]["embeddings_frozen"] is True and "switching to LoRA" in phases[1]["message"]
+    assert all(math.isfinite(p["loss"]) for p in events(run, "progress"))
+    cks = [c.path for c in run.checkpoints()]
+    assert [c.name for c in cks] == ["e0001-s00000001", "e0002-s00000002", "e0003-s00000003"]
+    # Step 1 moved the embedding and left the LoRA at its initial (zero) up-weights; the later steps
+    # moved the LoRA and left the frozen embedding exactly as the switch found it.
+    base_row = base_pipeline().text_encoder.get_input_embeddings().weight[0].detach()
+    assert embedding(cks[0]).shape == (1, base_row.shape[0])
+    assert all(not v.any() for v in lora_up(cks[0]).values())
+    assert torch.equal(embedding(cks[2]), embedding(cks[0]))
+    assert any(v.abs().sum() > 0 for v in lora_up(cks[2]).values())
+    last = cks[2]
+    assert sorted(p.name for p in last.iterdir()) == sorted([
+        "COMPLETE", "concept.safetensors", "learned_embeds.safetensors", "pytorch_lora_weights.safetensors",
+        f"{run.run_id}-{last.name}.safetensors", "state"])
+    kohya = load_file(last / f"{run.run_id}-{last.name}.safetensors")
+    assert any(k.startswith("lora_unet_") and k.endswith(".lora_up.weight") for k in kohya)
+    # Samples before and after the switch are columns of one sheet.
+    assert [c[0] for c in run.sample_columns()] == ["e0000-s00000000", "e0001-s00000001", "e0002-s00000002",
+                                                    "e0003-s00000003"]
+
+    pipe = base_pipeline()
+    pipe.load_textual_inversion(str(last / "learned_embeds.safetensors"), token="<concept>")
+    embedding_only = render(pipe, PROMPT, cfg)
+    pipe.load_lora_weights(str(last))
+    both = render(pipe, PROMPT, cfg)
+    assert differs(embedding_only, both) > 1.0
+    assert differs(both, sample_image(run.samples_dir / last.name / "p00-s0001.png")) < 0.5
+    assert differs(embedding_only, sample_image(run.samples_dir / cks[0].name / "p00-s0001.png")) < 0.5
+
+
+def test_the_switch_drops_the_gradients_of_what_must_not_move(tmp_path):
+    from types import SimpleNamespace
+
+    from engine.train.methods.pivotal import PivotalMethod
+
+    class Events:
+        def __init__(self):
+            self.kinds = []
+
+        def emit(self, kind, **fields):
+            self.kinds.append((kind, fields["phase"], fields["step"]))
+
+        def say(self, line):
+            pass
+
+    m = PivotalMethod.__new__(PivotalMethod)
+    m.cfg = pivotal_config(**{"pivotal.ti_fraction": 0.5})
+    lora_param = torch.nn.Parameter(torch.zeros(2))
+    m.lora = SimpleNamespace(parameter_groups=lambda: [{"params": [lora_param], "lr": 1.0}])
+    vectors = torch.nn.Parameter(torch.zeros(2))
+    m.tokens = SimpleNamespace(vectors=vectors, token="<concept>")
+    ev = Events()
+    seen = []
+    for step in range(4):
+        m.begin_step(step, total_steps=4, events=ev)
+        lora_param.grad, vectors.grad = torch.ones(2), torch.ones(2)
+        m.before_optimizer_step()
+        seen.append((m.phase, lora_param.grad is not None, vectors.grad is not None))
+    assert seen == [("textual_inversion", False, True)] * 2 + [("lora", True, False)] * 2
+    assert ev.kinds == [("phase", "textual_inversion", 0), ("phase", "lora", 2)]
+    m.cfg.pivotal.train_embeddings_after_switch = True
+    m.begin_step(3, total_steps=4, events=ev)
+    lora_param.grad, vectors.grad = torch.ones(2), torch.ones(2)
+    m.before_optimizer_step()
+    assert lora_param.grad is not None and vectors.grad is not None

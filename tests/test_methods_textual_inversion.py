@@ -1,0 +1,143 @@
+"""Textual inversion on the tiny model: only the placeholder's vectors train, resume restores them
+exactly, and both embedding files load in diffusers and draw what the run's samples show."""
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.train.data import Example, ExampleSet
+from engine.train.loop import train
+from engine.train.methods import textual_inversion as ti
+from engine.train.tiny import build_tokenizer
+from tests.test_methods_support import base_pipeline, differs, one_prompt, render, sample_image
+from tests.train_fixtures import events, make_project, make_run, tiny_config
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def ti_config(**changes):
+    cfg = tiny_config(**{"method": "textual_inversion", "textual_inversion.num_vectors": 2,
+                         "textual_inversion.initializer_token": "circle", "train.learning_rate": 5e-2, **changes})
+    return one_prompt(cfg, "a <concept> on a plain background")
+
+
+class Recorder:
+    def __init__(self):
+        self.messages = []
+
+    def warning(self, message, **fields):
+        self.messages.append(message)
+
+
+def test_placeholder_captions_are_expanded_to_every_vector_and_added_where_missing():
+    tokens = ti.PlaceholderTokens(ti_config(**{"textual_inversion.num_vectors": 3}), build_tokenizer())
+    ex = ExampleSet(train=[Example(path=None, rel="a.png", caption="a <concept> dog", concept="c"),
+                           Example(path=None, rel="b.png", caption="a dog", concept="c"),
+                           Example(path=None, rel="c.png", caption="", concept="c")],
+                    validation=[Example(path=None, rel="v.png", caption="<concept>", concept="c")], skipped=[])
+    rec = Recorder()
+    tokens.prepare_examples(ex, rec)
+    full = "<concept> <concept>_1 <concept>_2"
+    assert [e.caption for e in ex.train] == [f"a {full} dog", f"{full}, a dog", full]
+    assert ex.validation[0].caption == full
+    assert len(rec.messages) == 1 and "2 of 3 caption(s)" in rec.messages[0]
+
+
+@pytest.mark.parametrize("key,value,needle", [("textual_inversion.placeholder_token", "circle", "already a token"),
+                                              ("textual_inversion.initializer_token", "xqzv", "single token")])
+def test_a_bad_placeholder_or_initializer_names_the_setting(key, value, needle):
+    with pytest.raises(ValueError, match=needle) as e:
+        ti.PlaceholderTokens(ti_config(**{key: value}), build_tokenizer())
+    assert key in str(e.value)
+
+
+def test_the_placeholder_layer_swaps_in_the_vectors_and_passes_gradients_only_to_them():
+    base = torch.nn.Embedding(10, 4)
+    layer = ti.PlaceholderEmbedding(base, [8, 9], torch.ones(2, 4))
+    ids = torch.tensor([[1, 8, 9, 2]])
+    out = layer(ids)
+    assert torch.equal(out[0, 1], torch.ones(4)) and torch.equal(out[0, 0], base.weight[1].detach())
+    out.sum().backward()
+    assert not layer.weight.requires_grad and layer.vectors.grad is not None
+    assert [n for n, p in layer.named_parameters() if p.requires_grad] == ["vectors"]
+
+
+@pytest.mark.slow
+def test_textual_inversion_trains_the_embedding_resumes_it_exactly_and_exports_load_in_diffusers(tmp_path,
+                                                                                               monkeypatch):
+    cfg = ti_config()
+    cfg.save.every_n_steps = 1
+    run = make_run(make_project(tmp_path, n=2), cfg)  # 1 step per epoch, 2 epochs
+
+    assert train(run.path, stop_after_steps=1) == 0
+    first = run.latest_complete_checkpoint().path
+    restored = []
+    real_load = ti.TextualInversionMethod.load_trainable_state
+
+    def spy(self, tensors):
+        real_load(self, tensors)
+        restored.append(self.tokens.vectors.detach().clone())
+
+    monkeypatch.setattr(ti.TextualInversionMethod, "load_trainable_state", spy)
+    assert train(run.path, resume=True) == 0
+
+    assert "do not contain textual_inversion.placeholder_token" in events(run, "warning")[0]["message"]
+    assert all(math.isfinite(p["loss"]) for p in events(run, "progress"))
+    assert [p["step"] for p in events(run, "progress")] == [1, 2]
+    # Resume put back exactly the vectors the stop saved.
+    saved = load_file(first / ti.DIFFUSERS_EMBEDDING_FILE)["<concept>"]
+    assert torch.equal(restored[0].cpu(), saved)
+
+    last = run.latest_complete_checkpoint().path
+    assert sorted(p.name for p in last.iterdir()) == ["COMPLETE", "concept.safetensors",
+                                                      "learned_embeds.safetensors", "state"]
+    learned = load_file(last / "learned_embeds.safetensors")
+    a1111 = load_file(last / "concept.safetensors")
+    assert list(learned) == ["<concept>"] and list(a1111) == ["emb_params"]
+    assert learned["<concept>"].shape == (2, 32) and torch.equal(learned["<concept>"], a1111["emb_params"])
+    # Only the vectors are trainable state; they moved away from the initializer and between steps.
+    assert list(load_file(last / "state" / "trainable.safetensors")) == [
+        "text_encoder.embeddings.token_embedding.vectors"]
+    assert not torch.equal(learned["<concept>"], saved)
+
+    pipe = base_pipeline()
+    init = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("circle")].detach()
+    assert not torch.allclose(learned["<concept>"][0], init)
+    prompt = "a <concept> on a plain background"
+    without = render(pipe, prompt, cfg)
+    pipe.load_textual_inversion(str(last / "learned_embeds.safetensors"), token="<concept>")
+    assert "<concept>_1" in pipe.tokenizer.get_vocab()
+    with_embedding = render(pipe, prompt, cfg)
+    assert differs(without, with_embedding) > 1.0
+    # The exported embedding draws exactly what the trainer's sampler drew at that checkpoint.
+    assert differs(with_embedding, sample_image(run.samples_dir / last.name / "p00-s0001.png")) < 0.5
+
+    other = base_pipeline()
+    other.load_textual_inversion(str(last / "concept.safetensors"), token="<concept>")
+    ids = other.tokenizer.convert_tokens_to_ids(["<concept>", "<concept>_1"])
+    assert torch.equal(other.text_encoder.get_input_embeddings().weight[ids].detach(), learned["<concept>"])
+    assert [c[0] for c in run.sample_columns()] == ["e0000-s00000000", "e0001-s00000001", "e0002-s00000002"]
+
+
+def test_trainable_state_holds_only_the_vectors_and_reloads_them():
+    cfg = ti_config()
+    tok = build_tokenizer()
+    from engine.train.tiny import _text_config
+    from transformers import CLIPTextModel
+
+    te = CLIPTextModel(_text_config(tok))
+    comps = SimpleNamespace(unet=torch.nn.Linear(1, 1), text_encoder=te, vae=torch.nn.Linear(1, 1), tokenizer=tok)
+    acc = SimpleNamespace(device=torch.device("cpu"))
+    m = ti.TextualInversionMethod(cfg, comps, acc, torch.float32)
+    m.setup()
+    state = {k: v.clone() for k, v in m.trainable_state().items()}
+    assert list(state) == ["text_encoder.embeddings.token_embedding.vectors"]
+    with torch.no_grad():
+        m.tokens.vectors.add_(1.0)
+    m.load_trainable_state(state)
+    assert torch.equal(m.tokens.vectors.detach(), next(iter(state.values())))
+    assert [len(g["params"]) for g in m.parameter_groups()] == [1]

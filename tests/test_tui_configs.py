@@ -1,0 +1,94 @@
+"""The Configs tab: validation shown at the key, new configs from templates, editing in $EDITOR."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from engine.config import load_run_config
+from tests.test_tui_support import make_project, sync, wait_for
+from tui.app import make_app
+from tui.widgets.configs_pane import editor_command, render_config, validate_config
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return make_project(tmp_path / "projects")
+
+
+async def open_configs(pilot, app):
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen" and app.screen.summaries)
+    await pilot.press("enter")
+    await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+    await pilot.press("2")
+    pane = app.screen.query_one("ConfigsPane")
+    await wait_for(pilot, lambda: bool(pane.statuses))
+    return pane
+
+
+def test_problems_are_printed_under_their_line(project):
+    status = validate_config(project / "configs/bad.toml", project)
+    text = render_config(status).plain.splitlines()
+    i = next(n for n, line in enumerate(text) if "learning_rate = -1" in line and "│" in line)
+    assert text[i + 1].strip() == "└ configs/bad.toml:4: train.learning_rate = -1: must be > 0"
+    assert any("configs/bad.toml:6: train.epoch: unknown key; did you mean 'epochs'?" in line for line in text)
+    assert validate_config(project / "configs/lora.toml", project).ok
+
+
+@sync
+async def test_configs_tab_lists_and_validates_every_config(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        assert [(s.path.name, s.ok) for s in pane.statuses] == [("bad.toml", False), ("lora.toml", True)]
+        view = str(pane.query_one("#config-view").render())
+        assert "train.learning_rate = -1: must be > 0" in view
+        await pilot.press("down")
+        assert "valid (lora)" in str(pane.query_one("#config-view").render())
+
+
+@sync
+async def test_new_config_from_a_methods_template(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "NewConfigScreen")
+        app.screen.query_one("#new-config-method").value = "full"
+        await pilot.pause()
+        assert app.screen.query_one("#new-config-name").value == "full"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any(s.path.name == "full.toml" for s in pane.statuses))
+        cfg = load_run_config(project / "configs/full.toml")
+        assert cfg.method == "full" and cfg.train.ema and cfg.train.learning_rate == 1e-5
+        assert pane.selected.path.name == "full.toml" and pane.selected.ok
+
+
+@sync
+async def test_edit_runs_the_editor_with_the_app_suspended(project, monkeypatch):
+    calls = []
+    monkeypatch.setenv("EDITOR", f"{sys.executable} -c pass")
+
+    def fake_call(cmd, *a, **k):
+        calls.append(cmd)
+        (project / "configs/bad.toml").write_text('method = "lora"\n')
+        return 0
+
+    import contextlib
+
+    import tui.widgets.configs_pane as module
+
+    monkeypatch.setattr(module.subprocess, "call", fake_call)
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    monkeypatch.setattr(type(app), "suspend", lambda self: contextlib.nullcontext())
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        await pilot.press("e")
+        await wait_for(pilot, lambda: bool(calls) and pane.statuses and pane.statuses[0].ok)
+        assert calls[0][:2] == [sys.executable, "-c"] and calls[0][-1].endswith("bad.toml")
+
+
+def test_editor_command_never_needs_a_shell(monkeypatch, tmp_path):
+    monkeypatch.setenv("VISUAL", "code --wait")
+    assert editor_command(tmp_path / "a b.toml") == ["code", "--wait", str(tmp_path / "a b.toml")]
