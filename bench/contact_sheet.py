@@ -26,7 +26,7 @@ from textual.app import App, ComposeResult  # noqa: E402
 from engine.contact_sheet import load_sheet, render_sheet  # noqa: E402
 from engine.rundir import RunDir, checkpoint_name, sample_name  # noqa: E402
 from tui.widgets.compare_pane import ComparePane  # noqa: E402
-from tui.widgets.contact_grid import ContactGrid, SampleCell  # noqa: E402
+from tui.widgets.contact_grid import ContactGrid  # noqa: E402
 
 KINDS = ["accuracy", "accuracy", "accuracy", "flexibility", "flexibility", "flexibility", "preservation",
          "preservation"]
@@ -62,13 +62,16 @@ class Bench(App):
 
 
 def all_shown(app: App) -> bool:
-    cells = list(app.query(SampleCell).results(SampleCell))
-    return len(cells) == 64 and all(c.path is not None and (c._image_widget is None or c._image_widget.display)
-                                    for c in cells)
+    grid = app.query_one(ContactGrid)
+    cells = grid.visible_cells()
+    return len(cells) == 64 and all(cells) and grid.all_loaded()
 
 
-async def wait(pilot, cond) -> None:
+async def wait(pilot, cond, timeout: float = 30.0) -> None:
+    deadline = time.perf_counter() + timeout
     while not cond():
+        if time.perf_counter() > deadline:
+            raise SystemExit("timed out: the page never finished loading")
         await asyncio.sleep(0.005)
     await pilot.pause()
 
@@ -77,7 +80,7 @@ async def run(project: Path, mode: str) -> dict[str, float]:
     app = Bench(project, mode)
     out = {}
     async with app.run_test(size=(170, 80)) as pilot:
-        await wait(pilot, lambda: all_shown(app))
+        await wait(pilot, lambda: all_shown(app), 60)
         out["page_8x8_cold_s"] = time.perf_counter() - app.t_mount
         grid = app.query_one(ContactGrid)
         grid.focus()
@@ -96,7 +99,8 @@ async def run(project: Path, mode: str) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--image-px", type=int, default=512)
-    ap.add_argument("--mode", default="halfblock", choices=("halfblock", "none"))
+    ap.add_argument("--mode", default="halfblock", choices=("halfblock", "none", "kitty"),
+                    help="kitty: the textual-image widget path (headless, so only its Textual cost)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = make_run(Path(tmp), args.image_px)

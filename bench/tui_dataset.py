@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import os
 import shutil
 import statistics
 import sys
@@ -44,11 +45,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))]
 
 
-async def measure(projects: Path, keys: int) -> dict:
+async def measure(projects: Path, keys: int, images: str = "halfblock") -> dict:
     from tui.app import make_app
     from tui.screens.project import ProjectScreen
 
-    app = make_app(projects, images="halfblock", watch=False, animations=False)
+    app = make_app(projects, images=images, watch=False, animations=False)
     out: dict = {}
     async with app.run_test(size=(160, 50)) as pilot:
         await pilot.pause()
@@ -123,11 +124,14 @@ def main() -> int:
         shutil.rmtree(projects / "bench" / ".cache", ignore_errors=True)
         cold = asyncio.run(measure(projects, args.keys))
         warm = asyncio.run(measure(projects, args.keys))
+        no_images = asyncio.run(measure(projects, args.keys, images="none"))
         result = {
             "images": args.images,
             "generate_s": round(gen, 1),
-            "cold": cold,
-            "warm": warm,
+            "load_1min": round(os.getloadavg()[0], 1),
+            "cold_halfblock": cold,
+            "warm_halfblock": warm,
+            "warm_no_images": no_images,
             "textual_empty_app_key_median_ms": asyncio.run(baseline(args.keys)),
         }
         print(json.dumps(result, indent=2))

@@ -106,15 +106,18 @@ class DreamBoothConfig:
 
 @dataclass
 class TextualInversionConfig:
-    placeholder_token: str = opt("<concept>", help="The new token to learn; use it in captions and prompts.")
+    placeholder_token: str = opt("<concept>", help="The new token to learn; use it in captions and prompts "
+                                 "(captions without it get it prepended).")
     initializer_token: str = opt("object", help="An existing single-token word the new embedding starts from.")
-    num_vectors: int = opt(1, help="Embedding vectors for the placeholder.", min=1, max=75)
+    num_vectors: int = opt(1, help="Embedding vectors for the placeholder: `<concept>` stands for the tokens "
+                           "`<concept> <concept>_1 …` (diffusers' multi-vector convention).", min=1, max=75)
 
 
 @dataclass
 class PivotalConfig:
-    ti_fraction: float = opt(0.5, help="Share of steps that train the embedding before the switch to LoRA.",
-                             gt=0, max=1)
+    ti_fraction: float = opt(0.5, help="Share of steps that train the embedding before the switch to LoRA. "
+                             "The embedding trains at train.text_encoder_learning_rate (0: train.learning_rate), "
+                             "the LoRA at train.learning_rate.", gt=0, max=1)
     train_embeddings_after_switch: bool = opt(False, help="Keep training the embedding after the switch "
                                               "(false: freeze it).")
 
@@ -286,6 +289,8 @@ def default_config(method: str = "lora") -> RunConfig:
         cfg.train.ema = True
     if method == "textual_inversion":
         cfg.train.learning_rate = 5e-3
+    if method == "pivotal":
+        cfg.train.text_encoder_learning_rate = 5e-3  # the embedding's; the LoRA keeps 1e-4
     return cfg
 
 

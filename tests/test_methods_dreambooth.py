@@ -3,6 +3,7 @@ every batch, the prior-weighted loss, and LoRA / full exports that load in diffu
 picture."""
 from __future__ import annotations
 
+import json
 import math
 from types import SimpleNamespace
 
@@ -13,7 +14,8 @@ from engine.train import loop
 from engine.train.events import EventWriter
 from engine.train.loop import train
 from engine.train.methods.dreambooth import PRIOR_CONCEPT, DreamBoothFull, DreamBoothLora, DreamBoothMethod
-from tests.test_methods_support import base_pipeline, differs, fake_accelerator, fake_components, one_prompt, render
+from tests.test_methods_support import (base_pipeline, differs, fake_accelerator, fake_components, one_prompt,
+                                        render, sample_image)
 from tests.train_fixtures import events, make_project, make_run, tiny_config
 
 pytestmark = pytest.mark.timeout(300)
@@ -61,11 +63,14 @@ def test_the_loss_is_instance_mse_plus_weighted_class_mse():
 @pytest.mark.slow
 def test_dreambooth_lora_draws_class_images_once_trains_on_pairs_and_its_lora_changes_the_picture(tmp_path,
                                                                                                    monkeypatch):
+    from accelerate import Accelerator
+
     from engine.train import prior
     from engine.train.models import load_components
 
     project = make_project(tmp_path, n=2)
-    cfg = db_config()
+    cfg = db_config(**{"train.learning_rate": 1e-2})
+    cfg.sample.at_start = False
     run = make_run(project, cfg)
     seen = []
     real = loop.compute_loss
@@ -89,23 +94,26 @@ def test_dreambooth_lora_draws_class_images_once_trains_on_pairs_and_its_lora_ch
     more = db_config(**{"dreambooth.num_class_images": 4})
     again_events = tmp_path / "again.jsonl"
     paths = prior.class_images(more, load_components("tiny", project), cache_root=project / ".cache",
-                               accelerator=fake_accelerator(), events=EventWriter(again_events, True))
-    again = [__import__("json").loads(line) for line in again_events.read_text().splitlines()]
+                               accelerator=Accelerator(), events=EventWriter(again_events, True))
+    again = [json.loads(line) for line in again_events.read_text().splitlines()]
     assert [(e["done"], e["reused"], e["generated"]) for e in again] == [(3, 3, 0), (4, 3, 1)]
     assert [p.parent for p in paths] == [folder] * 4
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png") if p.name != "00003.png"} == stamps
 
     ck = run.latest_complete_checkpoint().path
-    assert (ck / "pytorch_lora_weights.safetensors").is_file() and (ck / f"{run.run_id}-{ck.name}.safetensors").is_file()
+    kohya = ck / f"{run.run_id}-{ck.name}.safetensors"
+    assert (ck / "pytorch_lora_weights.safetensors").is_file() and kohya.is_file()
     from safetensors import safe_open
 
-    with safe_open(str(ck / f"{run.run_id}-{ck.name}.safetensors"), "pt") as f:
+    with safe_open(str(kohya), "pt") as f:
         meta = f.metadata()
     assert meta["ss_class_prompt"] == "a circle" and meta["ss_reg_images_count"] == "3"
     pipe = base_pipeline()
     before = render(pipe, PROMPT, cfg)
     pipe.load_lora_weights(str(ck))
-    assert differs(before, render(pipe, PROMPT, cfg)) > 1.0
+    after = render(pipe, PROMPT, cfg)
+    assert differs(before, after) > 1.0
+    assert differs(after, sample_image(run.samples_dir / ck.name / "p00-s0001.png")) < 0.5
 
 
 @pytest.mark.slow

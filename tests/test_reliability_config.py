@@ -99,7 +99,7 @@ def check_outcome(load, path: Path, cls: type) -> None:
     except ConfigError as e:
         assert e.problems, "a ConfigError with no problem"
         for p in e.problems:
-            assert p.file == str(path), p
+            assert p.file == str(path) or p.file.startswith(f"{path}:"), p  # syntax errors: file:line:col
             assert str(p).startswith(str(path)), p
             # Problems about a key name it; only a file-level problem (syntax) has none.
             assert p.key or p.message.startswith(("invalid TOML", "not valid UTF-8")), p
@@ -149,3 +149,26 @@ def test_a_non_table_where_a_table_with_required_keys_belongs_is_a_problem_not_a
     (tmp_path / "project.toml").write_text("concepts = [1]\n")
     with pytest.raises(ConfigError, match=r"project.toml:1: concepts.0: must be a table"):
         load_project_file(tmp_path)
+
+
+@FUZZ
+@given(doc=documents(RunConfig),
+       overrides=st.lists(st.tuples(st.sampled_from(["train.epochs", "train", "model.base", "x.y.z", "sample.prompts",
+                                                     "launch.num_machines", "", "train..epochs", "budget.max_hours"]),
+                                    st.sampled_from(["3", "-1", "nan", "[1, 2]", "{a = 1}", "bare word", "", "\"s\"",
+                                                     "true", "1e999", "="])).map(lambda kv: "=".join(kv)) |
+                         st.text(max_size=15), max_size=3))
+def test_set_overrides_on_any_config_load_or_name_the_key(tmp_path_factory, doc, overrides):
+    path = tmp_path_factory.mktemp("set") / "set.toml"
+    try:
+        path.write_text(tomli_w.dumps(doc), encoding="utf-8")
+    except (TypeError, ValueError):
+        return
+    try:
+        cfg = load_run_config(path, overrides)
+    except ConfigError as e:
+        for p in e.problems:
+            assert p.file in (str(path), "--set") or p.file.startswith(f"{path}:"), p
+            assert p.key or p.message, p
+    else:
+        assert isinstance(cfg, RunConfig)

@@ -248,3 +248,14 @@ def test_v_prediction_min_snr_noise_offset_accumulation_and_uncached_data_train(
     assert events(run, "start")[0]["cache"] == {"latents": False, "text": False, "computed": 0}
     assert [p["step"] for p in events(run, "progress")] == [1, 2]  # 3 micro-batches, 2 per step
     assert len(list((run.samples_dir / "e0001-s00000002").glob("*.png"))) == 2
+
+
+def test_bf16_mixed_precision_keeps_trained_weights_in_fp32(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 1, "train.mixed_precision": "bf16"})
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path), cfg)
+    assert train(run.path) == 0
+    state = ckpt.read_state(run.latest_complete_checkpoint().path)
+    assert state.trainable and all(t.dtype == torch.float32 for t in state.trainable.values())
+    assert all(torch.isfinite(torch.tensor(p["loss"])) for p in events(run, "progress"))
+    assert len(list((run.samples_dir / "e0001-s00000002").glob("*.png"))) == 2

@@ -203,3 +203,23 @@ async def test_the_watcher_delivers_outside_changes(project):
         editor = await select(pilot, pane, "images/cat_02.png")
         (project / "images/cat_02.txt").write_text("written by another program")
         await wait_for(pilot, lambda: editor.text == "written by another program", timeout=10)
+
+
+@sync
+async def test_a_failed_write_keeps_the_edit_and_says_why(project, monkeypatch):
+    import tui.widgets.caption_editor as module
+
+    def refuse(path, text):
+        raise OSError(28, "No space left on device")
+
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/tiny.png")
+        editor.text_area.insert("big ")
+        monkeypatch.setattr(module, "write_caption", refuse)
+        await pilot.press("e", "ctrl+s")
+        await pilot.pause()
+        assert editor.dirty and editor.text == "big a tiny picture"
+        assert (project / "images/tiny.txt").read_text() == "a tiny picture"
+        assert any("No space left on device" in str(n.message) for n in app._notifications)

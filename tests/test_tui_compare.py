@@ -15,7 +15,7 @@ from tests.test_contact_sheet import make_samples
 from tests.test_tui_runs import FIXED_NOW, sync, until
 from tui.screens.zoom import ZoomScreen
 from tui.widgets.compare_pane import ComparePane
-from tui.widgets.contact_grid import ContactGrid, SampleCell
+from tui.widgets.contact_grid import ContactGrid
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -32,7 +32,7 @@ class CompareApp(App):
 
 
 def filled_cells(app) -> int:
-    return sum(1 for c in app.query(SampleCell).results(SampleCell) if c.path is not None)
+    return sum(1 for p in app.query_one(ContactGrid).visible_cells() if p is not None)
 
 
 @sync
@@ -51,8 +51,7 @@ async def test_the_grid_fills_as_sample_files_appear_and_zooms_marks_and_exports
         make_samples(run, columns=((0, 0), (1, 10), (2, 20)), seeds=(42,))
         await until(pilot, lambda: filled_cells(app) == 12, what="three columns")
         # Thumbnails arrive from the worker and replace the "…" placeholders.
-        await until(pilot, lambda: all(c._image_widget.display for c in app.query(SampleCell).results(SampleCell)),
-                    what="thumbnails")
+        await until(pilot, grid.all_loaded, what="thumbnails")
 
         grid.focus()
         await pilot.press("right", "right", "down")
@@ -95,8 +94,7 @@ def test_snapshot_compare(tmp_path, snap_compare):
     app = CompareApp(project, poll=0)
 
     async def loaded(pilot):
-        await until(pilot, lambda: filled_cells(app) >= 12 and all(
-            c.path is None or c._image_widget.display for c in app.query(SampleCell).results(SampleCell)))
+        await until(pilot, lambda: filled_cells(app) >= 12 and app.query_one(ContactGrid).all_loaded())
         await pilot.press("right")
         await pilot.pause(0.2)
 

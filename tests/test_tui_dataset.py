@@ -132,3 +132,35 @@ async def test_the_list_stays_usable_with_thousands_of_images(tmp_path, monkeypa
         assert table.cursor == 0 and table.scroll_y == 0
         table.set_items(items[5000:5010])
         assert table.cursor == 0 and len(table.items) == 10
+
+
+@sync
+async def test_a_broken_project_toml_is_shown_not_raised(project):
+    (project / "project.toml").write_text('name = "pets"\nnotez = "typo"\n')
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.summaries)
+        app.open_project(project)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+        pane = app.screen.query_one("DatasetPane")
+        await wait_for(pilot, lambda: not pane.scanning)
+        text = str(pane.query_one("#dataset-problems").render())
+        assert "project.toml" in text and "notez: unknown key; did you mean 'notes'?" in text
+
+
+@sync
+async def test_a_failing_worker_shows_an_error_dialog(project, monkeypatch):
+    import tui.widgets.dataset_pane as module
+
+    def explode(*a, **k):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(module, "scan_project", explode)
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.summaries)
+        app.open_project(project)
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ErrorScreen")
+        assert "disk on fire" in str(app.screen.query_one("#error-message").render())
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")

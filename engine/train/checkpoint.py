@@ -22,6 +22,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -76,10 +77,23 @@ def write_checkpoint_folder(checkpoints_dir: Path, name: str, fill: Callable[[Pa
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
         raise CheckpointWriteError(final, e) from e
+    except Exception as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        io_error = _os_error_in(e)
+        if io_error is None:
+            raise
+        raise CheckpointWriteError(final, io_error) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final, files
+
+
+def _os_error_in(e: Exception) -> OSError | None:
+    """safetensors reports a failed write as `SafetensorError: … I/O error: No space left on device (os error
+    28)`, not as OSError; recover the OSError so a full disk is reported like any other write failure."""
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return OSError(int(m.group(1)), os.strerror(int(m.group(1)))) if m else None
 
 
 def remove_partial_folders(checkpoints_dir: Path) -> None:

@@ -12,6 +12,8 @@ Event kinds written by the trainer (every event also has `t`, unix time):
 | `checkpoint` | epoch, step, path, reason, files, seconds |
 | `checkpoint_deleted` | path |
 | `sample` | epoch, step, prompt (index), seed, path, goal (the prompt's kind: accuracy/flexibility/preservation/other) |
+| `prior` | done, total, generated, reused, class_prompt, cache (folder relative to the project): DreamBooth's class images, before `start` |
+| `phase` | phase (`textual_inversion`, `lora`), step (steps done when it begins), message; pivotal tuning: until_step, embeddings_frozen |
 | `warning` | message, and optional context fields (items, budget, …) |
 | `error` | message, and optional context fields |
 | `stopped` | step, epoch, reason (`request`, `signal`, `budget`) |

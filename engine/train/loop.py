@@ -92,8 +92,12 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     after that many steps (tests and benchmarks)."""
     run = RunDir(run_dir)
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     cfg = load_run_config(run.config_path)
+    # A second run in the same process (tests, benchmarks) may use another mixed precision; the
+    # process-wide PartialState (the process group) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     events = EventWriter(run.events_path, accelerator.is_main_process)
     try:

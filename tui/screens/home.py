@@ -25,6 +25,7 @@ from engine.schema import ConfigError
 from tui import actions
 
 COLUMNS = ("project", "images", "captioned", "runs", "last activity", "notes")
+WIDTHS = (18, 7, 9, 24, 20, 40)  # fixed: rows fill in after the first paint, and DataTable does not re-widen
 
 
 @dataclass
@@ -130,7 +131,8 @@ class HomeScreen(Screen[None]):
     def compose(self) -> ComposeResult:
         yield Static(f"tunelab — projects in {self.projects_dir}", id="home-title", markup=False)
         table = DataTable(id="home-projects", cursor_type="row", zebra_stripes=False)
-        table.add_columns(*COLUMNS)
+        for label, width in zip(COLUMNS, WIDTHS):
+            table.add_column(label, width=width)
         yield table
         yield Static("", id="home-empty")
         yield Footer()

@@ -72,8 +72,13 @@ class ProjectScreen(Screen[None]):
             except OSError as e:
                 self.watcher = None
                 self.notify(f"not watching {self.project_dir.name} for outside changes: {e}", severity="warning")
-        if self.initial_tab == "dataset":
-            self.call_after_refresh(self.query_one("#dataset-table").focus)
+        self.call_after_refresh(self._focus_tab, self.initial_tab)
+
+    def _focus_tab(self, tab: str) -> None:
+        target = {"dataset": "#dataset-table", "configs": "#configs-list", "runs": "#runs-table"}.get(tab)
+        if target:
+            for widget in self.query(target):
+                widget.focus()
 
     def on_unmount(self) -> None:
         if self.watcher is not None:
@@ -88,10 +93,7 @@ class ProjectScreen(Screen[None]):
 
     @on(TabbedContent.TabActivated)
     def _tab(self, event: TabbedContent.TabActivated) -> None:
-        if event.pane.id == "dataset":
-            self.query_one("#dataset-table").focus()
-        elif event.pane.id == "configs":
-            self.query_one("#configs-list").focus()
+        self._focus_tab(event.pane.id or "")
 
     # --- actions -----------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:

@@ -139,7 +139,7 @@ class CaptionEditor(Vertical):
             self.stale = False
             area.load_text("")
             area.disabled = True
-            self.query_one("#caption-title", Static).update("caption")
+            self.query_one("#caption-title", Static).update("caption", layout=False)
         else:
             try:
                 self.base = read_disk(item.caption_path)
@@ -150,7 +150,7 @@ class CaptionEditor(Vertical):
                 area.load_text("")
                 area.disabled = True
                 self.query_one("#caption-title", Static).update(
-                    f"{item.caption_path.name}: cannot read: {e.strerror or e}")
+                    f"{item.caption_path.name}: cannot read: {e.strerror or e}", layout=False)
                 self._update_status()
                 return
             self.stale = False
@@ -159,7 +159,7 @@ class CaptionEditor(Vertical):
             title = item.caption_path.name
             if caption_source != "sidecar":
                 title += f"  (concept {item.concept!r} takes captions from {caption_source}; this file is not used)"
-            self.query_one("#caption-title", Static).update(title)
+            self.query_one("#caption-title", Static).update(title, layout=False)
         self._update_status()
 
     def save(self) -> bool:
@@ -276,7 +276,7 @@ class CaptionEditor(Vertical):
         status = self.query_one("#caption-status", Static)
         status.set_class(False, "-over", "-conflict")
         if self.item is None:
-            status.update("")
+            status.update("", layout=False)
             return
         n = estimate_tokens(normalise(self.text))
         state = "unsaved" if self.dirty else ("saved" if self.base is not None else "no caption file")
@@ -286,7 +286,7 @@ class CaptionEditor(Vertical):
         elif n > CLIP_CONTENT_TOKENS:
             status.set_class(True, "-over")
         over = f" (CLIP reads {CLIP_CONTENT_TOKENS}; the rest is cut)" if n > CLIP_CONTENT_TOKENS else ""
-        status.update(f"~{n}/{CLIP_CONTENT_TOKENS} tokens{over} · {state}")
+        status.update(f"~{n}/{CLIP_CONTENT_TOKENS} tokens{over} · {state}", layout=False)  # one line: no re-layout
 
     @on(TextArea.Changed, "#caption-text")
     def _changed(self, event: TextArea.Changed) -> None:

@@ -81,6 +81,12 @@ class ComparePane(Vertical):
         if self.poll_seconds > 0:
             self.set_interval(self.poll_seconds, self.poll_now)
 
+    def on_show(self) -> None:
+        """Shown (its tab chosen): put the keys on the grid, so arrows, zoom and `b` answer at once."""
+        focused = self.screen.focused if self.is_attached else None
+        if focused is None or self not in focused.ancestors_with_self:
+            self.query_one(ContactGrid).focus()
+
     # --- polling --------------------------------------------------------------------------------
     def poll_now(self) -> None:
         self._poll(self.run_id, self.seed)

@@ -383,6 +383,26 @@ class ContactGrid(Widget, can_focus=True):
                 if page.row0 <= r < page.row0 + page.rows:
                     rows[r - page.row0].query_one(".label", Static).update(self._label_text(r, r - page.row0))
 
+    # --- what is on screen (tests, benchmarks) ------------------------------------------------------
+    def visible_cells(self) -> list[Path | None]:
+        sheet, page = self.sheet, self.page
+        if sheet is None or self._built in (None, (0, 0)):
+            return []
+        return [sheet.cell_path(r, c) for r in range(page.row0, page.row0 + page.rows)
+                for c in range(page.col0, page.col0 + page.cols)]
+
+    def all_loaded(self) -> bool:
+        """Every visible sample has its thumbnail (always true in `none` mode)."""
+        if self.mode == "none":
+            return True
+        box = pixel_box(self.mode, CELL_W, CELL_H)
+        for path in self.visible_cells():
+            if path is not None:
+                key = self.thumbs.key(path, box)
+                if key is not None and self.thumbs.get(key) is None:
+                    return False
+        return True
+
     # --- line mode: the page drawn as strips ---------------------------------------------------------
     def _fill_lines(self) -> None:
         sheet, page = self.sheet, self.page

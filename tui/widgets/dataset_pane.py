@@ -256,7 +256,10 @@ class DatasetPane(Vertical):
             elif suffix == ".txt":
                 item = self._by_caption.get(p)
                 if item is not None:
-                    self._recaption(item, read_disk(p))
+                    try:
+                        self._recaption(item, read_disk(p))
+                    except OSError:
+                        pass  # unreadable right now; the editor reports it when it matters
                 if current is not None and p == current:
                     self.editor.disk_changed()
             elif p.name in ("project.toml", "metadata.csv", "metadata.jsonl") or not suffix:

@@ -99,6 +99,7 @@ class DatasetTable(ScrollView, can_focus=True):
         self._cache: LRUCache[tuple, Strip] = LRUCache(256)
         self._widths: tuple[int, ...] = ()
         self._concept_width = 7
+        self._base_style: Style | None = None
 
     # --- data --------------------------------------------------------------------------------
     @property
@@ -188,6 +189,11 @@ class DatasetTable(ScrollView, can_focus=True):
         self._cache.clear()
         self.virtual_size = Size(event.size.width, len(self.items) + 1)
 
+    def notify_style_update(self) -> None:
+        super().notify_style_update()
+        self._base_style = None
+        self._cache.clear()
+
     def on_focus(self) -> None:
         self._cache.clear()
         self.refresh()
@@ -213,7 +219,9 @@ class DatasetTable(ScrollView, can_focus=True):
         if widths != self._widths:
             self._widths = widths
             self._cache.clear()
-        base = self.rich_style
+        base = self._base_style
+        if base is None:  # looking the style up costs more than drawing a cached line
+            base = self._base_style = self.rich_style
         if y == 0:
             key = ("header", width)
             strip = self._cache.get(key)

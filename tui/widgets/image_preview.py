@@ -160,6 +160,7 @@ class ImagePreview(Vertical):
         self.last: Thumbnail | None = None
         self._pending: Timer | None = None
         self._image_cls = image_widget_class(mode)
+        self._placeholder_text = self._idle_text()
 
     def compose(self) -> ComposeResult:
         with Center(id="preview-frame"):
@@ -178,7 +179,7 @@ class ImagePreview(Vertical):
     # --- API ---------------------------------------------------------------------------------
     def show(self, source: Path | None, facts: str = "") -> None:
         """Show an image (None: nothing). Decoding happens in a worker after a short pause."""
-        self.query_one("#preview-facts", Static).update(facts)
+        self.query_one("#preview-facts", Static).update(facts, layout=False)  # one line: no re-layout
         if source == self.source:
             return
         self.source = source
@@ -230,5 +231,7 @@ class ImagePreview(Vertical):
             image.display = False
             image.image = None  # type: ignore[attr-defined]
         placeholder = self.query_one("#preview-placeholder", Static)
-        placeholder.update(text)
+        if text != self._placeholder_text:
+            self._placeholder_text = text
+            placeholder.update(text, layout=False)  # its size is fixed by CSS
         placeholder.display = True

@@ -2,7 +2,8 @@
 
 `TrainingHistory` folds events (`progress`, `val_loss`, `checkpoint`, `epoch`) into plain lists; it is
 fed incrementally by the monitor's event tail and knows nothing of Textual. `LossPlot` draws it: raw loss
-and its exponential moving average, validation-loss points, checkpoints as vertical markers, an optional
+and its exponential moving average, validation-loss points, checkpoints as marks on the smoothed curve
+(vertical lines on the other plots), an optional
 log y axis; `p` cycles to the learning rate and to images per second. Redraws are throttled, so a fast
 trainer costs at most a few plot builds a second.
 """
@@ -16,6 +17,7 @@ from textual_plotext import PlotextPlot
 
 SMOOTHING = 0.9
 METRICS = ("loss", "lr", "img/s")
+MAX_VLINES = 12  # checkpoint lines drawn on the lr/img/s plots, when there are no more than this
 MAX_POINTS = 2000  # plotted points per series; longer histories are thinned evenly
 
 
@@ -176,9 +178,17 @@ class LossPlot(PlotextPlot):
             if xs:
                 plt.plot(xs, ys, label="img/s", color="magenta", marker="braille")
             title = "images per second"
-        for step in h.checkpoints:
-            plt.vline(step, "yellow")
-        plt.title(title + ("  · ckpt │" if h.checkpoints else ""))
+        if self.metric == "loss" and h.steps and h.checkpoints:
+            # Checkpoints as marks on the smoothed curve: vertical lines would hide it when saves are frequent.
+            at = {s: v for s, v in zip(h.steps, h.smoothed)}
+            marks = [(c, at[c]) for c in h.checkpoints if c in at]
+            if marks:
+                plt.scatter([m[0] for m in marks], [m[1] for m in marks], label="checkpoint", color="yellow",
+                            marker="◆")
+        elif h.checkpoints and len(h.checkpoints) <= MAX_VLINES:
+            for step in h.checkpoints:
+                plt.vline(step, "yellow")
+        plt.title(title)
         plt.xlabel("step")
         if not (h.steps or h.lr_steps):
             plt.title(f"{title}: waiting for the first progress event")

@@ -120,6 +120,7 @@ class ConfirmModal(ModalScreen[bool]):
     ConfirmModal > Vertical { width: 64; height: auto; border: thick $warning; background: $surface; padding: 1 2; }
     ConfirmModal Horizontal { height: auto; margin-top: 1; align-horizontal: right; }
     ConfirmModal Button { margin-left: 2; }
+    ConfirmModal .question { width: 100%; }
     """
     BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
 
@@ -129,7 +130,7 @@ class ConfirmModal(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self.question)
+            yield Static(self.question, classes="question")
             with Horizontal():
                 yield Button(self.yes, variant="error", id="yes")
                 yield Button("Cancel", id="no")
@@ -246,6 +247,12 @@ class RunsPane(Vertical):
         self.poll_now()
         if self.poll_seconds > 0:
             self.set_interval(self.poll_seconds, self.poll_now)
+
+    def on_show(self) -> None:
+        """Shown (its tab chosen): put the keys on the table, so the run actions answer at once."""
+        focused = self.screen.focused if self.is_attached else None
+        if focused is None or self not in focused.ancestors_with_self:
+            self.query_one(DataTable).focus()
 
     # --- polling -------------------------------------------------------------------------------
     def poll_now(self) -> None:
