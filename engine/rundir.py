@@ -186,6 +186,10 @@ class RunDir:
             raise ValueError(f"unknown control request {name!r}; accepted: {', '.join(CONTROL_REQUESTS)}")
         self.control_dir.mkdir(parents=True, exist_ok=True)
         path = self.control_dir / name
+        if name == "stop" and not (self.control_dir / "stop-requested").exists():
+            # Kept until the next supervisor starts, so a trainer killed after a stop request (from any
+            # caller: the monitor, `tunelab stop`, SIGTERM) is recorded as stopped, not failed.
+            atomic.write_text(self.control_dir / "stop-requested", json.dumps({"t": time.time(), "by": "request"}) + "\n")
         atomic.write_text(path, f"{time.time()}\n")
         return path
 

@@ -220,7 +220,7 @@ def find_run(arg: str | os.PathLike, projects_dir: str | os.PathLike = "projects
         project_dirs = []
     for proj in project_dirs:
         exact = proj / "runs" / name
-        if exact.is_dir():
+        if is_run_id(name) and exact.is_dir():  # never `..` or `.`: those name the project or runs/ itself
             matches.append(exact)
     if not matches:
         for proj in project_dirs:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from engine.contact_sheet import SheetLayout, load_sheet, read_best, render_sheet, write_best, write_sheet
+from engine.contact_sheet import SheetLayout, load_sheet, read_best, write_best, write_sheet
 from engine.rundir import RunDir, checkpoint_name, sample_name
 
 PROMPTS = [

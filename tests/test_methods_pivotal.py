@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.train import checkpoint as ckpt
 from engine.train.loop import train
 from tests.test_methods_support import base_pipeline, differs, one_prompt, render, sample_image
 from tests.train_fixtures import events, make_project, make_run, tiny_config
@@ -74,6 +75,16 @@ def test_pivotal_trains_the_embedding_then_the_lora_across_a_resume_and_exports_
     assert differs(embedding_only, both) > 1.0
     assert differs(both, sample_image(run.samples_dir / last.name / "p00-s0001.png")) < 0.5
     assert differs(embedding_only, sample_image(run.samples_dir / cks[0].name / "p00-s0001.png")) < 0.5
+
+    # The resumed run ends where an uninterrupted one does.
+    straight = make_run(make_project(tmp_path / "straight", n=2), cfg)
+    assert train(straight.path) == 0
+    assert [p["loss"] for p in events(straight, "progress")] == pytest.approx(
+        [p["loss"] for p in events(run, "progress")], rel=1e-5)
+    a, b = (ckpt.read_state(r.latest_complete_checkpoint().path).trainable for r in (straight, run))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
 
 
 def test_the_switch_drops_the_gradients_of_what_must_not_move(tmp_path):

@@ -164,3 +164,14 @@ async def test_a_failing_worker_shows_an_error_dialog(project, monkeypatch):
         assert "disk on fire" in str(app.screen.query_one("#error-message").render())
         await pilot.press("escape")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+
+
+@sync
+async def test_escape_leaves_the_filter_first_then_the_project(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        await pilot.press("slash", *"dog", "escape")
+        assert pane.table.has_focus and len(pane.table.items) == 2
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen")

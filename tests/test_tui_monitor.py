@@ -85,3 +85,75 @@ def test_snapshot_monitor(tmp_path, snap_compare, monkeypatch):
         await pilot.pause(0.7)  # the plot redraw is throttled
 
     assert snap_compare(app, terminal_size=(140, 40), run_before=loaded)
+
+
+class FakeNvml:
+    """Stands in for pynvml: two boards, the second without power readings."""
+
+    class _Util:
+        gpu = 87
+
+    class _Mem:
+        used, total = 30 * 2**30, 80 * 2**30
+
+    def nvmlDeviceGetCount(self):
+        return 2
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return i
+
+    def nvmlDeviceGetName(self, h):
+        return b"NVIDIA H100"
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return self._Util()
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return self._Mem()
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 61
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        if h == 1:
+            raise RuntimeError("not supported")
+        return 350_000
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        return 700_000
+
+
+def test_gpu_probe_reads_every_board_and_tolerates_missing_fields():
+    from tui.gpu import GpuProbe
+
+    probe = GpuProbe(FakeNvml())
+    assert probe.available
+    a, b = probe.read()
+    assert (a.name, a.utilization, a.temperature, a.power, a.power_limit) == ("NVIDIA H100", 87, 61, 350.0, 700.0)
+    assert b.power is None and b.memory_total == 80 * 2**30
+    off = GpuProbe(None)
+    assert not off.available and off.read() == [] and off.reason == "no NVIDIA GPU"
+
+
+@sync
+async def test_gpu_panel_shows_readings_per_board():
+    from textual.app import App as _App
+    from tui.gpu import GpuProbe
+
+    class PanelApp(_App):
+        def compose(self):
+            yield GpuPanel(GpuProbe(FakeNvml()), interval=10)
+
+    app = PanelApp()
+    async with app.run_test(size=(60, 14)) as pilot:
+        panel = app.query_one(GpuPanel)
+        await until(pilot, lambda: len(panel.readings) == 2)
+    from rich.console import Console
+    from tui.widgets.gpu_panel import render_readings
+
+    console = Console(width=60, record=True)
+    console.print(render_readings(panel.readings))
+    text = console.export_text()
+    assert "0 NVIDIA H100" in text and "1 NVIDIA H100" in text
+    assert "87%" in text and "30.0/80 GiB" in text and "61°C" in text and "350/700 W" in text
+    assert "power -" in text  # the second board gives no power reading

@@ -13,7 +13,7 @@ from textual.app import App, ComposeResult
 from textual.widgets import DataTable, Footer
 
 from engine import launch
-from engine.rundir import RunDir, append_event, checkpoint_name
+from engine.rundir import RunDir, checkpoint_name
 from tests.fake_trainer import FAST_ENV, kill_run_processes, make_project, wait_state
 from tui.widgets.runs_pane import ConfirmModal, ProblemsModal, RunsPane
 
@@ -104,7 +104,7 @@ def fake_env(monkeypatch):
     monkeypatch.setenv("TUNELAB_NO_GPU", "1")
     started: list[RunDir] = []
     yield started
-    for rd in list(started) + [RunDir(p) for p in []]:
+    for rd in started:
         kill_run_processes(rd)
 
 

@@ -79,6 +79,8 @@ ACTIONS: tuple[Action, ...] = (
            help="Bulk caption operation on the shown images (preview, then apply)"),
     Action("dataset.undo", "u", "undo_bulk", "Undo bulk", "dataset",
            help="Undo the last bulk caption operation (also one made by `tunelab caption`)"),
+    Action("dataset.list", "escape", "focus_list", "Back to list", "dataset", show=False,
+           help="From the filter: back to the list (the filter stays)"),
     Action("dataset.rescan", "r", "rescan", "Rescan", "dataset", show=False,
            help="Scan the project's images and captions again"),
     # the dataset list (navigation)

@@ -1,8 +1,8 @@
 """The Textual app and its factory, `make_app`, shared by the `tunelab` command and the tests.
 
 The app is an event router: screens and widgets do their I/O in workers that post messages, and
-only message handlers change what is shown. A worker that raises lands in one handler that shows
-the error in a modal, never a traceback. Nondeterminism can be switched off for tests and snapshots:
+only message handlers change what is shown. A worker that raises is shown in a modal, never as a
+traceback (`tui.screens.error.ReportsWorkerErrors`, mixed into every owner of workers). Nondeterminism can be switched off for tests and snapshots:
 `watch=False` (no file watcher), `animations=False` (no cursor blink, no animated scrolling), and an
 explicit image mode (`halfblock` or `none`: no terminal probing).
 
@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from textual.app import App
-from textual.worker import WorkerState
 
 from tui import actions
 from tui.widgets.image_preview import IMAGE_MODES, prepare_image_mode
@@ -98,16 +97,6 @@ class TunelabApp(App[None]):
 
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
-
-    def on_worker_state_changed(self, event) -> None:
-        """Workers never crash the app: a failure is shown in a modal with what went wrong."""
-        if event.state != WorkerState.ERROR:
-            return
-        from tui.screens.error import ErrorScreen
-
-        error = event.worker.error
-        name = event.worker.name or "background task"
-        self.push_screen(ErrorScreen(f"{name} failed", f"{type(error).__name__}: {error}"))
 
 
 def make_app(projects_dir: str | os.PathLike, *, images: str = "auto", watch: bool = True,

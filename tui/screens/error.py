@@ -43,3 +43,19 @@ class ErrorScreen(ModalScreen[None]):
 
     def action_cancel(self) -> None:
         self.dismiss(None)
+
+
+class ReportsWorkerErrors:
+    """Mixin for widgets and screens that run workers: a worker that raises is shown in an ErrorScreen.
+
+    (Textual's `Worker.StateChanged` does not bubble, so each owner of workers handles its own.)
+    """
+
+    def on_worker_state_changed(self, event) -> None:
+        from textual.worker import WorkerState
+
+        if event.state != WorkerState.ERROR:
+            return
+        error = event.worker.error
+        name = event.worker.name or "a background task"
+        self.app.push_screen(ErrorScreen(f"{name} failed", f"{type(error).__name__}: {error}"))  # type: ignore[attr-defined]

@@ -23,6 +23,7 @@ from engine.project import load_project_file, scan_project
 from engine.rundir import STATES, list_runs
 from engine.schema import ConfigError
 from tui import actions
+from tui.screens.error import ReportsWorkerErrors
 
 COLUMNS = ("project", "images", "captioned", "runs", "last activity", "notes")
 WIDTHS = (18, 7, 9, 24, 20, 40)  # fixed: rows fill in after the first paint, and DataTable does not re-widen
@@ -103,7 +104,7 @@ def summarise(project_dir: Path) -> ProjectSummary:
     return s
 
 
-class HomeScreen(Screen[None]):
+class HomeScreen(ReportsWorkerErrors, Screen[None]):
     ACTION_SCOPE = "home"
     BINDINGS = actions.bindings("home")
 

@@ -10,7 +10,7 @@ from PIL import Image as PILImage
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Center, Vertical
+from textual.containers import Center
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget

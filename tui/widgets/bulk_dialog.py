@@ -24,6 +24,7 @@ from textual.worker import get_current_worker
 from engine import captions as C
 from engine.project import Dataset, Item
 from tui import actions
+from tui.screens.error import ReportsWorkerErrors
 
 OPERATIONS = (
     ("template: captions from metadata fields", "template"),
@@ -87,7 +88,7 @@ def diff_text(plan: C.Plan, limit: int = MAX_DIFF_LINES) -> Text:
     return out
 
 
-class BulkDialog(ModalScreen[tuple[C.Plan, Path | None] | None]):
+class BulkDialog(ReportsWorkerErrors, ModalScreen[tuple[C.Plan, Path | None] | None]):
     ACTION_SCOPE = "bulk"
     BINDINGS = actions.bindings("bulk")
 

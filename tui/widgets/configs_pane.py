@@ -28,6 +28,7 @@ from engine import atomic
 from engine.config import dump_config, default_config, load_run_config
 from engine.schema import ConfigError, Problem
 from tui import actions
+from tui.screens.error import ReportsWorkerErrors
 
 
 @dataclass
@@ -115,7 +116,7 @@ def editor_command(path: Path) -> list[str] | None:
     return None
 
 
-class ConfigsPane(Vertical):
+class ConfigsPane(ReportsWorkerErrors, Vertical):
     ACTION_SCOPE = "configs"
     BINDINGS = actions.bindings("configs")
 

@@ -20,6 +20,7 @@ from engine.captions import CaptionError, UndoConflict, estimate_tokens, undo_la
 from engine.project import FLAG_NO_CAPTION, FLAG_TOO_LONG, IMAGE_EXTS, Dataset, Item, scan_project
 from engine.schema import ConfigError
 from tui import actions
+from tui.screens.error import ReportsWorkerErrors
 from tui.widgets.caption_editor import CaptionEditor, read_disk
 from tui.widgets.dataset_table import DatasetTable, short_flags
 from tui.widgets.image_preview import ImagePreview
@@ -32,7 +33,7 @@ def flag_heads(item: Item) -> list[str]:
     return [h for h in short_flags(item.flags).split(", ") if h]
 
 
-class DatasetPane(Vertical):
+class DatasetPane(ReportsWorkerErrors, Vertical):
     ACTION_SCOPE = "dataset"
     BINDINGS = actions.bindings("dataset")
 
@@ -268,6 +269,14 @@ class DatasetPane(Vertical):
             self.rescan()
 
     # --- actions -----------------------------------------------------------------------------
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "focus_list":  # only from the filter; elsewhere escape means "back to projects"
+            return self.query_one("#dataset-filter", Input).has_focus
+        return True
+
+    def action_focus_list(self) -> None:
+        self.table.focus()
+
     def action_focus_filter(self) -> None:
         self.query_one("#dataset-filter", Input).focus()
 

@@ -59,24 +59,34 @@ class GpuPanel(Static):
         self._probe = probe
         self.interval = interval
         self.border_title = "GPU"
-
-    @property
-    def probe(self) -> GpuProbe:
-        if self._probe is None:
-            self._probe = GpuProbe.open()
-        return self._probe
+        self.readings: list[GpuReading] = []
 
     def on_mount(self) -> None:
-        if not self.probe.available:
-            self.update(Text(self.probe.reason, style="dim"))
+        if self._probe is not None:
+            self._started(self._probe)
+        else:
+            self.update(Text("looking for GPUs…", style="dim"))
+            self._open()  # nvmlInit can take a while with a driver: never on the UI thread
+
+    @work(thread=True, exclusive=True, group="gpu-read", exit_on_error=False)
+    def _open(self) -> None:
+        probe = GpuProbe.open()
+        self.app.call_from_thread(self._started, probe)
+
+    def _started(self, probe: GpuProbe) -> None:
+        self._probe = probe
+        if not probe.available:
+            self.update(Text(probe.reason, style="dim"))
             return
         self._read()
         self.set_interval(self.interval, self._read)
 
     @work(thread=True, exclusive=True, group="gpu-read", exit_on_error=False)
     def _read(self) -> None:
-        self.post_message(self.Read(self.probe.read()))
+        if self._probe is not None:
+            self.post_message(self.Read(self._probe.read()))
 
     @on(Read)
     def _show(self, event: Read) -> None:
+        self.readings = event.readings
         self.update(render_readings(event.readings) if event.readings else Text("no readings", style="dim"))

@@ -26,6 +26,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 from textual.worker import get_current_worker
 
+from tui.screens.error import ReportsWorkerErrors
 from tui.thumbnails import Thumbnail, make_thumbnail
 
 IMAGE_MODES = ("auto", "kitty", "sixel", "halfblock", "none")
@@ -132,7 +133,7 @@ def cell_pixels() -> tuple[int, int]:
     return DEFAULT_CELL
 
 
-class ImagePreview(Vertical):
+class ImagePreview(ReportsWorkerErrors, Vertical):
     """Shows one image (a thumbnail of it) and a line of facts under it."""
 
     DEFAULT_CSS = """
