@@ -115,9 +115,10 @@ class TextualInversionConfig:
 
 @dataclass
 class PivotalConfig:
-    ti_fraction: float = opt(0.5, help="Share of steps that train the embedding before the switch to LoRA. "
-                             "The embedding trains at train.text_encoder_learning_rate (0: train.learning_rate), "
-                             "the LoRA at train.learning_rate.", gt=0, max=1)
+    ti_fraction: float = opt(0.5, help="Share of steps that train the embedding before the switch to LoRA.",
+                             gt=0, max=1)
+    embedding_learning_rate: float = opt(5e-3, help="Learning rate of the embedding (the LoRA trains at "
+                                         "train.learning_rate).", gt=0, max=1)
     train_embeddings_after_switch: bool = opt(False, help="Keep training the embedding after the switch "
                                               "(false: freeze it).")
 
@@ -215,6 +216,9 @@ class RunConfig:
             tok = self.textual_inversion.placeholder_token
             if not tok.strip() or any(c.isspace() for c in tok):
                 out.append(("textual_inversion.placeholder_token", f"= {tok!r}: must be one word with no spaces"))
+            elif tok != tok.lower():
+                out.append(("textual_inversion.placeholder_token", f"= {tok!r}: must be lower case, e.g. "
+                            f"{tok.lower()!r} (CLIP lowercases prompts; diffusers then misses a multi-vector token)"))
         if self.launch.num_machines > 1 and not self.launch.main_process_ip:
             out.append(("launch.main_process_ip", "is required when launch.num_machines > 1"))
         if self.launch.machine_rank >= self.launch.num_machines:
@@ -289,8 +293,6 @@ def default_config(method: str = "lora") -> RunConfig:
         cfg.train.ema = True
     if method == "textual_inversion":
         cfg.train.learning_rate = 5e-3
-    if method == "pivotal":
-        cfg.train.text_encoder_learning_rate = 5e-3  # the embedding's; the LoRA keeps 1e-4
     return cfg
 
 

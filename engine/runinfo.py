@@ -57,6 +57,7 @@ class RunSummary:
     warnings: int = 0
     errors: list[str] = field(default_factory=list)
     last_event_t: float | None = None
+    phase: str | None = None  # what the run does besides stepping: "class images 3/100", "pivotal: lora"
 
     @property
     def alive(self) -> bool:
@@ -83,6 +84,7 @@ class RunWatcher:
         self._warnings = 0
         self._errors: list[str] = []
         self._last_t: float | None = None
+        self._phase: str | None = None
 
     def _config(self) -> dict[str, Any]:
         if self._cfg is None:
@@ -93,6 +95,9 @@ class RunWatcher:
             except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError):
                 self._cfg = {}
         return self._cfg
+
+    def run_method_label(self) -> str:
+        return str(self._config().get("method", "phase"))
 
     def _absorb(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
@@ -112,6 +117,11 @@ class RunWatcher:
             elif kind == "sample":  # one event per image (samples/<column>/<file>) or per column
                 path = Path(str(ev.get("path", "")))
                 self._sample_cols.add(path.parent.name if path.suffix else path.name)
+            elif kind == "prior":
+                done, total = ev.get("done"), ev.get("total")
+                self._phase = None if done == total else f"class images {done}/{total}"
+            elif kind == "phase":
+                self._phase = f"{self.run_method_label()}: {ev.get('phase')}"
             elif kind == "warning":
                 self._warnings += 1
             elif kind == "error":
@@ -143,6 +153,7 @@ class RunWatcher:
             warnings=self._warnings,
             errors=list(self._errors[-5:]),
             last_event_t=self._last_t,
+            phase=self._phase,
         )
         p, e = self._progress, self._epoch_event
         s.epochs = _num(p.get("epochs")) or _num(e.get("epochs")) or _num(self._start.get("epochs")) \

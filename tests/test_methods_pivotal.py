@@ -20,7 +20,7 @@ PROMPT = "a <concept> on a plain background"
 
 def pivotal_config(**changes):
     cfg = tiny_config(**{"method": "pivotal", "train.epochs": 3, "pivotal.ti_fraction": 0.34,
-                         "train.learning_rate": 1e-2, "train.text_encoder_learning_rate": 5e-2,
+                         "train.learning_rate": 1e-2, "pivotal.embedding_learning_rate": 5e-2,
                          "textual_inversion.initializer_token": "circle", **changes})
     cfg.save.every_n_steps = 1
     return one_prompt(cfg, PROMPT)

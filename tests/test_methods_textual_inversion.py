@@ -47,6 +47,26 @@ def test_placeholder_captions_are_expanded_to_every_vector_and_added_where_missi
     assert len(rec.messages) == 1 and "2 of 3 caption(s)" in rec.messages[0]
 
 
+def test_sample_prompts_that_never_say_the_placeholder_are_warned_about(tmp_path):
+    project = make_project(tmp_path, n=1)  # goals: "a red circle", "a blue square"
+    cfg = ti_config()
+    tokens = ti.PlaceholderTokens(cfg, build_tokenizer())
+    rec = Recorder()
+    tokens.check_sample_prompts(cfg, project, rec)
+    assert rec.messages == []
+    cfg.sample.prompts = []
+    tokens.check_sample_prompts(cfg, project, rec)
+    assert len(rec.messages) == 1 and "no sample prompt contains" in rec.messages[0]
+
+
+def test_a_placeholder_with_capitals_is_a_config_error_naming_the_lower_case_form():
+    from engine.config import parse_run_config
+    from engine.schema import ConfigError
+
+    with pytest.raises(ConfigError, match="must be lower case, e.g. '<mycat>'"):
+        parse_run_config('method = "textual_inversion"\n[textual_inversion]\nplaceholder_token = "<MyCat>"\n')
+
+
 @pytest.mark.parametrize("key,value,needle", [("textual_inversion.placeholder_token", "circle", "already a token"),
                                               ("textual_inversion.initializer_token", "xqzv", "single token")])
 def test_a_bad_placeholder_or_initializer_names_the_setting(key, value, needle):

@@ -21,7 +21,7 @@ async def test_a_20x10_terminal_without_colour_and_back_keeps_every_screen_worki
     monkeypatch.setenv("NO_COLOR", "1")
     monkeypatch.setenv("TUNELAB_NO_GPU", "1")
     project = make_project(tmp_path / "projects")
-    run = write_run(project, "20260101-000000-lora", state="finished")
+    run = write_run(project, "20260101-000000-lora", state="finished", samples=True)
     app = make_app(tmp_path / "projects", images="halfblock", watch=False, animations=False)
     assert app.no_color
     async with app.run_test(size=(20, 10)) as pilot:

@@ -259,3 +259,11 @@ def test_bf16_mixed_precision_keeps_trained_weights_in_fp32(tmp_path):
     assert state.trainable and all(t.dtype == torch.float32 for t in state.trainable.values())
     assert all(torch.isfinite(torch.tensor(p["loss"])) for p in events(run, "progress"))
     assert len(list((run.samples_dir / "e0001-s00000002").glob("*.png"))) == 2
+
+
+def test_a_missing_or_broken_config_is_an_error_event_not_a_traceback(tmp_path):
+    run = make_run(make_project(tmp_path, goals=False), tiny_config())
+    run.config_path.write_text("[train]\nlearning_rate = -1\n")
+    assert train(run.path) == 1
+    assert "train.learning_rate" in events(run, "error")[0]["message"]
+    assert train(tmp_path / "nowhere") == 1

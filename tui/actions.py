@@ -64,10 +64,10 @@ ACTIONS: tuple[Action, ...] = (
     Action("home.refresh", "r", "refresh", "Refresh", "home", help="Scan the projects folder again"),
     # project
     Action("project.back", "escape", "back", "Projects", "project", help="Back to the list of projects"),
-    Action("project.dataset", "1,f2", "show_tab('dataset')", "Dataset", "project", help="Show the Dataset tab"),
-    Action("project.configs", "2,f3", "show_tab('configs')", "Configs", "project", help="Show the Configs tab"),
-    Action("project.runs", "3,f4", "show_tab('runs')", "Runs", "project", help="Show the Runs tab"),
-    Action("project.compare", "4,f5", "show_tab('compare')", "Compare", "project", help="Show the Compare tab"),
+    Action("project.dataset", "1,f2", "show_tab('dataset')", "Dataset", "project", show=False, help="Show the Dataset tab"),
+    Action("project.configs", "2,f3", "show_tab('configs')", "Configs", "project", show=False, help="Show the Configs tab"),
+    Action("project.runs", "3,f4", "show_tab('runs')", "Runs", "project", show=False, help="Show the Runs tab"),
+    Action("project.compare", "4,f5", "show_tab('compare')", "Compare", "project", show=False, help="Show the Compare tab"),
     # dataset
     Action("dataset.filter", "slash", "focus_filter", "Filter", "dataset",
            help="Filter the images by text (file, concept, caption)"),

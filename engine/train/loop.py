@@ -16,7 +16,6 @@ one would have; global RNG states (LoRA dropout) are restored from the checkpoin
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import signal
 import sys
@@ -27,7 +26,8 @@ from typing import Any
 
 import torch
 
-from engine.config import RunConfig, load_run_config, sample_prompts
+from engine.config import RunConfig, load_run_config
+from engine.schema import ConfigError
 from engine.rundir import RunDir, checkpoint_name
 from engine.train import checkpoint as ckpt
 from engine.train import data as datamod
@@ -94,7 +94,15 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    cfg = load_run_config(run.config_path)
+    try:
+        cfg = load_run_config(run.config_path)
+    except (ConfigError, OSError) as e:
+        message = f"cannot read the run config {run.config_path}: {e}"
+        if run.path.is_dir():
+            EventWriter(run.events_path, True).error(message)
+        else:
+            print(f"error: {message}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
     # A second run in the same process (tests, benchmarks) may use another mixed precision; the
     # process-wide PartialState (the process group) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)

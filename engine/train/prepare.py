@@ -88,7 +88,9 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     if t.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if method.trains_text_encoder:
-            components.text_encoder.gradient_checkpointing_enable()
+            te = components.text_encoder  # transformers 5 renamed gradient_checkpointing_enable
+            enable = getattr(te, "activation_checkpointing_enable", None) or te.gradient_checkpointing_enable
+            enable()
     if t.ema and not hasattr(method, "ema"):
         events.warning(f"train.ema applies to full fine-tunes; method {cfg.method!r} trains without EMA")
     if cfg.data.num_workers:

@@ -100,6 +100,10 @@ def describe_event(ev: dict[str, Any]) -> str | None:
         return f"resumed from {Path(str(ev.get('checkpoint', ''))).name or ev.get('step')}"
     if kind == "val_loss" and isinstance(ev.get("loss"), (int, float)):
         return f"val_loss {ev['loss']:.4f} (epoch {ev.get('epoch')})"
+    if kind == "prior":  # DreamBooth class images, drawn (or reused) before training starts
+        return f"class images {ev.get('done')}/{ev.get('total')} ({ev.get('reused', 0)} reused)"
+    if kind == "phase":  # pivotal tuning: textual inversion, then LoRA
+        return f"phase {ev.get('phase')} from step {ev.get('step')}"
     if kind == "warning":
         return f"warning: {ev.get('message', '')}"
     if kind == "error":

@@ -54,6 +54,15 @@ def pixel_box(mode: str, w: int, h: int) -> tuple[int, int]:
     return w, h * 2  # half blocks: one column, two pixel rows per cell
 
 
+def _styled(strip: Strip) -> Strip:
+    """Give style-less segments the null style: Textual's NO_COLOR filter fails on a segment without one."""
+    segments = list(strip)
+    if all(seg.style is not None for seg in segments):
+        return strip
+    return Strip([seg if seg.style is not None else Segment(seg.text, Style.null(), seg.control) for seg in segments],
+                 strip.cell_length)
+
+
 class ThumbCache:
     """Decoded, resized thumbnails (LRU). Thread-safe enough: only the loader worker writes it."""
 
@@ -451,7 +460,7 @@ class ContactGrid(Widget, can_focus=True):
             return super().render_line(y)
         strip = self._lines.get(y)
         if strip is None:
-            strip = self._lines[y] = self._draw_line(y)
+            strip = self._lines[y] = _styled(self._draw_line(y))
         return strip
 
     def _draw_line(self, y: int) -> Strip:

@@ -49,10 +49,11 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     """
 
     class Scanned(Message):
-        def __init__(self, dataset: Dataset | None, error: str = "") -> None:
+        def __init__(self, dataset: Dataset | None, error: str = "", haystack: dict[Path, str] | None = None) -> None:
             super().__init__()
             self.dataset = dataset
             self.error = error
+            self.haystack = haystack or {}  # built in the worker: 10,000 strings are not free
 
     class Undone(Message):
         def __init__(self, text: str, error: bool = False) -> None:
@@ -91,7 +92,9 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#dataset-problems").display = False
-        self.rescan()
+        self.scanning = True
+        # Scan after the first frame: the scanning thread would otherwise compete with it for the GIL.
+        self.call_after_refresh(self.rescan)
 
     @property
     def table(self) -> DatasetTable:
@@ -110,7 +113,7 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     def _scan_worker(self) -> None:
         try:
             dataset = scan_project(self.project_dir)
-            self.post_message(self.Scanned(dataset))
+            self.post_message(self.Scanned(dataset, haystack={it.path: self._hay(it) for it in dataset.items}))
         except ConfigError as e:
             self.post_message(self.Scanned(None, f"project.toml has errors:\n{e}"))
         except OSError as e:
@@ -134,7 +137,7 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         self._sources = {}
         for c in ds.project.concepts:
             self._sources[c.label] = (c.caption, c.trigger)
-        self._haystack = {it.path: self._hay(it) for it in self.items}
+        self._haystack = event.haystack
         self._by_caption = {it.caption_path: it for it in self.items}
         self.table.empty_text = "no images in this project yet: put images (with photo.txt captions) in a folder here"
         shown = [str(p) for p in ds.problems]

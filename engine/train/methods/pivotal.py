@@ -49,21 +49,28 @@ class PivotalMethod(Method):
     # --- which parameters train -------------------------------------------------------------
     def prepare_data(self, examples: Any, *, project_dir: Path, events: Any) -> None:
         self.tokens.prepare_examples(examples, events)
+        self.tokens.check_sample_prompts(self.cfg, project_dir, events)
 
     def setup(self) -> None:
         self.lora.setup()
         self.tokens.install(self.text_encoder, self.accelerator.device)
 
-    def lora_parameters(self) -> list[torch.nn.Parameter]:
-        return [p for g in self.lora.parameter_groups() for p in g["params"] if p is not self.tokens.vectors]
-
-    def parameter_groups(self) -> list[dict[str, Any]]:
+    def lora_groups(self) -> list[dict[str, Any]]:
+        """LoRA's groups without the vectors (its text-encoder group takes every trainable parameter of
+        the text encoder, and the vectors are one since `install`)."""
         groups = []
         for g in self.lora.parameter_groups():
             params = [p for p in g["params"] if p is not self.tokens.vectors]
             if params:
                 groups.append({**g, "params": params})
-        return groups + [{"params": [self.tokens.vectors], "lr": self.lr(text_encoder=True)}]
+        return groups
+
+    def lora_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for g in self.lora_groups() for p in g["params"]]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The LoRA at its learning rates, the vectors at pivotal.embedding_learning_rate."""
+        return self.lora_groups() + [{"params": [self.tokens.vectors], "lr": self.cfg.pivotal.embedding_learning_rate}]
 
     def begin_step(self, step: int, *, total_steps: int, events: Any) -> None:
         switch = self.switch_step(total_steps)

@@ -99,6 +99,16 @@ class PlaceholderTokens:
                 e.caption = f"{self.token}, {e.caption}" if e.caption else self.token
             e.caption = self.expand(e.caption)
 
+    def check_sample_prompts(self, cfg: Any, project_dir: Path, events: Any) -> None:
+        """Warn when no sample prompt says the placeholder: the contact sheet would not show it."""
+        from engine.config import sample_prompts
+        from engine.project import load_project_file
+
+        prompts = sample_prompts(cfg, load_project_file(project_dir).goals.as_dict())
+        if prompts and not any(self._pattern.search(p.text) for p in prompts):
+            events.warning(f"no sample prompt contains textual_inversion.placeholder_token {self.token!r}, so the "
+                           "samples will not show what it learns; add it to sample.prompts or the project's goals")
+
     # --- the trainable vectors ----------------------------------------------------------------
     def install(self, text_encoder: Any, device: torch.device) -> torch.nn.Parameter:
         """Add the tokens, grow the embedding table, and put a `PlaceholderEmbedding` in its place,
@@ -155,6 +165,7 @@ class TextualInversionMethod(Method):
 
     def prepare_data(self, examples: Any, *, project_dir: Path, events: Any) -> None:
         self.tokens.prepare_examples(examples, events)
+        self.tokens.check_sample_prompts(self.cfg, project_dir, events)
 
     def setup(self) -> None:
         self.freeze_all()
