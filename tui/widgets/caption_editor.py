@@ -310,7 +310,7 @@ class CaptionEditor(Vertical):
     def action_done(self) -> None:
         if self.save():
             self.post_message(self.Done())
-        else:
+        elif self.conflict_open:  # leave once the user has chosen
             self._after_conflict.append(lambda: self.post_message(self.Done()))
 
     def focus_text(self) -> None:
