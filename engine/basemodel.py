@@ -97,8 +97,8 @@ def resolve_base(spec: str, project_dir: str | os.PathLike) -> BaseSpec:
         snap = cached_hub_snapshot(spec)
         if snap is None:
             raise BaseModelError(
-                f"model.base = {spec!r}: not a path under {Path(project_dir)} and not in the local Hugging Face "
-                f"cache ({hf_hub_cache()}); tunelab never downloads. Fetch it where there is network "
+                f"model.base = {spec!r}: {path} does not exist, and there is no hub model {spec} in the "
+                f"local Hugging Face cache ({hf_hub_cache()}); tunelab never downloads. Fetch it where there is network "
                 f"(`huggingface-cli download {spec}`) and copy the cache here, or point model.base at a "
                 f"local folder; {ACCEPTED_FORMS}"
             )
@@ -179,7 +179,7 @@ def _safetensors_problem(path: Path) -> str | None:
         with open(path, "rb") as f:
             head = f.read(8)
             if len(head) < 8:
-                return "too short to be a .safetensors file"
+                return "not a .safetensors file (too short)"
             n = int.from_bytes(head, "little")
             if n <= 0 or n > 100_000_000 or n + 8 > path.stat().st_size:
                 return "not a .safetensors file (bad header length)"

@@ -74,8 +74,8 @@ def test_overrides_apply_as_toml_values_and_are_validated(tmp_path):
 def test_sample_prompts_default_to_the_goals_in_kind_order_with_section_defaults():
     cfg = default_config("lora")
     got = sample_prompts(cfg, {"preservation": ["a red car"], "accuracy": ["sks dog"]})
-    assert [(p.text, p.kind, p.seeds, p.steps) for p in got] == [("sks dog", "accuracy", [42], 25),
-                                                                 ("a red car", "preservation", [42], 25)]
+    assert [(p.text, p.kind, p.seeds, p.steps) for p in got] == [("sks dog", "accuracy", [42], 20),
+                                                                 ("a red car", "preservation", [42], 20)]
     cfg = parse_run_config('[sample]\nprompts = ["x", {text = "y", seeds = [1, 2], kind = "flexibility"}]\n')
     assert [(p.text, p.kind, p.seeds) for p in sample_prompts(cfg, {"accuracy": ["ignored"]})] == \
         [("x", "other", [42]), ("y", "flexibility", [1, 2])]

@@ -158,9 +158,6 @@ def test_sixteen_bit_greyscale_keeps_its_brightness(tmp_path):
     assert abs(float(pixels.mean()) - expected) < 0.02, float(pixels.mean())
 
 
-@pytest.mark.xfail(strict=True, reason="an image whose header is sound but whose pixel data is corrupt passes the "
-                   "header-only scan and crashes latent caching (OSError from PIL) instead of being skipped; "
-                   "the trainer needs to catch decode errors per image (engine/train/cache.py, data.py)")
 def test_an_image_with_corrupt_pixel_data_is_skipped_not_fatal(tmp_path):
     from engine.train.loop import train
 
@@ -171,12 +168,38 @@ def test_an_image_with_corrupt_pixel_data_is_skipped_not_fatal(tmp_path):
     cfg.sample.at_start = False
     cfg.save.last = False
     run = make_run(proj, cfg)
-    try:
-        rc = train(run.path)
-    except OSError:
-        rc = "crashed"
-    assert rc == 0
+    assert train(run.path) == 0
     assert any("corrupt.png" in w["message"] for w in events(run, "warning"))
+    start = events(run, "start")[0]
+    assert start["images"] == 2  # the corrupt image is not trained on
+
+
+def test_an_uncached_run_skips_corrupt_pixel_data_up_front(tmp_path):
+    from engine.train.loop import train
+
+    proj = make_project(tmp_path, n=2, goals=False)
+    (proj / "images" / "corrupt.png").write_bytes(corrupt_pixels_png())
+    cfg = tiny_config(**{"train.epochs": 1, "data.cache_latents": False, "data.cache_text": False})
+    cfg.sample.at_start = False
+    cfg.save.last = False
+    run = make_run(proj, cfg)
+    assert train(run.path) == 0
+    warning = next(w for w in events(run, "warning") if "corrupt.png" in w["message"])
+    assert any(i["path"].endswith("corrupt.png") and "decode" in i["reason"] for i in warning["items"])
+
+
+def test_a_run_whose_only_image_is_corrupt_fails_naming_it(tmp_path):
+    from engine.train.loop import train
+
+    proj = make_project(tmp_path, n=0, goals=False)
+    (proj / "images").mkdir(exist_ok=True)
+    (proj / "images" / "corrupt.png").write_bytes(corrupt_pixels_png())
+    cfg = tiny_config(**{"train.epochs": 1})
+    cfg.sample.at_start = False
+    run = make_run(proj, cfg)
+    assert train(run.path) == 1
+    (error,) = events(run, "error")
+    assert "corrupt.png" in error["message"] and "no usable training images" in error["message"]
 
 
 # --- a full disk during a save ---------------------------------------------------------------------

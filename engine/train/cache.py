@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 from safetensors.torch import load, save
 
 from engine import atomic
-from engine.train.data import Example, load_image, tokenize
+from engine.train.data import DECODE_ERRORS, Example, decode_error_reason, load_image, tokenize
 
 CACHE_VERSION = "1"
 ENCODE_BATCH = 8
@@ -65,38 +66,78 @@ class LatentCache:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def load_all(self, examples: list[Example], device: torch.device, *, write: bool = True,
-                 on_progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, int]:
-        """(N, variants, 2C, h, w) on `device`, and how many entries had to be computed."""
-        keys = [self.key(file_hash(e.path)) for e in examples]
+                 on_progress: Callable[[int, int], None] | None = None) -> LatentTable:
+        """The examples' posteriors stacked on `device`, how many were computed, and the examples that
+        could not be read or decoded (a header can be sound while the pixel data is not)."""
         out: list[torch.Tensor | None] = [None] * len(examples)
+        keys: list[str | None] = [None] * len(examples)
+        failed: dict[int, str] = {}
         missing = []
-        for i, key in enumerate(keys):
+        for i, e in enumerate(examples):
             try:
-                out[i] = load(self.path(key).read_bytes())["params"]
+                keys[i] = self.key(file_hash(e.path))
+            except OSError as err:
+                failed[i] = f"cannot read: {err.strerror or err}"
+                continue
+            try:
+                out[i] = load(self.path(keys[i]).read_bytes())["params"]
             except Exception:  # noqa: BLE001 - a missing or bad entry is recomputed
                 missing.append(i)
+        computed = 0
         for start in range(0, len(missing), ENCODE_BATCH):
             chunk = missing[start:start + ENCODE_BATCH]
-            params = self.encode([examples[i] for i in chunk])
-            for i, p in zip(chunk, params):
+            params, errors = self.encode([examples[i] for i in chunk])
+            for i, p, err in zip(chunk, params, errors):
+                if p is None:
+                    failed[i] = err
+                    continue
                 out[i] = p
+                computed += 1
                 if write:
-                    self.path(keys[i]).parent.mkdir(parents=True, exist_ok=True)
-                    atomic.write_bytes(self.path(keys[i]), save({"params": p.contiguous()}))
+                    path = self.path(keys[i])  # type: ignore[arg-type]
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    atomic.write_bytes(path, save({"params": p.contiguous()}))
             if on_progress:
                 on_progress(min(start + ENCODE_BATCH, len(missing)), len(missing))
-        return torch.stack(out).to(device), len(missing)  # type: ignore[arg-type]
+        kept = [i for i in range(len(examples)) if i not in failed]
+        params = torch.stack([out[i] for i in kept]).to(device) if kept else None  # type: ignore[misc]
+        return LatentTable(params, computed, kept, [(examples[i], failed[i]) for i in sorted(failed)])
 
     @torch.no_grad()
-    def encode(self, examples: list[Example]) -> list[torch.Tensor]:
-        """Per example (variants, 2C, h, w) float32 on the CPU."""
+    def encode(self, examples: list[Example]) -> tuple[list[torch.Tensor | None], list[str]]:
+        """Per example (variants, 2C, h, w) float32 on the CPU, or None and the reason it failed."""
         device = next(self.vae.parameters()).device
+        results: list[torch.Tensor | None] = [None] * len(examples)
+        errors = [""] * len(examples)
+        pixels: list[list[torch.Tensor]] = []
+        good = []
+        for i, e in enumerate(examples):
+            try:
+                pixels.append([load_image(e.path, self.resolution, flip=flip) for flip in self.variants])
+                good.append(i)
+            except DECODE_ERRORS as err:
+                errors[i] = decode_error_reason(err)
+        if not good:
+            return results, errors
         per_variant = []
-        for flip in self.variants:
-            pixels = torch.stack([load_image(e.path, self.resolution, flip=flip) for e in examples])
-            dist = self.vae.encode(pixels.to(device, self.dtype)).latent_dist
+        for v in range(len(self.variants)):
+            batch = torch.stack([p[v] for p in pixels])
+            dist = self.vae.encode(batch.to(device, self.dtype)).latent_dist
             per_variant.append(dist.parameters.float().cpu())
-        return list(torch.stack(per_variant, dim=1))
+        for i, p in zip(good, torch.stack(per_variant, dim=1)):
+            results[i] = p
+        return results, errors
+
+
+@dataclass
+class LatentTable:
+    """What `LatentCache.load_all` found: `params` (kept examples, variants, 2C, h, w) on the device,
+    or None when nothing could be decoded; `kept` indexes the examples it covers, in order."""
+
+    params: torch.Tensor | None
+    computed: int
+    kept: list[int]
+    failed: list[tuple[Example, str]]
 
 
 class TextCache:

@@ -21,8 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from engine.config import RunConfig
+
+# What decoding a file whose header passed the scan can still raise: corrupt or truncated pixel data
+# (OSError), bad chunk contents (ValueError, SyntaxError, EOFError), a bomb the header hid.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def decode_error_reason(err: BaseException) -> str:
+    return f"cannot decode the pixel data: {err}" if str(err) else f"cannot decode the pixel data ({type(err).__name__})"
+
+
+def undecodable(examples: list["Example"], resolution: int) -> list[tuple["Example", str]]:
+    """Examples whose pixels cannot be decoded, with the reason: the header-only project scan cannot
+    tell. Uncached runs call this once up front, so a bad file is skipped rather than failing a step."""
+    bad = []
+    for e in examples:
+        try:
+            load_image(e.path, resolution)
+        except DECODE_ERRORS as err:
+            bad.append((e, decode_error_reason(err)))
+    return bad
 
 
 @dataclass
@@ -155,7 +176,8 @@ class Batch:
 
 
 class TrainingData:
-    """Examples plus whatever is cached for them, on the training device."""
+    """Examples plus whatever is cached for them: on the training device, or in pinned host memory
+    when the tables would not fit comfortably (see `prepare.resident`)."""
 
     def __init__(self, examples: list[Example], cfg: RunConfig, tokenizer: Any, device: torch.device):
         self.examples = examples
@@ -175,6 +197,14 @@ class TrainingData:
     def images_per_epoch(self) -> int:
         return sum(self.repeats)
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """A table kept in host memory: pin the batch so the copy does not wait for the GPU."""
+        if x.device == self.device or (x.device.type == self.device.type and self.device.index is None):
+            return x
+        if self.device.type == "cuda":
+            x = x.pin_memory()
+        return x.to(self.device, non_blocking=True)
+
     def micro_batch(self, indices: list[int], generator: torch.Generator) -> Batch:
         data = self.cfg.data
         drop, flip, captions = [], [], []
@@ -188,16 +218,19 @@ class TrainingData:
                 pixels.append(load_image(self.examples[i].path, data.resolution, crop=data.crop, flip=flip[-1],
                                          generator=generator))
         batch = Batch(size=len(indices), captions=captions, concepts=[self.examples[i].concept for i in indices])
+        # Rows are picked with Python ints (views) and stacked on the device: an index tensor built
+        # on the host would be a host-to-device copy, which on CUDA waits for the queued GPU work.
         if self.latent_params is not None:
-            idx = torch.tensor(indices, device=self.device)
-            variant = torch.tensor([1 if f else 0 for f in flip], device=self.device)
-            variant = variant.clamp(max=self.latent_params.shape[1] - 1)
-            batch.latent_params = self.latent_params[idx, variant]
+            last_variant = self.latent_params.shape[1] - 1
+            batch.latent_params = torch.stack([self.latent_params[i, min(int(f), last_variant)]
+                                               for i, f in zip(indices, flip)])
+            batch.latent_params = self._to_device(batch.latent_params)
         else:
             batch.pixels = torch.stack(pixels).to(self.device)
         if self.text_table is not None:
-            rows = torch.tensor([0 if d else self.text_index[i] for i, d in zip(indices, drop)], device=self.device)
-            batch.text_embeddings = self.text_table[rows]
+            batch.text_embeddings = torch.stack([self.text_table[0 if d else self.text_index[i]]
+                                                 for i, d in zip(indices, drop)])
+            batch.text_embeddings = self._to_device(batch.text_embeddings)
         else:
             batch.input_ids = tokenize(self.tokenizer, captions).to(self.device)
         return batch

@@ -7,11 +7,14 @@ Event kinds written by the trainer (every event also has `t`, unix time):
 | `start` | step, total_steps, epoch, epochs, steps_per_epoch, images, method, processes, resumed_from_step (null on a fresh run), validation_images, cache ({latents, text, computed}) |
 | `resumed` | step, epoch, checkpoint (written before `start` on --resume); readers drop earlier `progress` events with a larger step |
 | `progress` | step, total_steps, epoch (1-based, under way), epochs, loss (mean since the last progress), smooth_loss, lr, img_s, elapsed (s), eta_s |
+| `compile` | step, seconds (the first step, compilation included; not counted in img_s), what (`unet`) — with `train.compile` |
 | `val_loss` | epoch, step, loss, images |
 | `epoch` | epoch, epochs, step, seconds, images |
 | `checkpoint` | epoch, step, path, reason, files, seconds |
 | `checkpoint_deleted` | path |
+| `sample_started` | column (samples/ folder name), epoch, step, images, batch_size, steps, scheduler, width, height |
 | `sample` | epoch, step, prompt (index), seed, path, goal (the prompt's kind: accuracy/flexibility/preservation/other) |
+| `sample_done` | column, epoch, step, images (written), seconds (the whole column, pipeline set-up included), seconds_per_image |
 | `prior` | done, total, generated, reused, class_prompt, cache (folder relative to the project): DreamBooth's class images, before `start` |
 | `phase` | phase (`textual_inversion`, `lora`), step (steps done when it begins), message; pivotal tuning: until_step, embeddings_frozen |
 | `warning` | message, and optional context fields (items, budget, …) |

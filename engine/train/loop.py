@@ -81,6 +81,7 @@ class Session:
     signal_stop: bool = False
     noise_gen: torch.Generator | None = None
     aug_gen: torch.Generator | None = None
+    compiled: bool = False  # train.compile: the first step of this session compiles
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +139,10 @@ def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
             steps = [plan[i:i + accumulation] for i in range(0, len(plan), accumulation)]
             epoch_started = time.monotonic()
             while pos.in_epoch < len(steps) and pos.step < s.total_steps:
-                loss = train_step(s, steps[pos.in_epoch])
+                if s.compiled:
+                    loss = first_compiled_step(s, steps[pos.in_epoch])
+                else:
+                    loss = train_step(s, steps[pos.in_epoch])
                 pos.step += 1
                 pos.in_epoch += 1
                 images = sum(len(m) for m in steps[pos.in_epoch - 1]) * acc.num_processes
@@ -189,6 +193,20 @@ def train_step(s: Session, micro_batches: list[list[int]]) -> torch.Tensor:
     s.optimizer.zero_grad(set_to_none=True)
     s.method.after_optimizer_step()
     return total
+
+
+def first_compiled_step(s: Session, micro_batches: list[list[int]]) -> torch.Tensor:
+    """The step that compiles (`train.compile`): timed with a sync, reported in a `compile` event,
+    and kept out of the throughput figures."""
+    started = time.monotonic()
+    loss = train_step(s, micro_batches)
+    loss.item()  # wait for it: compile time is the point of the event
+    seconds = time.monotonic() - started
+    s.compiled = False
+    s.events.emit("compile", step=s.position.step + 1, seconds=round(seconds, 2), what="unet")
+    s.events.say(f"torch.compile: first step took {seconds:.1f}s (compilation included)")
+    s.progress.pause(seconds)
+    return loss
 
 
 def compute_loss(s: Session, batch: datamod.Batch) -> torch.Tensor:

@@ -94,10 +94,14 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     if t.ema and not hasattr(method, "ema"):
         events.warning(f"train.ema applies to full fine-tunes; method {cfg.method!r} trains without EMA")
     if cfg.data.num_workers:
-        events.warning("data.num_workers is not used yet: images are decoded in the training process "
-                       "(with cached latents nothing is decoded during training)")
-    if t.compile:
-        events.warning("train.compile is not supported by this trainer yet; training without torch.compile")
+        events.warning("data.num_workers is not used: with cached latents (the default) a batch is a slice "
+                       "of tensors already on the device and nothing is decoded during training; uncached "
+                       "runs decode in the training process")
+    if accelerator.device.type == "cuda":
+        # NHWC convolutions are what the tensor cores run natively (cuDNN otherwise transposes around
+        # each conv); parameters keep their values, only the layout changes.
+        components.unet.to(memory_format=torch.channels_last)
+    compiled = t.compile and compile_unet(components.unet, accelerator, events)
 
     # --- caches -----------------------------------------------------------------------------
     device = accelerator.device
@@ -108,7 +112,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     # --- optimiser and schedule -------------------------------------------------------------
     from diffusers.optimization import get_scheduler
 
-    optimizer = make_optimizer_class(cfg, events)(method.parameter_groups(), weight_decay=t.weight_decay)
+    optimizer = make_optimizer(cfg, events, method.parameter_groups(), device)
     steps_per_epoch = datamod.steps_per_epoch(data.images_per_epoch, world=accelerator.num_processes,
                                               batch_size=t.batch_size, accumulation=t.gradient_accumulation)
     total_steps = steps_per_epoch * t.epochs
@@ -163,7 +167,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=epochs,
         prompts=sample_prompts(cfg, goals), position=position, progress=progress, resumed_from=resume_from,
         sampled=sampled, saved_at_step=position.step if resume_from is not None else -1,
-        noise_gen=torch.Generator(device=device), aug_gen=torch.Generator(),
+        noise_gen=torch.Generator(device=device), aug_gen=torch.Generator(), compiled=bool(compiled),
     )
     common = dict(step=position.step, total_steps=total_steps, epoch=position.epoch, epochs=epochs,
                   steps_per_epoch=steps_per_epoch, images=data.images_per_epoch, method=cfg.method,
@@ -176,6 +180,35 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
                f"({len(examples.train)} files), {steps_per_epoch} steps/epoch, {total_steps} steps, "
                f"{accelerator.num_processes} process(es), base {components.source}")
     return session
+
+
+def make_optimizer(cfg: RunConfig, events: EventWriter, groups: list[dict[str, Any]], device: torch.device) -> Any:
+    """AdamW; on CUDA the fused kernel (one launch for all parameters instead of a few per tensor).
+    Its state dict is the same as the plain one's, so checkpoints resume either way."""
+    cls = make_optimizer_class(cfg, events)
+    extra: dict[str, Any] = {}
+    if cls is torch.optim.AdamW and device.type == "cuda":
+        extra["fused"] = True
+    return cls(groups, weight_decay=cfg.train.weight_decay, **extra)
+
+
+def compile_unet(unet: Any, accelerator: Any, events: EventWriter) -> bool:
+    """`train.compile`: compile the UNet's repeated transformer blocks (regional compilation: one
+    graph reused by every block, so compiling takes a fraction of a whole-model compile). Compilation
+    happens in the first step; the loop reports its time in a `compile` event."""
+    if accelerator.device.type != "cuda":
+        events.warning("train.compile needs a CUDA device; training without torch.compile")
+        return False
+    started = time.monotonic()
+    if hasattr(unet, "compile_repeated_blocks"):
+        unet.compile_repeated_blocks()
+        how = "repeated blocks"
+    else:  # older diffusers: the whole UNet
+        unet.compile()
+        how = "whole UNet"
+    events.say(f"torch.compile of the UNet ({how}) armed in {time.monotonic() - started:.1f}s; "
+               "the first step compiles")
+    return True
 
 
 def make_optimizer_class(cfg: RunConfig, events: EventWriter) -> Any:
@@ -210,19 +243,29 @@ def build_caches(cfg: RunConfig, accelerator: Any, events: EventWriter, method: 
     text_cache = TextCache(cache_root, components.text_encoder, components.tokenizer, dtype=weight_dtype) \
         if cache_text else None
     computed = 0
+    skipped: list[tuple[datamod.Example, str]] = []
+    captions = [""] + sorted({e.caption for e in data.examples + validation_examples} - {""})
+    row = {c: i for i, c in enumerate(captions)}
     # The main process fills the on-disk cache first; the others then read it.
     for turn in ("main", "others"):
         if (turn == "main") == accelerator.is_main_process:
             if cache_latents:
-                data.latent_params, n = latent_cache.load_all(data.examples, device)
-                computed += n
-            if text_cache is not None:
-                captions = [""] + sorted({e.caption for e in data.examples + validation_examples} - {""})
-                row = {c: i for i, c in enumerate(captions)}
-                data.text_table, n = text_cache.load_all(captions, device)
+                table = latent_cache.load_all(data.examples, torch.device("cpu"))
+                data.examples = [data.examples[i] for i in table.kept]
+                data.latent_params = resident(table.params, device, events, "latents")
+                computed += table.computed
+                skipped += table.failed
+            else:
+                bad = datamod.undecodable(data.examples, d.resolution)
+                data.examples = [e for e in data.examples if all(e is not b for b, _ in bad)]
+                skipped += bad
+            if text_cache is not None and data.examples:
+                text_table, n = text_cache.load_all(captions, torch.device("cpu"))
+                data.text_table = resident(text_table, device, events, "text embeddings")
                 data.text_index = [row[e.caption] for e in data.examples]
                 computed += n
         accelerator.wait_for_everyone()
+    report_undecodable(events, skipped, remaining=len(data.examples), cache_root=cache_root)
     data.cache_report = {"latents": bool(cache_latents), "text": text_cache is not None, "computed": computed}
     if cache_latents or text_cache is not None:
         events.say(f"cache ready in {time.monotonic() - started:.1f}s ({computed} entries computed, "
@@ -231,9 +274,16 @@ def build_caches(cfg: RunConfig, accelerator: Any, events: EventWriter, method: 
         return None
     # Validation: posterior means (no sampling), noise and timesteps fixed per image by the seed.
     val_cache = LatentCache(cache_root, components.vae, resolution=d.resolution, flip=False, dtype=weight_dtype)
-    params, _ = val_cache.load_all(validation_examples, device, write=cache_latents and accelerator.is_main_process)
+    table = val_cache.load_all(validation_examples, device, write=cache_latents and accelerator.is_main_process)
+    if table.failed:
+        events.warning(f"{len(table.failed)} validation image(s) could not be decoded and are left out: "
+                       + ", ".join(f"{e.rel} ({why})" for e, why in table.failed[:10]),
+                       items=[{"path": e.rel, "reason": why} for e, why in table.failed])
+    if table.params is None:
+        return None
+    validation_examples = [validation_examples[i] for i in table.kept]
     vae = components.vae
-    latents = datamod.sample_latents(params[:, 0], None, vae.config.scaling_factor,
+    latents = datamod.sample_latents(table.params[:, 0], None, vae.config.scaling_factor,
                                      getattr(vae.config, "shift_factor", None))
     gen = torch.Generator().manual_seed(cfg.train.seed + 1_234_567)
     noise = torch.randn(latents.shape, generator=gen).to(device)
@@ -241,9 +291,37 @@ def build_caches(cfg: RunConfig, accelerator: Any, events: EventWriter, method: 
                               generator=gen).to(device)
     out = {"latents": latents, "noise": noise, "timesteps": timesteps}
     if text_cache is not None and data.text_table is not None:
-        captions = [""] + sorted({e.caption for e in data.examples + validation_examples} - {""})
-        row = {c: i for i, c in enumerate(captions)}
-        out["text"] = data.text_table[torch.tensor([row[e.caption] for e in validation_examples], device=device)]
+        out["text"] = torch.stack([data.text_table[row[e.caption]] for e in validation_examples]).to(device)
     else:
         out["input_ids"] = datamod.tokenize(components.tokenizer, [e.caption for e in validation_examples]).to(device)
     return out
+
+
+def resident(table: torch.Tensor | None, device: torch.device, events: EventWriter, what: str) -> torch.Tensor | None:
+    """The cached table on the training device when it takes at most a fifth of the free memory
+    there; otherwise in pinned host memory, each batch copied over without a sync."""
+    if table is None or device.type != "cuda":
+        return None if table is None else table.to(device)
+    free, _ = torch.cuda.mem_get_info(device)
+    size = table.numel() * table.element_size()
+    if size <= free / 5:
+        return table.to(device)
+    events.say(f"cached {what} ({size / 2**30:.1f} GiB) stay in host memory: more than a fifth of the "
+               f"{free / 2**30:.1f} GiB free on {device}")
+    return table.pin_memory()
+
+
+def report_undecodable(events: EventWriter, skipped: list[tuple[datamod.Example, str]], *, remaining: int,
+                       cache_root: Path) -> None:
+    """A `warning` naming each training image whose pixels could not be decoded; an `error` and
+    `TrainingAborted` when no training image is left."""
+    items = [{"path": e.rel, "reason": why} for e, why in skipped]
+    if skipped and remaining:
+        events.warning(f"{len(skipped)} image(s) could not be decoded and are skipped: "
+                       + ", ".join(f"{i['path']} ({i['reason']})" for i in items[:10])
+                       + (" …" if len(items) > 10 else ""), items=items)
+    if not remaining:
+        events.error("no usable training images: "
+                     + ", ".join(f"{i['path']} ({i['reason']})" for i in items[:10])
+                     + (" …" if len(items) > 10 else "") + "; replace or remove them", items=items)
+        raise TrainingAborted()
