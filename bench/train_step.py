@@ -244,7 +244,8 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
     s_per_step = sorted(per_round)[len(per_round) // 2]
     peak_gib = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     img_s = batch / s_per_step
-    out = dict(method=method, variant="naive" if naive else "tuned", batch=batch, resolution=latent * 8,
+    vae_down = 2 ** (len((vae_config or SD15_VAE)["block_out_channels"]) - 1)
+    out = dict(method=method, variant="naive" if naive else "tuned", batch=batch, resolution=latent * vae_down,
                dtype="fp32" if autocast_dtype is None else dtype, channels_last=channels_last,
                optimizer="adamw (per-tensor)" if naive else ("adamw fused" if fused else "adamw foreach"),
                cached=not naive, compile=compile, gradient_checkpointing=checkpointing, attention=processors,
@@ -253,7 +254,7 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
                peak_gib=round(peak_gib, 2) if peak_gib is not None else None,
                first_step_s=round(first_step_s, 2), compile_s=round(compile_s, 2) if compile_s is not None else None)
     if peak:
-        tflop = step_tflop(method, checkpointing, latent * 8)
+        tflop = step_tflop(method, checkpointing, latent * vae_down)
         out["tflop_per_image"] = round(tflop, 3)
         out["mfu"] = round(img_s * tflop / peak, 4)
     del unet, opt, vae, text_encoder

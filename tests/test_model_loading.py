@@ -130,7 +130,8 @@ def test_bad_specs_are_refused_naming_the_spec_and_the_accepted_forms(tmp_path, 
     for fragment in says:
         assert fragment in problems[0]
     assert "accepted:" in problems[0] or spec == "someone/uncached-model"
-    assert "unusable" in describe_base(spec, tmp_path)
+    if setup != "text":  # describe_base names the form; only check_base reads the file
+        assert "unusable" in describe_base(spec, tmp_path)
 
 
 def test_a_bad_spec_is_refused_by_the_loader_too(tmp_path, empty_hf_cache):

@@ -71,16 +71,16 @@ def test_lora_kohya_export_has_a1111_keys_alpha_and_training_metadata(lora_check
         meta = f.metadata()
         alphas = {k: f.get_tensor(k) for k in keys if k.endswith(".alpha")}
         downs = {k: f.get_tensor(k) for k in keys if k.endswith(".lora_down.weight")}
-    assert any(k.startswith("lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.") for k in keys)
+    assert any(k.startswith("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.") for k in keys)
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj.") for k in keys)
     assert all(k.endswith((".lora_down.weight", ".lora_up.weight", ".alpha")) for k in keys)
-    unet_alpha = alphas["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.alpha"]
+    unet_alpha = alphas["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q.alpha"]
     assert float(unet_alpha) == 2.0
     assert float(alphas["lora_te_text_model_encoder_layers_0_self_attn_q_proj.alpha"]) == 1.0  # same scale
     assert meta["ss_network_dim"] == "4" and meta["ss_network_alpha"] == "2" and meta["ss_epoch"] == "1"
     assert meta["ss_steps"] == "2" and meta["ss_resolution"] == "(32, 32)" and meta["ss_sd_model_name"] == "tiny"
     assert meta["ss_network_module"] == "networks.lora" and meta["tunelab_version"]
-    name = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+    name = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
     torch.testing.assert_close(downs[f"lora_unet_{name.replace('.', '_')}.lora_down.weight"],
                                trained[f"unet.{name}.lora_A.default.weight"].float())
     # diffusers reads kohya files too; the loaded LoRA is the trained one.
