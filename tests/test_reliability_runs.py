@@ -284,7 +284,7 @@ class TrainerRun:
         hooks.mkdir()
         (hooks / "hooked_trainer.py").write_text(HOOKED_TRAINER)
         for k in list(os.environ):
-            if k.startswith(("TUNELAB_", "RELIABILITY_")):
+            if k.startswith(("TUNELAB_", "RELIABILITY_")) and k != "TUNELAB_CACHE":  # keep the built tiny model
                 monkeypatch.delenv(k)
         monkeypatch.setenv("PYTHONPATH", str(hooks))
         monkeypatch.setenv("TUNELAB_TRAINER_MODULE", "hooked_trainer")
@@ -327,7 +327,8 @@ def progress_steps(events: list[dict]) -> list[int]:
 
 
 @pytest.mark.slow
-def test_the_real_trainer_survives_stop_a_kill_mid_epoch_and_a_kill_mid_save(tmp_path, monkeypatch):
+def test_the_real_trainer_survives_stop_a_kill_mid_epoch_and_a_kill_mid_save(tmp_path, monkeypatch, tiny_base):
+    # tiny_base: build the model here, not inside the trainer while the event clock runs
     t = TrainerRun(tmp_path, monkeypatch)
     rd = t.run
     try:

@@ -61,13 +61,14 @@ class Components:
     config_dir: Path | None  # the diffusers folder the configs came from (for pipelines / exports)
 
 
-def resolve_model_folder(spec: str, project_dir: str | os.PathLike) -> tuple[BaseSpec, Path]:
-    """The resolved spec and the file or folder to load (building the tiny model if needed)."""
+def resolve_model_folder(spec: str, project_dir: str | os.PathLike, log=None) -> tuple[BaseSpec, Path]:
+    """The resolved spec and the file or folder to load (building the tiny model if needed, with
+    progress lines to `log` so a first run's ~90 s build does not look like a hang)."""
     resolved = resolve_base(spec, project_dir)
     if resolved.kind == "tiny":
         from engine.train.tiny import ensure_tiny
 
-        path = ensure_tiny(seed=resolved.seed)
+        path = ensure_tiny(seed=resolved.seed, log=log)
         return BaseSpec(resolved.spec, "tiny", path, resolved.seed), path
     assert resolved.path is not None
     return resolved, resolved.path
@@ -80,6 +81,7 @@ def load_components(
     dtype: torch.dtype = torch.float32,
     prediction_type: str | None = None,
     config: str | None = None,
+    log=None,
 ) -> Components:
     """Load the base model `spec` (see `engine.basemodel`) with every model in `dtype`.
 
@@ -91,7 +93,7 @@ def load_components(
         raise BaseModelError(
             f"model.prediction_type = {prediction_type!r}: must be auto, epsilon or v_prediction"
         )
-    resolved, path = resolve_model_folder(spec, project_dir)
+    resolved, path = resolve_model_folder(spec, project_dir, log)
     if resolved.kind == "single_file":
         config_dir = resolve_config(config, project_dir) if config else None
         parts = _load_single_file(spec, path, config_dir, dtype)

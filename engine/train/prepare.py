@@ -74,9 +74,10 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     weight_dtype = DTYPES[t.mixed_precision]
     try:
         components = load_components(cfg.model.base, project_dir, dtype=torch.float32,
-                                     prediction_type=cfg.model.prediction_type, config=cfg.model.config or None)
+                                     prediction_type=cfg.model.prediction_type, config=cfg.model.config or None,
+                                     log=lambda msg: events.say(f"building the tiny model: {msg}"))
     except BaseModelError as e:
-        events.error(f"model.base = {cfg.model.base!r}: {e}")
+        events.error(str(e))  # the message names the key and the value
         raise TrainingAborted() from None
     try:
         method = make_method(cfg, components, accelerator, weight_dtype)

@@ -137,15 +137,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _template_plan(args, pf, ds, targets, mode, project_dir: Path):
-    """Kept for callers of the first version; use engine.project.plan_template_captions."""
-    from engine.project import plan_template_captions
-
-    wanted = {t.image for t in targets}
-    return plan_template_captions(ds, [i for i in ds.items if i.path in wanted], args.template, mode,
-                                  getattr(args, "metadata", None))
-
-
 def _auto_plan(args, targets, mode, project_dir: Path):
     from engine import captions as C
 

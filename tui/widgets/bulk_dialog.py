@@ -9,7 +9,6 @@ the CLI. The dialog returns `(plan, journal_path)` when applied, None when cance
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Sequence
 
 from rich.text import Text
@@ -46,11 +45,9 @@ def build_plan(op: str, dataset: Dataset, items: Sequence[Item], text: str = "",
     targets = [C.Target(i.path, i.rel) for i in usable]
     mode = "overwrite" if overwrite else "missing"
     if op == "template":
-        from tui.commands.caption import _template_plan
+        from engine.project import plan_template_captions
 
-        sub = Dataset(project_dir=project_dir, project=dataset.project, items=usable)
-        args = SimpleNamespace(template=text.strip() or None, concept=[], metadata=None)
-        return _template_plan(args, dataset.project, sub, targets, mode, project_dir)
+        return plan_template_captions(dataset, usable, text.strip() or None, mode)
     if op == "fixed":
         if not text.strip():
             raise C.CaptionError("type the caption every image gets")
