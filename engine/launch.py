@@ -21,8 +21,6 @@ killed on request ends `stopped`, not `failed`. A new supervisor removes it.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import os
 import select
@@ -571,21 +569,13 @@ class _exclusive_lock:
         self.run_dir, self.wait, self.fd = run_dir, wait, -1
 
     def __enter__(self) -> bool:
-        self.fd = os.open(self.run_dir.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        deadline = time.monotonic() + self.wait
-        while True:
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.05)
+        fd = self.run_dir.take_lock(self.wait)
+        self.fd = -1 if fd is None else fd
+        return fd is not None
 
     def __exit__(self, *exc: Any) -> None:
-        os.close(self.fd)  # closing releases the flock
+        if self.fd >= 0:
+            os.close(self.fd)  # closing releases the flock
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ PROJECT_FILE = "project.toml"
 IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 IGNORED_TOP = frozenset({"runs", "configs"})  # plus anything hidden (.cache, .git, .DS_Store, ...)
 CACHE_FILE = Path(".cache") / "scan.json"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: EXIF-rotated sizes are reported as shown
 CaptionSource = Literal["sidecar", "fixed", "template", "filename", "empty"]
 GOAL_KINDS = ("accuracy", "flexibility", "preservation")
 
@@ -337,6 +337,7 @@ def _fast_size(head: bytes) -> tuple[int, int, str] | None:
         return (w, h, "PNG") if w and h else None
     if head[:2] == b"\xff\xd8":
         i, n = 2, len(head)
+        turned = False  # EXIF orientation 5-8: the picture shows rotated by 90 degrees
         while i + 4 <= n:
             if head[i] != 0xFF:
                 return None
@@ -352,11 +353,33 @@ def _fast_size(head: bytes) -> tuple[int, int, str] | None:
                 if i + 9 > n:
                     return None
                 h, w = int.from_bytes(head[i + 5:i + 7], "big"), int.from_bytes(head[i + 7:i + 9], "big")
+                if turned:
+                    w, h = h, w
                 return (w, h, "JPEG") if w and h else None
+            if m == 0xE1 and head[i + 4:i + 10] == b"Exif\x00\x00":
+                turned = _exif_orientation(head[i + 10:i + 2 + seg]) in (5, 6, 7, 8)
             if m == 0xDA or seg < 2:  # scan data before a frame header: leave it to PIL
                 return None
             i += 2 + seg
     return None
+
+
+def _exif_orientation(tiff: bytes) -> int:
+    """The Orientation tag (0x0112) of IFD0 in a TIFF-structured EXIF block; 1 (upright) if absent."""
+    order = {b"II": "little", b"MM": "big"}.get(tiff[:2])
+    if order is None or len(tiff) < 8:
+        return 1
+    ifd = int.from_bytes(tiff[4:8], order)  # type: ignore[arg-type]
+    if ifd + 2 > len(tiff):
+        return 1
+    count = int.from_bytes(tiff[ifd:ifd + 2], order)  # type: ignore[arg-type]
+    for k in range(count):
+        entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        if len(entry) < 12:
+            break
+        if int.from_bytes(entry[:2], order) == 0x0112:  # type: ignore[arg-type]
+            return int.from_bytes(entry[8:10], order)  # type: ignore[arg-type]
+    return 1
 
 
 def read_header(path: str | os.PathLike, size: int, pixel_limit: int | None = None) -> tuple[int, int, str]:
@@ -381,6 +404,8 @@ def read_header(path: str | os.PathLike, size: int, pixel_limit: int | None = No
                     with Image.open(f) as im:  # lazy: reads the header, decodes nothing
                         w, h = im.size
                         fmt = im.format or ""
+                        if fmt in ("JPEG", "WEBP", "TIFF") and im.getexif().get(0x0112) in (5, 6, 7, 8):
+                            w, h = h, w  # shown (and trained) rotated
                 except Image.DecompressionBombError as e:
                     return 0, 0, f"decompression bomb ({e})"
                 except UnidentifiedImageError:

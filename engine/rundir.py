@@ -142,6 +142,25 @@ class RunDir:
         self.write_status(status)
         return status
 
+    def take_lock(self, wait: float) -> int | None:
+        """An fd holding the exclusive flock on `lock` (close it to release), or None if another
+        process still holds it after `wait` seconds (a reader's shared probe lasts microseconds,
+        a supervisor the whole run)."""
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return fd
+            except OSError as e:
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    os.close(fd)
+                    raise
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
     def lock_held(self) -> bool:
         """True while some process (the supervisor) holds an exclusive flock on `lock`."""
         try:

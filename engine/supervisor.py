@@ -38,8 +38,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import errno
-import fcntl
 import os
 import signal
 import subprocess
@@ -112,20 +110,12 @@ class Supervisor:
 
     # --- lock -------------------------------------------------------------------------------------
     def take_lock(self) -> bool:
-        """Exclusive flock, retried for a few seconds: a reader's shared probe lasts microseconds,
-        another supervisor lasts the whole run."""
-        self.lock_fd = os.open(self.run.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
-            try:
-                fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-            except OSError as e:
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
+        """The run's exclusive flock, held for the supervisor's life (see RunDir.take_lock)."""
+        fd = self.run.take_lock(LOCK_WAIT_S)
+        if fd is None:
+            return False
+        self.lock_fd = fd
+        return True
 
     # --- status -----------------------------------------------------------------------------------
     def write(self, **changes: Any) -> None:

@@ -85,6 +85,25 @@ def test_sizes_come_from_headers_and_match_what_pil_decodes(tmp_path):
         assert item.usable, item.flags
 
 
+def test_exif_rotated_photos_report_the_size_they_are_shown_and_trained_at(tmp_path):
+    from PIL import ImageOps
+
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        write_image(tmp_path / "d" / f"o{orientation}.jpg", (120, 60), exif=exif.tobytes())
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    write_image(tmp_path / "d" / "w.webp", (120, 60), exif=exif.tobytes())
+    ds = scan_project(tmp_path)
+    assert len(ds.items) == 5
+    for item in ds.items:
+        with Image.open(item.path) as im:
+            shown = ImageOps.exif_transpose(im).size
+        assert (item.width, item.height) == shown, item.rel
+    assert {i.rel.split("/")[-1]: (i.width, i.height) for i in ds.items}["o6.jpg"] == (60, 120)
+
+
 def test_caption_sources_fixed_filename_empty_and_trigger_once(tmp_path):
     write_image(tmp_path / "fixed" / "1.png", caption="ignored sidecar")
     write_image(tmp_path / "names" / "red_fox_in-snow.png")
