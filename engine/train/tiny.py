@@ -410,6 +410,14 @@ def _set_slots_from(conv, groups: int, rows: torch.Tensor, src: list[int], tap=(
     conv.bias.data.copy_(b)
 
 
+def _read_slots_out(conv, groups: int, n_signals: int) -> None:
+    """Output channel k of `conv` (3x3) copies signal k's first slot at the centre tap, nothing else."""
+    w = torch.zeros_like(conv.weight)
+    for sig in range(n_signals):
+        w[sig, _slots(conv.in_channels, groups, sig)[0], 1, 1] = 1.0
+    conv.weight.data.copy_(w)
+
+
 def _analytic_vae(vae) -> None:
     enc, dec = vae.encoder, vae.decoder
     groups = vae.config.norm_num_groups
@@ -442,11 +450,7 @@ def _analytic_vae(vae) -> None:
         conv.weight.data.copy_(w)
         torch.nn.init.zeros_(conv.bias)
     _transparent_norm(enc.conv_norm_out, 4)
-    w = torch.zeros_like(enc.conv_out.weight)
-    c = enc.conv_out.in_channels
-    for sig in range(4):
-        w[sig, _slots(c, groups, sig)[0], 1, 1] = 1.0
-    enc.conv_out.weight.data.copy_(w)
+    _read_slots_out(enc.conv_out, groups, 4)
     enc.conv_out.bias.data.copy_(torch.tensor([-_B] * 4 + [_LOGVAR] * 4))
     for conv in (vae.quant_conv, vae.post_quant_conv):
         conv.weight.data.copy_(torch.eye(conv.weight.shape[0])[:, :, None, None])
@@ -465,11 +469,7 @@ def _analytic_vae(vae) -> None:
             conv.weight.data.copy_(w)
             torch.nn.init.zeros_(conv.bias)
     _transparent_norm(dec.conv_norm_out, 3)
-    w = torch.zeros_like(dec.conv_out.weight)
-    c = dec.conv_out.in_channels
-    for sig in range(3):
-        w[sig, _slots(c, groups, sig)[0], 1, 1] = 1.0
-    dec.conv_out.weight.data.copy_(w)
+    _read_slots_out(dec.conv_out, groups, 3)
     dec.conv_out.bias.data.fill_(-_B)
 
 
