@@ -366,6 +366,13 @@ class LogView(ScrollView, can_focus=True):
             self.scroll_to(y=self.scroll_y + added_above, animate=False, force=True)
         self._update_subtitle()
         self.refresh()
+        # Textual moves the scrollbar thumb only if the bar is already shown; a file that just grew past
+        # one screen gets its bar at the next layout, with the thumb at the top. Put it where we are.
+        self.call_after_refresh(self._sync_scrollbar)
+
+    def _sync_scrollbar(self) -> None:
+        if self.show_vertical_scrollbar and self.vertical_scrollbar.position != self.scroll_y:
+            self.vertical_scrollbar.position = self.scroll_y
 
     def _update_virtual_size(self) -> None:
         self.virtual_size = Size(max(self._max_width, 1), self.index.line_count)
