@@ -357,6 +357,7 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     path = resolve_config_path(project_dir, config_path)
     cfg = load_run_config(_display_path(path), list(overrides))
     source = path.read_text(encoding="utf-8")
+    check_base_model(cfg, project_dir, _display_path(path), source, overrides)
     frozen = dump_config(cfg)
 
     runs = project_dir / "runs"
@@ -385,6 +386,25 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
         raise
     atomic.fsync_dir(runs)
     return RunDir(final)
+
+
+def check_base_model(cfg: Any, project_dir: Path, path: Path, source: str, overrides: Iterable[str]) -> None:
+    """Refuse a `model.base` (or `model.config`) that names nothing loadable before anything is created
+    or launched: a ConfigError naming the config file, the key's line (or --set) and the accepted forms."""
+    from engine.basemodel import check_base
+    from engine.schema import ConfigError, Problem, key_lines
+
+    found = check_base(cfg.model.base, project_dir, cfg.model.config or None)
+    if not found:
+        return
+    lines = key_lines(source)
+    overridden = {o.split("=", 1)[0].strip() for o in overrides}
+    problems = []
+    for message in found:
+        key = "model.config" if message.startswith("model.config") else "model.base"
+        line = 0 if key in overridden else lines.get(key, lines.get("model"))
+        problems.append(Problem(str(path), line, "", message))
+    raise ConfigError(problems)
 
 
 def _display_path(path: Path) -> Path:

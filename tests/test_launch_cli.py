@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -25,18 +26,28 @@ def cli(tmp_path):
     created: list[RunDir] = []
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("TUNELAB_", "ACCELERATE_"))}
 
-    def tunelab(*args: str, timeout: float = 30, accelerate: bool = False,
-                **fake: object) -> subprocess.CompletedProcess:
-        """`tunelab ARGS`; keyword arguments set TUNELAB_FAKE_<NAME>; accelerate=True launches for real."""
+    def environment(accelerate: bool, fake: dict[str, object]) -> dict[str, str]:
         env = {**base_env, **FAST_ENV, **{f"TUNELAB_FAKE_{k.upper()}": str(v) for k, v in fake.items()}}
         if accelerate:
             del env["TUNELAB_NO_ACCELERATE"]
-        proc = subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=tmp_path, env=env,
-                              capture_output=True, text=True, timeout=timeout)
+        return env
+
+    def tunelab(*args: str, timeout: float = 30, accelerate: bool = False,
+                **fake: object) -> subprocess.CompletedProcess:
+        """`tunelab ARGS`; keyword arguments set TUNELAB_FAKE_<NAME>; accelerate=True launches for real."""
+        proc = subprocess.run([sys.executable, "-m", "tui.cli", *args], cwd=tmp_path,
+                              env=environment(accelerate, fake), capture_output=True, text=True, timeout=timeout)
         if args[0] == "run" and proc.stdout.strip():
             created.append(RunDir(tmp_path / proc.stdout.splitlines()[0].strip()))
         return proc
 
+    def spawn(*args: str, **fake: object) -> subprocess.Popen:
+        """`tunelab ARGS` in the background (stdout/stderr piped, text)."""
+        return subprocess.Popen([sys.executable, "-m", "tui.cli", *args], cwd=tmp_path,
+                                env=environment(False, fake), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+
+    tunelab.spawn = spawn
     tunelab.created = created
     tunelab.root = tmp_path
     tunelab.config = lambda text: (tmp_path / "projects" / "p" / "configs" / "x.toml").write_text(text)
@@ -79,6 +90,49 @@ def test_run_with_an_invalid_config_exits_2_names_the_key_and_creates_nothing(cl
     assert cli("run", "nosuchproject", "x").returncode == 2
     runs = cli.root / "projects" / "p" / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_run_refuses_a_base_model_that_is_missing_or_not_a_model_before_launching(cli):
+    (cli.root / "notamodel").mkdir()
+    (cli.root / "notes.txt").write_text("hello")
+    for base, why in ((cli.root / "missing", "does not exist"),
+                      (cli.root / "notamodel", "is a folder without model_index.json"),
+                      (cli.root / "notes.txt", "is not a model file")):
+        proc = cli("run", "p", "x", "--set", f"model.base={base}")
+        assert proc.returncode == 2, proc.stderr
+        assert f"projects/p/configs/x.toml (--set): model.base = '{base}': {base} {why}" in proc.stderr
+        assert "accepted: a diffusers folder (has model_index.json), a single-file .safetensors" in proc.stderr
+    cli.config('# a base that is not here\n[model]\nbase = "models/sd15"\n')
+    proc = cli("run", "p", "x")
+    assert proc.returncode == 2
+    assert "projects/p/configs/x.toml:3: model.base = 'models/sd15':" in proc.stderr
+    assert ": projects/p/models/sd15 does not exist" in proc.stderr  # relative paths are the project's
+    runs = cli.root / "projects" / "p" / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
+    assert not cli.created
+
+
+def test_run_wait_exits_3_when_the_run_is_stopped_and_130_on_ctrl_c_while_the_run_goes_on(cli):
+    cli.config("[train]\nepochs = 50\n")
+    waiting = cli.spawn("run", "p", "x", "--wait", step_s=0.05)
+    rd = RunDir(cli.root / waiting.stdout.readline().strip())
+    cli.created.append(rd)
+    wait_for(rd.latest_complete_checkpoint, what="a checkpoint")
+    assert cli("stop", rd.run_id).returncode == 0
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 3, err
+    assert "stopped at step" in out and "run stopped after" in err
+
+    waiting = cli.spawn("run", "p", "x", "--wait", step_s=0.05)
+    rd = RunDir(cli.root / waiting.stdout.readline().strip())
+    cli.created.append(rd)
+    wait_state(rd, "running")
+    waiting.send_signal(signal.SIGINT)
+    out, err = waiting.communicate(timeout=30)
+    assert waiting.returncode == 130
+    assert f"still running in the background; stop it with `tunelab stop projects/p/runs/{rd.run_id}`" in err
+    assert rd.state() == "running"  # Ctrl-C stopped the waiting, not the run
+    assert cli("stop", rd.run_id).returncode == 0
 
 
 def test_status_json_reports_progress_elapsed_time_and_cost(cli):
