@@ -193,6 +193,56 @@ def _safetensors_problem(path: Path) -> str | None:
     return None
 
 
+def tokenizer_folder(spec: str, project_dir: str | os.PathLike, config: str | None = None) -> tuple[Path | None, str]:
+    """The base's `tokenizer/` folder for exact caption token counts, or None and why there is none.
+
+    Light, and never builds anything: a `tiny` base that is not built yet, or a single-file base with
+    no `model.config`, has no tokenizer on disk to read (the second string says so).
+    """
+    try:
+        resolved = resolve_base(spec, project_dir)
+    except BaseModelError:
+        return None, "model.base does not resolve"
+    folder: Path | None = None
+    if resolved.kind == "tiny":
+        built = _tiny_build(resolved.seed)
+        if built is None:
+            return None, "the tiny model is not built yet (the first run builds it)"
+        folder = built
+    elif resolved.kind == "single_file":
+        if not config:
+            return None, "a single-file base carries no tokenizer; set model.config to count exactly"
+        try:
+            folder = resolve_config(config, project_dir)
+        except BaseModelError:
+            return None, "model.config does not resolve"
+    else:
+        folder = resolved.path
+    assert folder is not None
+    tok = folder / "tokenizer"
+    if not tok.is_dir():
+        return None, f"{folder} has no tokenizer/ folder"
+    return tok, f"the tokenizer of {spec}"
+
+
+def _tiny_build(seed: int) -> Path | None:
+    """The newest built tiny model for `seed` in the tunelab cache (engine.train.tiny.ensure_tiny's
+    layout: <cache>/tiny-sd-v<VERSION>/seed-<SEED>), found without importing torch."""
+    env = os.environ.get("TUNELAB_CACHE")
+    root = Path(env).expanduser() if env else Path("~/.cache/tunelab").expanduser()
+    best: tuple[int, Path] | None = None
+    try:
+        entries = list(root.iterdir())
+    except OSError:
+        return None
+    for d in entries:
+        m = re.fullmatch(r"tiny-sd-v(\d+)", d.name)
+        target = d / f"seed-{seed}"
+        if m and (target / "model_index.json").is_file() and (best is None or int(m.group(1)) > best[0]):
+            best = (int(m.group(1)), target)
+    return best[1] if best else None
+
+
 def describe_base(spec: str, project_dir: str | os.PathLike) -> str:
     """One line: which form `spec` is and what it resolved to (or why it does not resolve)."""
     try:

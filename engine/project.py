@@ -633,6 +633,22 @@ def _caption_item(item: Item, spath: str, concept: Concept, meta: Metadata | Non
             item.flags.append(f"{FLAG_TOO_LONG} (~{n} tokens, CLIP reads {max_tokens - 2})")
 
 
+def count_tokens_exactly(ds: Dataset, counter, max_tokens: int = 77) -> int:
+    """Replace the scan's estimated "caption too long" flags with exact counts from `counter`
+    (an `engine.tokencount.TokenCounter`: captions → content-token counts). Returns how many
+    captions are over the limit. Everything past `max_tokens - 2` content tokens is cut off."""
+    limit = max_tokens - 2
+    captioned = [i for i in ds.items if i.caption]
+    counts = counter([i.caption for i in captioned]) if captioned else []
+    over = 0
+    for item, n in zip(captioned, counts):
+        item.flags = [f for f in item.flags if not f.startswith(FLAG_TOO_LONG)]
+        if n > limit:
+            item.flags.append(f"{FLAG_TOO_LONG} ({n} tokens, the text encoder reads {limit}; the rest is cut off)")
+            over += 1
+    return over
+
+
 def plan_template_captions(ds: Dataset, items: list[Item], template: str | None = None, mode: str = "missing",
                            metadata: str | os.PathLike | None = None):
     """A caption plan filling `template` from each item's metadata row (`engine.captions.plan_template`).

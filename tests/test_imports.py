@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ["torch", "diffusers", "transformers", "accelerate", "peft"]
 LIGHT_ENGINE = ["engine.schema", "engine.atomic", "engine.config", "engine.rundir", "engine.project",
                 "engine.captions", "engine.metadata", "engine.launch", "engine.supervisor", "engine.basemodel",
-                "engine.contact_sheet", "engine.runinfo", "engine.demo"]
+                "engine.contact_sheet", "engine.runinfo", "engine.demo", "engine.tokencount"]
 TUI = ["tui", "tui.cli", "tui.app"]
 
 # Imports the modules one after another in one interpreter and records, for each, which of the watched
@@ -67,4 +67,14 @@ def test_cli_commands_that_need_no_model_do_not_load_torch(tmp_path, argv):
 
     write_image(tmp_path / "p" / "a" / "1.png", caption="x")
     loaded = loaded_by_cli([a.replace("{project}", str(tmp_path / "p")) for a in argv])
+    assert not loaded & set(HEAVY)
+
+
+def test_check_with_a_config_counts_tokens_exactly_without_loading_torch(tmp_path, tiny_base):
+    from tests.projectkit import write_image
+
+    write_image(tmp_path / "p" / "a" / "1.png", caption="x")
+    (tmp_path / "c.toml").write_text(f'[model]\nbase = "{tiny_base}"\n')
+    loaded = loaded_by_cli(["check", str(tmp_path / "p"), str(tmp_path / "c.toml")])
+    assert "tokenizers" in loaded  # the exact count ran
     assert not loaded & set(HEAVY)

@@ -71,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     ds = scan_project(project_dir, resolution=resolution, use_cache=not args.no_cache, project=pf,
                       concepts=(cfg.data.concepts if cfg else None) or None)
 
+    tokens_note = _count_tokens(ds, cfg, project_dir) if cfg is not None else (
+        "estimated without a tokenizer (give a CONFIG to count with its model's tokenizer)")
+
     if cfg is not None and cfg.data.concepts:
         found = {c.name for c in ds.concepts} | {c.folder for c in ds.concepts}
         unknown = [c for c in cfg.data.concepts if c not in found and c.strip("/") not in found]
@@ -101,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"goals: {', '.join(f'{len(v)} {k}' for k, v in goals.items())}"
           + ("  (none yet: add prompts to [goals] in project.toml; they are the default sample prompts)" if not n_goals else ""),
           file=out)
+
+    print(f"caption tokens: {tokens_note}", file=out)
 
     if cfg is not None:
         print(f"\nresolved config ({cpath}):", file=out)
@@ -146,6 +151,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nok: {usable} usable image(s)" + (f", {len(ds.problems) + len(unreadable)} problem(s) skipped"
                                               if ds.problems or unreadable else ""), file=out)
     return 0
+
+
+def _count_tokens(ds, cfg, project_dir: Path) -> str:
+    """Exact token counts with the base model's tokenizer where it is on disk; says which way it counted."""
+    from engine.basemodel import tokenizer_folder
+    from engine.project import count_tokens_exactly
+    from engine.tokencount import CLIP_CONTENT_TOKENS, TokenizerError, load_counter
+
+    folder, why = tokenizer_folder(cfg.model.base, project_dir, cfg.model.config or None)
+    if folder is None:
+        return f"estimated ({why})"
+    try:
+        counter = load_counter(folder)
+    except TokenizerError as e:
+        return f"estimated (cannot read the tokenizer: {e})"
+    over = count_tokens_exactly(ds, counter)
+    return (f"counted with {why} ({folder}); {over} caption(s) over {CLIP_CONTENT_TOKENS}"
+            + (" are cut off in training" if over else ""))
 
 
 def _base_problems(cfg, project_dir: Path) -> list[str]:
