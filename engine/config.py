@@ -36,8 +36,8 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    resolution: int = opt(512, help="Training size in pixels (square); images are resized so the short side "
-                          "matches, then cropped.", min=8, max=4096)
+    resolution: int = opt(512, help="Training size in pixels (square, a multiple of 8); images are resized so "
+                          "the short side matches, then cropped.", min=8, max=4096)
     crop: Literal["center", "random"] = opt("center", help="How the long side is cropped to the resolution.")
     flip: bool = opt(False, help="Random horizontal flip. Latent caching then stores both variants.")
     caption_dropout: float = opt(0.0, help="Probability of training a step with an empty caption.", min=0, max=1)
@@ -162,8 +162,8 @@ class SampleConfig:
     steps: int = opt(20, help="Denoising steps (DPM++ needs ~20 for what DDIM needs 50 for).", min=1, max=1000)
     guidance: float = opt(7.5, help="Classifier-free guidance scale.", min=0, max=50)
     negative_prompt: str = opt("", help="Negative prompt.")
-    width: int = opt(0, help="Sample width (0: data.resolution).", min=0, max=4096)
-    height: int = opt(0, help="Sample height (0: data.resolution).", min=0, max=4096)
+    width: int = opt(0, help="Sample width, a multiple of 8 (0: data.resolution).", min=0, max=4096)
+    height: int = opt(0, help="Sample height, a multiple of 8 (0: data.resolution).", min=0, max=4096)
     scheduler: Literal["dpm++", "ddim", "euler", "euler_a"] = opt("dpm++", help="Sampling scheduler.")
     at_start: bool = opt(True, help="Sample before training (epoch 0), the contact sheet's first column.")
     batch_size: int = opt(8, help="Images rendered at once.", min=1, max=256)
@@ -219,11 +219,21 @@ class RunConfig:
             elif tok != tok.lower():
                 out.append(("textual_inversion.placeholder_token", f"= {tok!r}: must be lower case, e.g. "
                             f"{tok.lower()!r} (CLIP lowercases prompts; diffusers then misses a multi-vector token)"))
+        if self.method == "pivotal" and self.pivotal.ti_fraction >= 1:
+            out.append(("pivotal.ti_fraction", f"= {self.pivotal.ti_fraction}: must be below 1, or the LoRA never "
+                        "trains (for the embedding alone use method = \"textual_inversion\")"))
         if self.launch.num_machines > 1 and not self.launch.main_process_ip:
             out.append(("launch.main_process_ip", "is required when launch.num_machines > 1"))
         if self.launch.machine_rank >= self.launch.num_machines:
             out.append(("launch.machine_rank", f"= {self.launch.machine_rank}: must be < launch.num_machines "
                         f"({self.launch.num_machines})"))
+        if self.data.resolution % 8:
+            out.append(("data.resolution", f"= {self.data.resolution}: must be a multiple of 8 (the VAE works in "
+                        f"8-pixel blocks), e.g. {self.data.resolution // 8 * 8 or 8}"))
+        for side in ("width", "height"):
+            v = getattr(self.sample, side)
+            if v % 8:
+                out.append((f"sample.{side}", f"= {v}: must be a multiple of 8 (or 0: data.resolution), e.g. {v // 8 * 8 or 8}"))
         bad = [e for e in self.save.epochs if e < 1 or e > self.train.epochs]
         if bad:
             out.append(("save.epochs", f"= {bad}: each must be between 1 and train.epochs ({self.train.epochs})"))

@@ -22,12 +22,15 @@ from typing import Any, Literal, get_args, get_origin
 @dataclass(frozen=True)
 class Problem:
     file: str
-    line: int | None
+    line: int | None  # 1-based; 0: the key came from a --set override
     key: str
     message: str
+    col: int | None = None  # 1-based, for TOML syntax errors
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else (f"{self.file} (--set)" if self.line == 0 else self.file)
+        if self.line and self.col:
+            where += f":{self.col}"
         if not self.key:
             return f"{where}: {self.message}"
         sep = " " if self.message.startswith("= ") else ": "
@@ -68,13 +71,12 @@ def _split_key(text: str) -> list[str]:
     return [p for p in parts if p]
 
 
-def key_lines(text: str) -> dict[str, int]:
-    """Map dotted keys (and table headers) to their 1-based line numbers.
+def _key_positions(text: str):
+    """(dotted key, 1-based line) for every table header and key, in file order.
 
     Array-of-tables entries are indexed: the second `[[sample.prompts]]` is `sample.prompts.1`.
-    Good enough for pointing at a key; tomllib has already checked the syntax.
+    Good enough for pointing at a key; tomllib checks the syntax.
     """
-    lines: dict[str, int] = {}
     table: list[str] = []
     aot_count: dict[str, int] = {}
     in_multiline = False
@@ -93,15 +95,21 @@ def key_lines(text: str) -> dict[str, int]:
                 table = name + [str(idx)]
             else:
                 table = name
-            lines.setdefault(".".join(table), n)
+            yield ".".join(table), n
             continue
         m = _KEY.match(line)
         if m:
-            key = ".".join(table + _split_key(m.group(1)))
-            lines.setdefault(key, n)
+            yield ".".join(table + _split_key(m.group(1))), n
             rest = line[m.end():]
             if rest.count('"""') % 2 == 1 or rest.count("'''") % 2 == 1:
                 in_multiline = True
+
+
+def key_lines(text: str) -> dict[str, int]:
+    """Map dotted keys (and table headers) to the 1-based line where each first appears."""
+    lines: dict[str, int] = {}
+    for key, n in _key_positions(text):
+        lines.setdefault(key, n)
     return lines
 
 
@@ -126,14 +134,68 @@ def parse_toml(text: str, file: str) -> tuple[dict[str, Any], dict[str, int]]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        msg = str(e)
-        m = re.search(r"\(at line (\d+), column (\d+)\)", msg)
-        if m:
-            line, col = int(m.group(1)), int(m.group(2))
-            msg = msg[: m.start()].strip()
-            raise ConfigError([Problem(f"{file}:{line}:{col}", None, "", f"invalid TOML: {msg}")]) from None
-        raise ConfigError([Problem(file, None, "", f"invalid TOML: {msg}")]) from None
+        raise ConfigError([syntax_problem(text, file, e)]) from None
     return data, key_lines(text)
+
+
+def syntax_problem(text: str, file: str, e: tomllib.TOMLDecodeError) -> Problem:
+    """A TOML syntax error as file:line:col, the parser's words, and a hint where the mistake is a common one.
+
+    tomllib says "at end of document" for a duplicate last key or a bracket/string never closed; the
+    line is then found by parsing ever longer prefixes (the file is small, and this runs only on error).
+    """
+    msg = str(e)
+    m = re.search(r"\s*\(at line (\d+), column (\d+)\)", msg)
+    lines = text.splitlines()
+    if m:
+        line, col = int(m.group(1)), int(m.group(2))
+        msg = msg[: m.start()] + msg[m.end():]
+    else:
+        msg = re.sub(r"\s*\(at end of document\)", "", msg)
+        line, col = _first_bad_line(lines), None
+    source = lines[line - 1] if 0 < line <= len(lines) else ""
+    hint = _syntax_hint(msg, source, lines[: line - 1])
+    if msg.startswith(("Unclosed", "Unterminated")):
+        opened = _first_bad_line(lines)
+        what = "string" if msg.startswith("Unterminated") else msg.split(" ", 1)[1].strip()  # array, inline table
+        hint = f"the {what} opened on line {opened} is never closed" if opened and opened != line else \
+            f"the {what} opened here is never closed"
+    return Problem(file, line or None, "", f"invalid TOML: {msg.strip()}" + (f" ({hint})" if hint else ""), col)
+
+
+def _first_bad_line(lines: list[str]) -> int:
+    good = 0
+    for k in range(1, len(lines) + 1):
+        try:
+            tomllib.loads("\n".join(lines[:k]))
+            good = k
+        except tomllib.TOMLDecodeError:
+            pass
+    return min(good + 1, len(lines)) if lines else 0
+
+
+_BARE_VALUE = re.compile(r"^\s*([A-Za-z0-9_\-\"'.]+)\s*=\s*([A-Za-z_][\w\-./+]*)\s*(#.*)?$")
+
+
+def _syntax_hint(msg: str, source: str, before: list[str]) -> str:
+    if msg.startswith("Invalid value"):
+        if re.search(r"=\s*(True|False|TRUE|FALSE)\s*(#.*)?$", source):
+            return "true and false are lower case in TOML"
+        m = _BARE_VALUE.match(source)
+        if m:
+            return f'text needs quotes: {m.group(1)} = "{m.group(2)}"'
+
+    if msg.startswith("Illegal character '\\n'") and (source.count('"') % 2 or source.count("'") % 2):
+        return "a string on this line has no closing quote"
+    if msg.startswith(("Cannot overwrite a value", "Cannot declare")):
+        positions = list(_key_positions("\n".join(before + [source])))
+        if positions:
+            key, _ = positions[-1]
+            earlier = [n for k, n in positions[:-1] if k == key]
+            if earlier:
+                return f"{key} is already on line {earlier[0]}"
+        return "a key or table is set twice"
+    return ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +235,9 @@ class _Builder:
                 self.problem(dotted, f"unknown key{hint}")
                 continue
             ok, converted = self.convert(hints[key], value, dotted, f.metadata)
-            if ok:
+            if ok or (dataclasses.is_dataclass(hints[key]) and converted is not None):
+                # A section with problems still carries its good values, so cross-field checks
+                # (`check()`) see what the user wrote and every problem is reported in one pass.
                 kwargs[key] = converted
         for name, f in fields.items():
             if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
@@ -193,8 +257,12 @@ class _Builder:
         origin = get_origin(tp)
         shown = _show(value)
         if dataclasses.is_dataclass(tp):
-            if isinstance(value, str) and hasattr(tp, "from_string"):
-                return True, tp.from_string(value)
+            if hasattr(tp, "from_string"):
+                if isinstance(value, str):
+                    return True, tp.from_string(value)
+                if not isinstance(value, dict):
+                    self.problem(key, f"= {shown}: must be a string or a table, got {_describe(value)}")
+                    return False, None
             before = len(self.problems)
             obj = self.build(tp, value, key)
             return len(self.problems) == before, obj
@@ -279,11 +347,13 @@ class _Builder:
         if gt is not None and not value > gt:
             self.problem(key, f"= {_show(value)}: must be > {gt:g}")
             return False, None
-        if lo is not None and value < lo:
-            self.problem(key, f"= {_show(value)}: must be >= {lo:g}" + (f" and <= {hi:g}" if hi is not None else ""))
-            return False, None
-        if hi is not None and value > hi:
-            self.problem(key, f"= {_show(value)}: must be <= {hi:g}" + (f" and >= {lo:g}" if lo is not None else ""))
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            if lo is not None and hi is not None:
+                self.problem(key, f"= {_show(value)}: must be between {lo:g} and {hi:g}")
+            elif lo is not None:
+                self.problem(key, f"= {_show(value)}: must be >= {lo:g}")
+            else:
+                self.problem(key, f"= {_show(value)}: must be <= {hi:g}" + (f" and > {gt:g}" if gt is not None else ""))
             return False, None
         return True, value
 
@@ -292,8 +362,8 @@ def from_dict(cls: type, data: dict[str, Any], *, file: str, lines: dict[str, in
     """Build `cls` from parsed TOML, raising ConfigError with every problem found."""
     b = _Builder(file, lines or {})
     obj = b.build(cls, data, "")
-    if b.problems:
-        raise ConfigError(b.problems)
+    if b.problems:  # in file order: --set overrides (line 0) first, problems with no line last
+        raise ConfigError(sorted(b.problems, key=lambda p: (p.line is None, p.line or 0)))
     return obj
 
 

@@ -48,3 +48,11 @@ def test_doctor_json_has_versions_accelerate_config_and_disk(tmp_path):
     assert data["accelerate_config"] == str(tmp_path / "hf" / "accelerate" / "default_config.yaml")
     assert data["disk_path"] == str(tmp_path) and data["disk_free_bytes"] > 0
     assert data["gpu"] == ["none"]
+
+
+def test_colours_through_a_pipe_say_what_the_terminal_would_get():
+    r = doctor("--json", TERM="xterm-256color", COLORTERM="truecolor")
+    data = json.loads(r.stdout)
+    assert data["colours"] == "truecolor" and "not a terminal" in data["colours_how"]
+    r = doctor(TERM="xterm-256color", COLORTERM="")
+    assert "colours       256  (from TERM/COLORTERM" in r.stdout

@@ -77,7 +77,7 @@ caption = "fixed"
     text = "\n".join(msgs)
     assert ":2: nmae: unknown key; did you mean 'name'?" in text
     assert ":4: goals.acuracy: unknown key; did you mean 'accuracy'?" in text
-    assert ":7: concepts.0.repeats = 0: must be >= 1" in text
+    assert ":7: concepts.0.repeats = 0: must be between 1 and 10000" in text
     assert ":10: concepts.1.caption = 'sidecars': must be one of 'sidecar', 'fixed'" in text
     assert "(did you mean 'sidecar'?)" in text
     assert "concepts.2.text: is required when caption = \"fixed\"" in text

@@ -144,7 +144,7 @@ def test_a_non_table_where_a_table_with_required_keys_belongs_is_a_problem_not_a
     """Found by the fuzzer: `sample.prompts = [5]` and `concepts = [1]` raised TypeError."""
     path = tmp_path / "x.toml"
     path.write_text("[sample]\nprompts = [5]\n")
-    with pytest.raises(ConfigError, match=r"x.toml:2: sample.prompts.0: must be a table"):
+    with pytest.raises(ConfigError, match=r"x.toml:2: sample.prompts.0 = 5: must be a string or a table, got a whole number"):
         load_run_config(path)
     (tmp_path / "project.toml").write_text("concepts = [1]\n")
     with pytest.raises(ConfigError, match=r"project.toml:1: concepts.0: must be a table"):

@@ -58,10 +58,17 @@ def detect_image_mode(timeout: float = PROBE_TIMEOUT_S) -> tuple[str, str]:
     return result["mode"], "asked the terminal (textual-image)"
 
 
-def colour_system() -> str:
+def colour_system() -> tuple[str, str]:
+    """(Rich's colour system, how it was decided). When the output is not a terminal (a pipe, a file),
+    the system a terminal with this TERM/COLORTERM would get."""
     from rich.console import Console
 
-    return Console(file=sys.__stdout__ or sys.stdout).color_system or "none"
+    out = sys.__stdout__ or sys.stdout
+    found = Console(file=out).color_system
+    if found or (out and out.isatty()):
+        return found or "none", "this terminal"
+    return Console(file=out, force_terminal=True).color_system or "none", \
+        "from TERM/COLORTERM; this output is not a terminal"
 
 
 def gpu_report() -> list[str]:
@@ -107,10 +114,12 @@ def report(projects_dir: str = "projects") -> dict:
     mode, how = detect_image_mode()
     acc_cfg = accelerate_config_path()
     where, free = free_disk(Path(projects_dir))
+    colours, colours_how = colour_system()
     return {
         "images": mode,
         "images_how": how,
-        "colours": colour_system(),
+        "colours": colours,
+        "colours_how": colours_how,
         "TERM": os.environ.get("TERM", ""),
         "COLORTERM": os.environ.get("COLORTERM", ""),
         "tmux": bool(os.environ.get("TMUX")),
@@ -132,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if r["images"] == "invalid" else 0
     lines = [
         ("images", f"{r['images']}  ({r['images_how']})"),
-        ("colours", r["colours"]),
+        ("colours", f"{r['colours']}  ({r['colours_how']})"),
         ("terminal", f"TERM={r['TERM'] or '(unset)'} COLORTERM={r['COLORTERM'] or '(unset)'}"
                      + ("  inside tmux (images need `set -g allow-passthrough on`)" if r["tmux"] else "")),
         ("gpu", "; ".join(r["gpu"])),
