@@ -82,3 +82,38 @@ def test_from_another_project_takes_its_images_but_not_its_runs(tmp_path, capsys
     assert rc == 0 and "copied 1 image(s)" in out
     assert (tmp_path / "proj" / "images" / "images" / "a.png").is_file()
     assert not (tmp_path / "proj" / "images" / "runs").exists()
+
+
+def test_from_a_kohya_dataset_makes_one_concept_per_folder_with_its_repeats(tmp_path, capsys):
+    src = tmp_path / "train"
+    write_image(src / "10_sks dog" / "a.png", caption="sks dog on grass")
+    write_image(src / "10_sks dog" / "b.png")
+    (src / "10_sks dog" / "b.caption").write_text("sks dog, kohya caption file")
+    write_image(src / "10_sks dog" / "c.png", caption="the txt wins")
+    (src / "10_sks dog" / "c.caption").write_text("ignored")
+    write_image(src / "1_dog" / "d.png", caption="a dog")
+    write_image(src / "extra" / "e.png", caption="no prefix")
+    write_image(src / "loose.png")
+    rc, out, err = new(capsys, tmp_path / "proj", "--from", src)
+    assert rc == 0, err
+    assert "kohya-style folders became concepts with their repeats: sks dog x10, dog x1, extra x1" in out
+    assert "1 image(s) directly in" in out
+    p = tmp_path / "proj"
+    pf = load_project_file(p)
+    assert [(c.folder, c.repeats, c.name) for c in pf.concepts] == [
+        ("images/10_sks dog", 10, "sks dog"), ("images/1_dog", 1, "dog"), ("images/extra", 1, "extra")]
+    assert (p / "images" / "10_sks dog" / "b.txt").read_text() == "sks dog, kohya caption file"
+    assert (p / "images" / "10_sks dog" / "c.txt").read_text() == "the txt wins"
+    assert not list(p.rglob("*.caption"))
+    ds = scan_project(p)
+    assert ds.concept("sks dog").effective == 30 and ds.effective_count == 32
+    assert "# The subject as trained" in (p / "project.toml").read_text()  # the commented template stays
+
+
+def test_from_a_plain_folder_of_numbered_files_is_not_mistaken_for_kohya(tmp_path, capsys):
+    src = tmp_path / "photos"
+    write_image(src / "2024_01.png", caption="x")
+    write_image(src / "trip" / "3_beach.png", caption="y")
+    rc, out, _ = new(capsys, tmp_path / "proj", "--from", src)
+    assert rc == 0 and "kohya" not in out
+    assert load_project_file(tmp_path / "proj").concepts == []

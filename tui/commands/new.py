@@ -4,16 +4,23 @@ NAME is a project name (created under ./projects) or a path (anything with a `/`
 and a folder that exists and is not empty. With `--from DIR`, DIR's images, their sidecar captions and
 a metadata.csv/jsonl are copied (or, with `--link`, symlinked) into the project's `images/` folder,
 keeping DIR's subfolders; `images` is then the project's one concept (list more in project.toml).
+
+A kohya_ss dataset (`DIR/10_sks dog/…`: N repeats, then the concept's name) becomes one concept per
+top-level folder, with the repeats from its name, written into project.toml. kohya's `.caption`
+sidecars are copied as `.txt` (tunelab's, and kohya's current default) unless a `.txt` is beside them.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from pathlib import Path, PurePath
 
 HELP = "create a project"
+KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")  # kohya_ss: "<repeats>_<name>"
+KOHYA_CAPTION = ".caption"
 
 PROJECT_TEMPLATE = '''# A tunelab project. Reference: docs/project.md. `tunelab check {name}` validates it.
 name = {name_toml}
@@ -83,13 +90,38 @@ def _sources(src: Path) -> list[Path]:
             if fn.startswith("."):
                 continue
             ext = os.path.splitext(fn)[1].lower()
-            if ext in IMAGE_EXTS or ext == CAPTION_EXT or fn in METADATA_NAMES:
+            if ext == KOHYA_CAPTION and os.path.splitext(fn)[0] + CAPTION_EXT in filenames:
+                continue  # the .txt beside it wins
+            if ext in IMAGE_EXTS or ext in (CAPTION_EXT, KOHYA_CAPTION) or fn in METADATA_NAMES:
                 out.append(Path(dirpath) / fn)
     return out
 
 
+def kohya_concepts(src: Path) -> tuple[list[dict], list[str]]:
+    """Concepts for DIR's top-level folders when any is named kohya-style (`10_sks dog`), and the images
+    lying directly in DIR, which then belong to no concept. ([], []) when DIR is not laid out so."""
+    from engine.project import IMAGE_EXTS, _walk
+
+    try:
+        entries = sorted((e for e in os.scandir(src) if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError:
+        return [], []
+    dirs = [e for e in entries if e.is_dir() and _walk(e.path, str(src), first_only=True)[0]]
+    if not any(KOHYA_FOLDER.match(e.name) for e in dirs):
+        return [], []
+    concepts = []
+    for e in dirs:
+        m = KOHYA_FOLDER.match(e.name)
+        concepts.append({"folder": f"images/{e.name}", "repeats": max(1, int(m.group(1))) if m else 1,
+                         "name": m.group(2).strip() if m else e.name})
+    loose = [e.name for e in entries if e.is_file() and os.path.splitext(e.name)[1].lower() in IMAGE_EXTS]
+    return concepts, loose
+
+
 def create_project(path: Path, source: Path | None = None, link: bool = False) -> tuple[int, int]:
-    """Create the project; returns (images, other files) brought in from `source`."""
+    """Create the project; returns (images, other files) brought in from `source`.
+
+    `source` laid out kohya-style gets its concepts (folder, repeats, name) written into project.toml."""
     import tomli_w
 
     from engine import atomic
@@ -104,12 +136,19 @@ def create_project(path: Path, source: Path | None = None, link: bool = False) -
     images_dir = path / "images"
     images_dir.mkdir(exist_ok=True)
     name = path.resolve().name
-    atomic.write_text(path / "project.toml", PROJECT_TEMPLATE.format(
-        name=name if path.parent == Path("projects") else str(path), name_toml=tomli_w.dumps({"n": name})[4:].strip()))
+    project_text = PROJECT_TEMPLATE.format(
+        name=name if path.parent == Path("projects") else str(path), name_toml=tomli_w.dumps({"n": name})[4:].strip())
+    concepts, _ = kohya_concepts(source) if source is not None else ([], [])
+    if concepts:
+        project_text += "\n# From the kohya-style folders of --from (<repeats>_<name>):\n" + "".join(
+            "\n[[concepts]]\n" + tomli_w.dumps(c) for c in concepts)
+    atomic.write_text(path / "project.toml", project_text)
     atomic.write_text(path / "configs" / "lora.toml", CONFIG_HEADER.format(name=name) + dump_config(default_config("lora")))
     n_images = n_other = 0
     for f in files:
         dest = images_dir / f.relative_to(source)
+        if dest.suffix.lower() == KOHYA_CAPTION:
+            dest = dest.with_suffix(".txt")
         dest.parent.mkdir(parents=True, exist_ok=True)
         is_image = f.suffix.lower() in IMAGE_EXTS
         if link and is_image:
@@ -151,6 +190,13 @@ def run(args: argparse.Namespace) -> int:
     if source is not None:
         verb = "linked" if args.link else "copied"
         print(f"  {verb} {n_images} image(s) and {n_other} caption/metadata file(s) from {source} into {path / 'images'}")
+        concepts, loose = kohya_concepts(source)
+        if concepts:
+            shown = ", ".join(f"{c['name']} x{c['repeats']}" for c in concepts)
+            print(f"  kohya-style folders became concepts with their repeats: {shown} (see project.toml)")
+        if loose:
+            print(f"  note: {len(loose)} image(s) directly in {source} are in no concept (as in kohya); "
+                  f"list images/ as a concept in project.toml to train on them")
     else:
         print(f"  put images (with photo.txt captions) in {path / 'images'}/")
     print(f"  write your goals in {path / 'project.toml'}, then: tunelab check {path} lora")
