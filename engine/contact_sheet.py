@@ -234,8 +234,11 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
 
     top = layout.title_height
     for c, col in enumerate(sheet.columns):
-        label = col.label + ("  ★" if best == col.name else "")
-        draw.text((col_x(c), top + 6), label, fill=ACCENT if best == col.name else FOREGROUND, font=small)
+        first, second = column_header(col.epoch, col.step)
+        first += "  ★" if best == col.name else ""
+        for i, line in enumerate((first, second)):
+            draw.text((col_x(c), top + 1 + 13 * i), _clip(draw, line, small, cell + gap - 2),
+                      fill=ACCENT if best == col.name else FOREGROUND, font=small)
     y = top + layout.header_height
     for kind, rows in groups:
         draw.text((gap, y + 5), kind, fill=ACCENT, font=font)
@@ -253,8 +256,7 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
                 if path is not None:
                     try:
                         with Image.open(path) as src:
-                            thumb = src.convert("RGB")
-                            thumb.thumbnail((cell, cell))
+                            thumb = fit_cell(src.convert("RGB"), cell)
                         img.paste(thumb, (x0 + (cell - thumb.width) // 2, y0 + (cell - thumb.height) // 2))
                         pasted = True
                     except (OSError, ValueError):
@@ -265,6 +267,30 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
                     draw.rectangle((x0 - 2, y0 - 2, x0 + cell + 1, y0 + cell + 1), outline=ACCENT)
             y += cell + gap
     return img
+
+
+def column_header(epoch: int, step: int) -> tuple[str, str]:
+    """The PNG's column heading, two lines so it fits a cell: `epoch 5` / `step 1200` (`epoch 0` / `base`)."""
+    return f"epoch {epoch}", "base" if epoch == 0 else f"step {step}"
+
+
+def _clip(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def fit_cell(image: Image.Image, cell: int) -> Image.Image:
+    """Scale an image to fill a `cell`-pixel square (aspect kept): small samples (a 64 px demo) are
+    enlarged with crisp pixels rather than left as a stamp in a big empty box."""
+    scale = cell / max(image.width, image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if size == image.size:
+        return image
+    method = Image.Resampling.NEAREST if scale >= 2 else Image.Resampling.LANCZOS
+    return image.resize(size, method)
 
 
 def read_best(run_dir: RunDir) -> dict[str, Any] | None:

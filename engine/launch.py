@@ -21,6 +21,7 @@ killed on request ends `stopped`, not `failed`. A new supervisor removes it.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import select
@@ -39,6 +40,7 @@ from engine import atomic
 from engine.rundir import ALIVE_STATES, RunDir, new_run_id
 
 DEFAULT_TRAINER_MODULE = "engine.train"
+DEFAULT_MAIN_PROCESS_PORT = 29500  # engine.config.LaunchConfig's default
 STOP_MARKER = "stop-requested"
 # Exit status of `python -m engine.supervisor` when another supervisor holds the run's lock.
 EXIT_LOCKED = 3
@@ -241,17 +243,29 @@ def launch_args(launch: Any, mixed_precision: str = "no") -> list[str]:
     ACCELERATE_USE_CPU so the Accelerator picks MULTI_CPU with gloo (`--cpu` would run one process only).
     """
     args: list[str] = []
-    if getattr(launch, "accelerate_config", ""):
-        args += ["--config_file", str(launch.accelerate_config)]
-    elif launch.num_processes > 1 or launch.num_machines > 1:
-        args += ["--multi_gpu"]
-    args += ["--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines)]
-    if launch.num_machines > 1:
-        args += ["--machine_rank", str(launch.machine_rank)]
-    if launch.main_process_ip:
-        args += ["--main_process_ip", str(launch.main_process_ip)]
-    if launch.num_processes > 1 or launch.num_machines > 1:
-        args += ["--main_process_port", str(launch.main_process_port)]
+    config_file = getattr(launch, "accelerate_config", "")
+    if config_file:
+        # The file decides everything it sets: only counts that differ from tunelab's defaults (so
+        # were asked for in the run config) are added, as accelerate's command-line overrides.
+        args += ["--config_file", str(config_file)]
+        if launch.num_processes != 1:
+            args += ["--num_processes", str(launch.num_processes)]
+        if launch.num_machines != 1:
+            args += ["--num_machines", str(launch.num_machines), "--machine_rank", str(launch.machine_rank)]
+        if launch.main_process_ip:
+            args += ["--main_process_ip", str(launch.main_process_ip)]
+        if launch.main_process_port != DEFAULT_MAIN_PROCESS_PORT:
+            args += ["--main_process_port", str(launch.main_process_port)]
+    else:
+        if launch.num_processes > 1 or launch.num_machines > 1:
+            args += ["--multi_gpu"]
+        args += ["--num_processes", str(launch.num_processes), "--num_machines", str(launch.num_machines)]
+        if launch.num_machines > 1:
+            args += ["--machine_rank", str(launch.machine_rank)]
+        if launch.main_process_ip:
+            args += ["--main_process_ip", str(launch.main_process_ip)]
+        if launch.num_processes > 1 or launch.num_machines > 1:
+            args += ["--main_process_port", str(launch.main_process_port)]
     if getattr(launch, "gpu_ids", ""):
         args += ["--gpu_ids", str(launch.gpu_ids)]
     args += ["--mixed_precision", mixed_precision, "--dynamo_backend", "no"]
@@ -264,7 +278,17 @@ def trainer_command(run_dir: RunDir, cfg: Any, *, resume: bool = False) -> list[
     if os.environ.get("TUNELAB_NO_ACCELERATE") == "1":
         return [sys.executable] + tail
     mp = getattr(getattr(cfg, "train", None), "mixed_precision", "no") or "no"
-    return [sys.executable, "-m", "accelerate.commands.launch", *launch_args(cfg.launch, mp), *tail]
+    launch = cfg.launch
+    if getattr(launch, "accelerate_config", ""):
+        # Relative to the project, like every path in a run config (the supervisor's cwd is the caller's).
+        launch = copy.copy(launch)
+        launch.accelerate_config = str(accelerate_config_path(launch.accelerate_config, run_dir.project_dir))
+    return [sys.executable, "-m", "accelerate.commands.launch", *launch_args(launch, mp), *tail]
+
+
+def accelerate_config_path(value: str, project_dir: Path) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else Path(project_dir) / path
 
 
 def free_port_for(launch: Any) -> int:
@@ -358,6 +382,10 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     cfg = load_run_config(_display_path(path), list(overrides))
     source = path.read_text(encoding="utf-8")
     check_base_model(cfg, project_dir, _display_path(path), source, overrides)
+    from engine.placeholder import raise_prelaunch_problems  # light: tokenizers only
+
+    raise_prelaunch_problems(cfg, project_dir, _display_path(path), source, overrides)
+    check_accelerate_config(cfg, project_dir, _display_path(path), source, overrides)
     frozen = dump_config(cfg)
 
     runs = project_dir / "runs"
@@ -405,6 +433,21 @@ def check_base_model(cfg: Any, project_dir: Path, path: Path, source: str, overr
         line = 0 if key in overridden else lines.get(key, lines.get("model"))
         problems.append(Problem(str(path), line, "", message))
     raise ConfigError(problems)
+
+
+def check_accelerate_config(cfg: Any, project_dir: Path, path: Path, source: str, overrides: Iterable[str]) -> None:
+    """A `launch.accelerate_config` that is not a file is refused before launch (accelerate would fail
+    later, in train.log)."""
+    from engine.schema import ConfigError, Problem, key_lines
+
+    value = cfg.launch.accelerate_config
+    if not value or accelerate_config_path(value, project_dir).is_file():
+        return
+    key = "launch.accelerate_config"
+    line = 0 if key in {o.split("=", 1)[0].strip() for o in overrides} else key_lines(source).get(key)
+    raise ConfigError([Problem(str(path), line, key, f"= {value!r}: {accelerate_config_path(value, project_dir)} "
+                               "is not a file; give an accelerate config file (`accelerate config` writes one; "
+                               "relative paths are the project's)")])
 
 
 def _display_path(path: Path) -> Path:

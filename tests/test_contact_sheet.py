@@ -77,6 +77,21 @@ def test_the_png_is_rows_by_columns_with_empty_boxes_for_missing_cells(tmp_path)
         assert img.getpixel((x - (32 + layout.gap), y)) != (24, 24, 28)
 
 
+def test_small_samples_fill_their_cell_with_crisp_pixels(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0),), seeds=(7,), size=16)
+    layout = SheetLayout(cell=64)
+    out, sheet = write_sheet(run, tmp_path / "sheet.png", seed=7, layout=layout)
+    first = sheet.cell_path(0, 0)
+    with Image.open(first) as src:
+        colour = src.getpixel((0, 0))
+    x0 = layout.label_width + layout.gap
+    y0 = layout.title_height + layout.header_height + layout.group_height + layout.gap
+    with Image.open(out) as img:  # a 16 px image scaled 4x: its corners reach the cell's corners
+        assert img.getpixel((x0 + 1, y0 + 1)) == colour
+        assert img.getpixel((x0 + 62, y0 + 62)) == colour
+
+
 def test_best_json_is_written_atomically_and_read_back(tmp_path):
     run = RunDir(tmp_path / "runs" / "20260101-000000-x")
     run.path.mkdir(parents=True)

@@ -107,6 +107,10 @@ def test_run_refuses_a_base_model_that_is_missing_or_not_a_model_before_launchin
     assert proc.returncode == 2
     assert "projects/p/configs/x.toml:3: model.base = 'models/sd15':" in proc.stderr
     assert ": projects/p/models/sd15 does not exist" in proc.stderr  # relative paths are the project's
+    cli.config("[launch]\nnum_processes = 2\n")
+    proc = cli("run", "p", "x", "--set", "launch.accelerate_config=ds.yaml")
+    assert proc.returncode == 2
+    assert "launch.accelerate_config = 'ds.yaml': projects/p/ds.yaml is not a file" in proc.stderr
     runs = cli.root / "projects" / "p" / "runs"
     assert not runs.exists() or not any(runs.iterdir())
     assert not cli.created
@@ -221,3 +225,11 @@ def test_force_stop_through_accelerate_leaves_no_worker_behind(cli):
     assert stop.returncode == 0, stop.stderr
     assert rd.read_status()["state"] == "stopped"
     assert not any(launch.is_same_process(pid, starts[pid]) for pid in workers)
+
+
+def test_run_wait_prints_one_line_per_sample_column_not_one_per_image():
+    from tui.commands.run import describe_event
+
+    assert describe_event({"kind": "sample", "path": "samples/e0001-s00000006/p00-s0001.png"}) is None
+    line = describe_event({"kind": "sample_done", "column": "e0001-s00000006", "images": 30, "seconds": 2.9})
+    assert line == "samples e0001-s00000006: 30 image(s) in 3s"

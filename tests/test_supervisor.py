@@ -307,6 +307,13 @@ def test_launch_options_pass_through_to_accelerate(monkeypatch):
 
     ds = launch.launch_args(_cfg(num_processes=4, accelerate_config="ds.yaml").launch)
     assert ds[:2] == ["--config_file", "ds.yaml"] and "--multi_gpu" not in ds  # the file decides
+    assert ds[ds.index("--num_processes") + 1] == "4"
+    # What the run config leaves at its defaults is the file's to say: no --num_processes 1 over its 8.
+    plain = launch.launch_args(_cfg(accelerate_config="fsdp.yaml").launch)
+    assert plain == ["--config_file", "fsdp.yaml", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # A relative config file is the project's, whatever the caller's working directory.
+    cmd = launch.trainer_command(rd, _cfg(accelerate_config="ds.yaml"))
+    assert cmd[cmd.index("--config_file") + 1] == "/r/ds.yaml"
 
     monkeypatch.setenv("TUNELAB_TRAINER_MODULE", "tests.fake_trainer")
     monkeypatch.setenv("TUNELAB_NO_ACCELERATE", "1")

@@ -196,6 +196,40 @@ def test_out_of_memory_while_sampling_is_a_warning_and_training_goes_on(tmp_path
     assert events(run, "finished")
 
 
+def test_a_full_disk_while_writing_samples_is_a_warning_and_training_goes_on(tmp_path, monkeypatch):
+    from engine import atomic
+
+    run = make_run(make_project(tmp_path), tiny_config(**{"train.epochs": 1}))
+    real = atomic.write_bytes
+
+    def full_for_pngs(path, data):
+        if str(path).endswith(".png"):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, data)
+
+    monkeypatch.setattr(atomic, "write_bytes", full_for_pngs)
+    assert train(run.path) == 0
+    warnings = [w for w in events(run, "warning") if "could not write the samples" in w["message"]]
+    assert [w["checkpoint"] for w in warnings] == ["e0000-s00000000", "e0001-s00000002"]
+    assert "No space left on device" in warnings[0]["message"] and warnings[0]["path"].endswith("p00-s0001.png")
+    assert events(run, "finished") and run.latest_complete_checkpoint().step == 2
+
+
+def test_an_unexpected_failure_is_an_error_event_naming_it(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, goals=False), cfg)
+
+    def broken(s, b):
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    monkeypatch.setattr(loop, "compute_loss", broken)
+    assert train(run.path) == 1
+    (err,) = events(run, "error")
+    assert err["message"] == ("the trainer failed: RuntimeError: mat1 and mat2 shapes cannot be multiplied "
+                              "(the traceback is in train.log)")
+
+
 def test_the_time_budget_stops_gracefully_with_a_checkpoint(tmp_path):
     cfg = tiny_config(**{"train.epochs": 50, "budget.max_hours": 1e-9})
     cfg.sample.at_start = False

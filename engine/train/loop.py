@@ -117,6 +117,12 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     except torch.OutOfMemoryError:
         events.error(out_of_memory_message(cfg), settings=oom_settings(cfg))
         return EXIT_ERROR
+    except Exception as e:  # noqa: BLE001 - a bug or an unforeseen failure: an error event, not only a traceback
+        import traceback
+
+        traceback.print_exc()
+        events.error(f"the trainer failed: {type(e).__name__}: {e} (the traceback is in train.log)")
+        return EXIT_ERROR
     finally:
         accelerator.end_training() if hasattr(accelerator, "end_training") else None
 
@@ -470,6 +476,10 @@ def sample(s: Session, name: str, *, epoch: int, step: int) -> None:
                 torch.cuda.empty_cache()
             s.events.warning(f"out of memory while sampling {name}; training goes on. Lower sample.batch_size "
                              f"(= {s.cfg.sample.batch_size}) or sample.width/height.", checkpoint=name)
+        except OSError as e:  # a full disk: the samples are lost, the run is not (a save then says so)
+            where = e.filename or s.run.samples_dir / name
+            s.events.warning(f"could not write the samples of {name} ({where}: {e.strerror or e}); "
+                             "training goes on", checkpoint=name, path=str(where))
     s.sampled.add(name)
     s.accelerator.wait_for_everyone()
     s.progress.pause(time.monotonic() - started)

@@ -93,9 +93,9 @@ def describe_event(ev: dict[str, Any]) -> str | None:
         return f"epoch {ev.get('epoch')}" + (f"/{ev['epochs']}" if ev.get("epochs") else "") + f" done{took}"
     if kind == "checkpoint":
         return f"checkpoint {Path(str(ev.get('path', ''))).name or ev.get('step')}"
-    if kind == "sample":  # one per image: samples/<column>/<file>
-        path = Path(str(ev.get("path", "")))
-        return f"sample {path.parent.name}/{path.name}" if path.suffix else f"sample {path.name}"
+    if kind == "sample_done":  # one line per sample column, not one per image
+        took = f" in {fmt_duration(ev['seconds'])}" if isinstance(ev.get("seconds"), (int, float)) else ""
+        return f"samples {ev.get('column')}: {ev.get('images')} image(s){took}"
     if kind == "resumed":
         return f"resumed from {Path(str(ev.get('checkpoint', ''))).name or ev.get('step')}"
     if kind == "val_loss" and isinstance(ev.get("loss"), (int, float)):
