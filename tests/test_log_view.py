@@ -180,3 +180,19 @@ async def test_a_big_log_indexes_only_its_tail_until_the_user_goes_to_the_top(tm
         await wait_for(pilot, lambda: view.index.complete)
         assert view.index.line_count == 20000
         assert not view.follow
+
+
+@sync
+async def test_a_following_view_keeps_the_last_line_in_sight_when_it_gets_shorter(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join(b"line %d\n" % i for i in range(100)))
+    app = LogApp(path)
+    async with app.run_test(size=(60, 30)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 100)
+        await pilot.pause()
+        assert visible(view)[-1] == "line 99"
+        view.styles.height = 10  # e.g. the monitor's numbers above it took another line
+        await pilot.pause()
+        await pilot.pause()
+        assert view.follow and visible(view)[-1] == "line 99"

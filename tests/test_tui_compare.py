@@ -99,3 +99,56 @@ def test_snapshot_compare(tmp_path, snap_compare):
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(130, 42), run_before=loaded)
+
+
+@sync
+async def test_the_compare_tab_shows_the_run_selected_in_the_runs_tab(tmp_path):
+    from textual.widgets import DataTable
+
+    from tui.app import make_app
+    from tui.widgets.runs_pane import RunsPane
+
+    project = make_project(tmp_path)
+    old, new = (RunDir(project / "runs" / f"2026010{i}-000000-x") for i in (1, 2))
+    for run in (old, new):
+        make_samples(run, columns=((0, 0), (1, 10)), seeds=(42,))
+        run.write_status({"state": "finished", "started_t": FIXED_NOW - 60, "ended_t": FIXED_NOW})
+    app = make_app(tmp_path, images="none", watch=False, animations=False)
+    async with app.run_test(size=(130, 40)) as pilot:
+        await pilot.pause()
+        app.open_project(project, "runs")
+        await until(pilot, lambda: bool(app.screen.query(RunsPane)), what="project screen")
+        table = app.screen.query_one("#runs-table", DataTable)
+        await until(pilot, lambda: table.row_count == 2, what="two runs")
+        pane = app.screen.query_one(ComparePane)
+        await until(pilot, lambda: pane.run_id == new.run_id, what="the newest run by default")
+        table.focus()
+        await pilot.press("down")  # the older run
+        await pilot.press("4")
+        await until(pilot, lambda: pane.run_id == old.run_id and pane.sheet is not None
+                    and pane.sheet.run_dir.path == old.path, what="the selected run's sheet")
+        bar = str(app.screen.query_one("#compare-bar").render())
+        assert old.run_id in bar and "(2/2, R: next)" in bar
+        # A run chosen here with R stays chosen while the Runs selection does not change.
+        await pilot.press("R")
+        await until(pilot, lambda: pane.run_id == new.run_id, what="R")
+        await pilot.press("3", "4")
+        await pilot.pause(0.3)
+        assert pane.run_id == new.run_id
+
+
+def test_snapshot_zoom(tmp_path, snap_compare):
+    project = make_project(tmp_path)
+    run = RunDir(project / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0), (1, 10), (2, 20)), seeds=(42,), size=64)
+    app = CompareApp(project, poll=0)
+
+    async def zoomed(pilot):
+        await until(pilot, lambda: filled_cells(app) >= 6 and app.query_one(ContactGrid).all_loaded())
+        app.query_one(ContactGrid).focus()
+        await pilot.press("right", "down", "enter")
+        await until(pilot, lambda: isinstance(app.screen, ZoomScreen)
+                    and app.screen.query_one("#zoom-image").display)
+        await pilot.pause(0.2)
+
+    assert snap_compare(app, terminal_size=(100, 30), run_before=zoomed)

@@ -35,6 +35,42 @@ def test_history_folds_progress_val_loss_and_checkpoints_and_a_resume_rewinds_th
     assert h.steps == [1, 2, 3, 4, 5] and h.loss[-1] == 0.25
 
 
+def test_checkpoint_marks_sit_on_the_smoothed_curve_even_between_logged_steps():
+    from tui.widgets.loss_plot import checkpoint_marks, step_ticks
+
+    h = TrainingHistory()
+    h.absorb([{"kind": "progress", "step": s, "loss": v} for s, v in ((10, 1.0), (20, 1.0), (30, 0.0))])
+    # Saves at the end of an epoch (step 6, 25) rarely fall on a logged step; one after the last is not drawn.
+    h.absorb([{"kind": "checkpoint", "step": s} for s in (6, 25, 40)])
+    marks = checkpoint_marks(h)
+    assert [m[0] for m in marks] == [6, 25]
+    assert marks[0][1] == h.smoothed[0]
+    assert marks[1][1] == (h.smoothed[1] + h.smoothed[2]) / 2
+    assert step_ticks([6, 30]) == [6, 12, 18, 24, 30] and step_ticks([1, 3]) == [1, 2, 3]
+
+
+@sync
+async def test_the_numbers_fit_a_100_column_terminal_in_a_few_lines_and_one_line_at_200(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_NO_GPU", "1")
+    project = make_project(tmp_path)
+    run = write_run(project, "20260101-000000-x", state="finished")
+    for size, lines in (((100, 30), 3), ((200, 50), 1)):
+        app = MonitorApp(run)
+        async with app.run_test(size=size) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: screen.summary is not None and len(screen.history.steps) == 12)
+            await pilot.pause()
+            stats = screen.query_one("#monitor-stats")
+            shown = ["".join(seg.text for seg in stats.render_line(y)).strip() for y in range(stats.size.height)]
+            assert 1 <= len(shown) <= lines, shown
+            text = "  ".join(shown)
+            for pair in ("epoch 3/3", "step 12/12", "val loss 0.1100", "cost $1.00 ($0.02/epoch)",
+                         "checkpoints 3 (last epoch 3)"):
+                assert pair in text, (size, pair, shown)
+            # The plot gets the rest of the side column: most of the screen's height.
+            assert screen.query_one(LossPlot).size.height >= size[1] - 10
+
+
 @sync
 async def test_monitor_shows_stats_plot_and_gpu_fallback_and_writes_requests(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNELAB_NO_GPU", "1")

@@ -15,7 +15,7 @@ from textual.widgets import DataTable, Footer
 from engine import launch
 from engine.rundir import RunDir, checkpoint_name
 from tests.fake_trainer import FAST_ENV, kill_run_processes, make_project, wait_state
-from tui.widgets.runs_pane import ConfirmModal, ProblemsModal, RunsPane
+from tui.widgets.runs_pane import COLUMNS, ConfirmModal, ProblemsModal, RunRow, RunsPane, plan_layout
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -221,3 +221,77 @@ def test_snapshot_runs_tab(tmp_path, snap_compare, monkeypatch):
         await pilot.pause()
 
     assert snap_compare(app, terminal_size=(150, 12), run_before=loaded)
+
+
+def screen_rows(table: DataTable) -> list[str]:
+    """The table's lines as the terminal shows them."""
+    return ["".join(seg.text for seg in table.render_line(y)) for y in range(table.size.height)]
+
+
+def test_values_that_grow_while_the_run_goes_widen_their_columns_instead_of_being_cut(tmp_path):
+    project = make_project(tmp_path)
+    rd = write_run(project, "20260101-000000-lora", state="running", epochs=120, steps=720, done_epochs=0)
+    assert rd.events_path.read_text() == ""  # just launched: epoch 0/120, no loss yet
+
+    @sync
+    async def body():
+        app = PaneApp(project, clock=lambda: FIXED_NOW)
+        async with app.run_test(size=(160, 12)) as pilot:
+            table = app.query_one(DataTable)
+            await until(pilot, lambda: any("0/120" in line for line in screen_rows(table)), what="first row")
+            with rd.events_path.open("a") as f:
+                f.write(json.dumps({"t": FIXED_NOW - 5, "kind": "progress", "step": 180, "epoch": 30,
+                                    "epochs": 120, "total_steps": 720, "loss": 0.0577, "lr": 5e-3,
+                                    "img_s": 108.25, "eta_s": 4000}) + "\n")
+            await until(pilot, lambda: any("30/120" in line for line in screen_rows(table)), what="update")
+            await pilot.pause()
+            (line,) = [line for line in screen_rows(table) if "20260101-000000-lora" in line]
+            assert "30/120" in line and "0.0577" in line and "108.2" in line
+    body()
+
+
+def _row(run_id: str, state: str = "running", cost: float | None = 1.25, best: str | None = "e0030-s00000180"):
+    from engine.runinfo import RunSummary
+
+    s = RunSummary(run_id=run_id, path="", project="p", config_name="lora", state=state, epoch=30, epochs=120,
+                   step=180, total_steps=720, loss=0.0577, img_s=108.3, eta_s=3725.0, elapsed_s=9000.0,
+                   cost=cost)
+    return RunRow(s, 0.0612, best)
+
+
+def test_the_table_plan_fits_100_columns_and_shows_everything_at_200():
+    rows = [_row("20261201-222616-lora"), _row("20261201-222923-full", "finished")]
+    wide = plan_layout(200, rows)
+    assert wide.columns == COLUMNS and wide.bar >= 12
+    assert wide.width(rows) <= 200
+    # 100 columns: every value is whole; what goes first is the smoothed loss (the monitor plots it).
+    narrow = plan_layout(100, rows)
+    assert narrow.width(rows) <= 100 - 2 and "smoothed" not in narrow.columns
+    assert set(COLUMNS) - set(narrow.columns) == {"smoothed"}
+    # A long config name: img/s and elapsed go too, never the state, progress, epoch, loss or ETA.
+    long = rows + [_row("20261201-222923-full-finetune-at-768px", "stopped")]
+    plan = plan_layout(100, long)
+    assert plan.width(long) <= 98 and set(COLUMNS) - set(plan.columns) == {"smoothed", "img/s", "elapsed"}
+    # No run has a cost rate or a best mark: those empty columns go before anything with a value.
+    bare = [_row("20261201-222616-lora", cost=None, best=None)]
+    plan = plan_layout(100, bare)
+    assert "smoothed" in plan.columns and "cost" not in plan.columns and plan.width(bare) <= 98
+
+
+def test_a_narrow_terminal_shows_whole_values_and_a_wide_one_every_column(tmp_path):
+    project = make_project(tmp_path)
+    write_run(project, "20260101-000000-lora", state="finished", epochs=120, steps=720, done_epochs=120)
+
+    @sync
+    async def body():
+        for size, must in (((100, 12), ("120/120", "$1.00")), ((200, 12), ("smoothed", "best", "120/120"))):
+            app = PaneApp(project, clock=lambda: FIXED_NOW)
+            async with app.run_test(size=size) as pilot:
+                table = app.query_one(DataTable)
+                await until(pilot, lambda: any("120/120" in line for line in screen_rows(table)))
+                await pilot.pause()
+                text = "\n".join(screen_rows(table))
+                assert all(m in text for m in must), (size, text)
+                assert max(len(line.rstrip()) for line in screen_rows(table)) <= size[0]
+                assert table.max_scroll_x == 0, f"{size}: the table scrolls sideways"
+    body()

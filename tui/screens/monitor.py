@@ -13,11 +13,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
+from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from engine.rundir import ALIVE_STATES, RunDir
+from engine.rundir import ALIVE_STATES, RunDir, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
 from tui.actions import bindings
 from tui.widgets.gpu_panel import GpuPanel
@@ -26,33 +28,78 @@ from tui.widgets.loss_plot import LossPlot, TrainingHistory
 from tui.widgets.runs_pane import STATE_STYLES, now_for, progress_bar, summary_fraction
 
 
-def stats_text(s: RunSummary, history: TrainingHistory) -> Text:
-    t = Text()
-
-    def row(label: str, value: str, style: str = "") -> None:
-        t.append(f"{label:<12}", style="dim")
-        t.append(value + "\n", style=style)
-
-    row("epoch", fmt_progress(s))
-    row("step", "-" if s.step is None else (f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step)))
-    row("loss", "-" if s.loss is None else f"{s.loss:.4f}")
+def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]]:
+    """The run's numbers as (label, value) pairs, in reading order."""
+    items = [("epoch", fmt_progress(s)),
+             ("step", "-" if s.step is None else (f"{s.step}/{s.total_steps}" if s.total_steps else str(s.step))),
+             ("loss", "-" if s.loss is None else f"{s.loss:.4f}")]
     if history.smoothed:
-        row("smoothed", f"{history.smoothed[-1]:.4f}")
+        items.append(("smoothed", f"{history.smoothed[-1]:.4f}"))
     if history.val_loss:
-        row("val loss", f"{history.val_loss[-1]:.4f}")
-    row("lr", "-" if s.lr is None else f"{s.lr:.2e}")
-    row("img/s", "-" if s.img_s is None else f"{s.img_s:.1f}")
-    row("ETA", fmt_duration(s.eta_s) if s.alive else "-")
-    row("elapsed", fmt_duration(s.elapsed_s))
-    row("cost", fmt_cost(s) + (f"  ({fmt_cost(s, s.cost_per_epoch)}/epoch)" if s.cost_per_epoch else ""))
+        items.append(("val loss", f"{history.val_loss[-1]:.4f}"))
+    items += [("lr", "-" if s.lr is None else f"{s.lr:.2e}"),
+              ("img/s", "-" if s.img_s is None else f"{s.img_s:.1f}"),
+              ("ETA", fmt_duration(s.eta_s) if s.alive else "-"),
+              ("elapsed", fmt_duration(s.elapsed_s)),
+              ("cost", fmt_cost(s) + (f" ({fmt_cost(s, s.cost_per_epoch)}/epoch)" if s.cost_per_epoch else ""))]
     if s.epoch_seconds:
-        row("epoch time", fmt_duration(s.epoch_seconds))
-    row("checkpoints", f"{s.checkpoints}" + (f"  last {s.last_checkpoint}" if s.last_checkpoint else ""))
-    if s.error:
-        row("error", s.error, "red")
-    elif s.errors:
-        row("error", s.errors[-1], "red")
-    return t
+        items.append(("epoch time", fmt_duration(s.epoch_seconds)))
+    last = parse_checkpoint_name(s.last_checkpoint) if s.last_checkpoint else None
+    last_text = f" (last epoch {last[0]})" if last else (f" (last {s.last_checkpoint})" if s.last_checkpoint else "")
+    items.append(("checkpoints", f"{s.checkpoints}{last_text}"))
+    if s.phase:
+        items.append(("phase", s.phase))
+    return items
+
+
+def flow(items: list[tuple[str, str]], width: int, gap: int = 2) -> Text:
+    """`label value` pairs packed into lines of at most `width` cells; a pair is never split."""
+    out = Text()
+    used = 0
+    for label, value in items:
+        need = len(label) + 1 + Text(value).cell_len
+        if used and used + gap + need > width:
+            out.append("\n")
+            used = 0
+        elif used:
+            out.append(" " * gap)
+            used += gap
+        out.append(label + " ", style="dim")
+        out.append(value, style="bold" if label in ("loss", "ETA", "cost") else "")
+        used += need
+    return out
+
+
+class RunStats(Widget):
+    """The monitor's numbers, as many to a line as fit (two lines at 100 columns, one at 200); the
+    run's error, if any, on a line of its own."""
+
+    DEFAULT_CSS = """
+    RunStats { height: auto; padding: 0 1; }
+    """
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.items: list[tuple[str, str]] = []
+        self.error = ""
+
+    def show(self, s: RunSummary, history: TrainingHistory) -> None:
+        self.items = stats_items(s, history)
+        self.error = s.error or (s.errors[-1] if s.errors else "")
+        self.refresh(layout=True)
+
+    def _text(self, width: int) -> Text:
+        text = flow(self.items, max(20, width))
+        if self.error:
+            text.append("\nerror ", style="red bold")
+            text.append(self.error, style="red")
+        return text
+
+    def render(self) -> Text:
+        return self._text(self.content_size.width)
+
+    def get_content_height(self, container: Size, viewport: Size, width: int) -> int:
+        return len(self._text(width).wrap(self.app.console, max(1, width)))
 
 
 class MonitorScreen(Screen):
@@ -64,7 +111,7 @@ class MonitorScreen(Screen):
     MonitorScreen LogView { width: 3fr; }
     MonitorScreen #monitor-side { width: 2fr; min-width: 40; }
     MonitorScreen LossPlot { height: 1fr; }
-    MonitorScreen #monitor-stats { height: auto; border: round $primary 40%; border-title-color: $text-muted; padding: 0 1; }
+    MonitorScreen #monitor-stats { background: $boost; }
     """
 
     class Polled(Message):
@@ -83,13 +130,11 @@ class MonitorScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.run_dir.run_id, style="bold"), id="monitor-head")
+        yield RunStats(id="monitor-stats")
         with Horizontal(id="monitor-body"):
             yield LogView(self.run_dir.log_path, poll=self.log_poll, id="monitor-log")
             with Vertical(id="monitor-side"):
                 yield LossPlot(self.history, id="monitor-plot")
-                stats = Static("", id="monitor-stats")
-                stats.border_title = "run"
-                yield stats
                 yield GpuPanel(id="monitor-gpu")
         yield Footer()
 
@@ -122,7 +167,7 @@ class MonitorScreen(Screen):
         if s.description:
             head.append(f"  {s.description}", style="dim italic")
         self.query_one("#monitor-head", Static).update(head)
-        self.query_one("#monitor-stats", Static).update(stats_text(s, self.history))
+        self.query_one(RunStats).show(s, self.history)
 
     # --- actions -----------------------------------------------------------------------------------
     def action_back(self) -> None:

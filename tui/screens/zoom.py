@@ -39,8 +39,18 @@ def cell_facts(sheet: Sheet, row: int, col: int) -> Text:
         t.append(prompt.negative_prompt + "\n")
     path = sheet.cell_path(row, col)
     t.append(f"{'file':<11}", style="dim")
-    t.append(str(path) if path else "not sampled yet", style="" if path else "italic")
+    t.append(shown_path(sheet, path) if path else "not sampled yet", style="" if path else "italic")
     return t
+
+
+def shown_path(sheet: Sheet, path: Path) -> str:
+    """The sample's path from the project folder (`runs/<run>/samples/…`): short enough for one line,
+    and what a user types from the project to open it elsewhere."""
+    project = sheet.run_dir.path.parent.parent
+    try:
+        return str(path.relative_to(project))
+    except ValueError:
+        return str(path)
 
 
 class ZoomScreen(Screen):

@@ -42,9 +42,11 @@ class ComparePane(Vertical):
     """
 
     class SheetLoaded(Message):
-        def __init__(self, run_id: str | None, runs: list[str], sheet: Sheet | None, best: str | None) -> None:
+        def __init__(self, run_id: str | None, runs: list[str], sheet: Sheet | None, best: str | None,
+                     asked: tuple[str | None, int | None] = (None, None)) -> None:
             super().__init__()
             self.run_id, self.runs, self.sheet, self.best = run_id, runs, sheet, best
+            self.asked = asked  # the (run, seed) the poll was for: a poll for an earlier choice is stale
 
         def can_replace(self, message: Message) -> bool:
             return isinstance(message, ComparePane.SheetLoaded)
@@ -65,6 +67,7 @@ class ComparePane(Vertical):
         self.sheet: Sheet | None = None
         self.best: str | None = None
         self._signature: Any = None
+        self._runs_selection: str | None = None  # the Runs tab's selection when this tab last showed
 
     @property
     def mode(self) -> str:
@@ -82,7 +85,19 @@ class ComparePane(Vertical):
             self.set_interval(self.poll_seconds, self.poll_now)
 
     def on_show(self) -> None:
-        """Shown (its tab chosen): put the keys on the grid, so arrows, zoom and `b` answer at once."""
+        """Shown (its tab chosen): show the run selected in the Runs tab (when that selection changed since
+        the last visit, so a run picked here with `R` stays), and put the keys on the grid, so arrows,
+        zoom and `b` answer at once."""
+        from tui.widgets.runs_pane import RunsPane
+
+        for pane in self.screen.query(RunsPane):
+            selected = pane.selected_run()
+            chosen = selected.run_id if selected is not None else None
+            if chosen is not None and chosen != self._runs_selection:
+                self._runs_selection = chosen
+                if chosen != self.run_id:
+                    self.run_id, self.seed = chosen, None
+                    self.poll_now()
         focused = self.screen.focused if self.is_attached else None
         if focused is None or self not in focused.ancestors_with_self:
             self.query_one(ContactGrid).focus()
@@ -93,6 +108,7 @@ class ComparePane(Vertical):
 
     @work(thread=True, exclusive=True, group="compare-poll", exit_on_error=False)
     def _poll(self, run_id: str | None, seed: int | None) -> None:
+        asked = (run_id, seed)
         runs = list_runs(self.project_dir)
         ids = [r.run_id for r in runs]
         if run_id not in ids:
@@ -101,19 +117,24 @@ class ComparePane(Vertical):
             run_id = (with_samples or runs or [None])[0]
             run_id = run_id.run_id if run_id is not None else None
         if run_id is None:
-            self.post_message(self.SheetLoaded(None, ids, None, None))
+            self.post_message(self.SheetLoaded(None, ids, None, None, asked))
             return
         run = RunDir(self.project_dir / "runs" / run_id)
         sheet = load_sheet(run, seed)
         best = (read_best(run) or {}).get("checkpoint")
-        self.post_message(self.SheetLoaded(run_id, ids, sheet, best))
+        self.post_message(self.SheetLoaded(run_id, ids, sheet, best, asked))
 
     @on(SheetLoaded)
     def _loaded(self, event: SheetLoaded) -> None:
+        if event.asked != (self.run_id, self.seed):
+            return  # the user chose another run or seed while this poll ran
+        runs_changed = event.runs != self.runs
         self.runs = event.runs
         sig = (_signature(event.sheet), event.best, event.run_id)
         self.run_id = event.run_id
         if sig == self._signature:
+            if runs_changed:
+                self._update_bar()  # "(1/2, R: next)" when a second run appears
             return
         self._signature = sig
         self.sheet, self.best = event.sheet, event.best

@@ -442,6 +442,13 @@ class LogView(ScrollView, can_focus=True):
         return strip
 
     # --- follow mode ------------------------------------------------------------------------------
+    def on_resize(self) -> None:
+        # Shorter now (a panel above or beside it grew, the terminal shrank): Textual keeps scroll_y,
+        # which would leave the newest lines below the bottom edge while the subtitle says "following".
+        if self.follow:
+            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+            self.call_after_refresh(self._sync_scrollbar)
+
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
         at_end = round(new_value) >= self.max_scroll_y

@@ -9,6 +9,7 @@ trainer costs at most a few plot builds a second.
 """
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -110,6 +111,35 @@ def thin(xs: list, ys: list, limit: int = MAX_POINTS) -> tuple[list, list]:
     return xs[::stride] + xs[-1:], ys[::stride] + ys[-1:]
 
 
+def curve_at(xs: list[int], ys: list[float], x: float) -> float:
+    """The curve's value at `x`, interpolated between the points either side (clamped at the ends)."""
+    i = bisect.bisect_left(xs, x)
+    if i == 0:
+        return ys[0]
+    if i >= len(xs):
+        return ys[-1]
+    x0, x1 = xs[i - 1], xs[i]
+    if x1 == x0:
+        return ys[i]
+    return ys[i - 1] + (ys[i] - ys[i - 1]) * (x - x0) / (x1 - x0)
+
+
+def checkpoint_marks(h: TrainingHistory) -> list[tuple[int, float]]:
+    """Where each checkpoint sits on the smoothed curve. Saves rarely fall on a logged step (progress is
+    logged every few steps; an epoch's save is wherever the epoch ends), so the curve is interpolated."""
+    if not h.steps:
+        return []
+    return [(c, curve_at(h.steps, h.smoothed, c)) for c in h.checkpoints if c <= h.steps[-1]]
+
+
+def step_ticks(xs: list[int], n: int = 5) -> list[int]:
+    """Whole-number step ticks over the plotted range (plotext's own would read 92.5)."""
+    lo, hi = min(xs), max(xs)
+    if hi - lo < n:
+        return list(range(lo, hi + 1))
+    return sorted({round(lo + (hi - lo) * i / (n - 1)) for i in range(n)})
+
+
 class LossPlot(PlotextPlot):
     """Draws a `TrainingHistory`; call `update_history()` after feeding it."""
 
@@ -157,6 +187,7 @@ class LossPlot(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
+        shown: list[int] = []  # the steps on the x axis, for the ticks
         if self.metric == "loss":
             xs, ys = thin(h.steps, h.loss)
             if xs:
@@ -165,29 +196,28 @@ class LossPlot(PlotextPlot):
                 plt.plot(sx, sy, label="smoothed", color="cyan", marker="braille")
             if h.val_steps:
                 plt.scatter(h.val_steps, h.val_loss, label="val", color="orange", marker="●")
-            title = "loss" + (" (log)" if self.log_scale else "")
-            if self.log_scale and (h.loss or h.val_loss):
-                plt.yscale("log")
-        elif self.metric == "lr":
-            xs, ys = thin(h.lr_steps, h.lr)
-            if xs:
-                plt.plot(xs, ys, label="lr", color="green", marker="braille")
-            title = "learning rate"
-        else:
-            xs, ys = thin(h.img_s_steps, h.img_s)
-            if xs:
-                plt.plot(xs, ys, label="img/s", color="magenta", marker="braille")
-            title = "images per second"
-        if self.metric == "loss" and h.steps and h.checkpoints:
             # Checkpoints as marks on the smoothed curve: vertical lines would hide it when saves are frequent.
-            at = {s: v for s, v in zip(h.steps, h.smoothed)}
-            marks = [(c, at[c]) for c in h.checkpoints if c in at]
+            marks = checkpoint_marks(h)
             if marks:
                 plt.scatter([m[0] for m in marks], [m[1] for m in marks], label="checkpoint", color="yellow",
                             marker="◆")
-        elif h.checkpoints and len(h.checkpoints) <= MAX_VLINES:
-            for step in h.checkpoints:
-                plt.vline(step, "yellow")
+            shown = xs + h.val_steps + [m[0] for m in marks]
+            title = "loss" + (" (log)" if self.log_scale else "")
+            if self.log_scale and (h.loss or h.val_loss):
+                plt.yscale("log")
+        else:
+            lr = self.metric == "lr"
+            xs, ys = thin(h.lr_steps, h.lr) if lr else thin(h.img_s_steps, h.img_s)
+            if xs:
+                plt.plot(xs, ys, label=self.metric, color="green" if lr else "magenta", marker="braille")
+                if len(h.checkpoints) <= MAX_VLINES:
+                    for step in h.checkpoints:
+                        if xs[0] <= step <= xs[-1]:
+                            plt.vline(step, "yellow")
+            shown = xs
+            title = "learning rate" if lr else "images per second"
+        if shown:
+            plt.xticks(step_ticks(shown))
         plt.title(title)
         plt.xlabel("step")
         if not (h.steps or h.lr_steps):

@@ -85,29 +85,79 @@ class RunRow:
 
 
 COLUMNS = ("run", "state", "progress", "epoch", "loss", "smoothed", "img/s", "ETA", "elapsed", "cost", "best")
+# On a narrow terminal these go first, in this order: cost and best only while no run has a value,
+# then the smoothed loss, img/s and elapsed time (the monitor shows all of them).
+DROPPABLE_IF_EMPTY = ("cost", "best")
+DROPPABLE = ("smoothed", "img/s", "elapsed")
+BAR_MIN, BAR_MAX = 4, 20
+PERCENT_W = 5  # " 100%" after the bar
+CELL_PAD = 2  # DataTable's cell_padding (1) on each side of a column
+SCROLLBAR_W = 2
 
 
-def row_cells(row: RunRow) -> list[Any]:
+def best_label(best: str | None) -> str:
+    if not best:
+        return ""
+    from engine.rundir import parse_checkpoint_name
+
+    parsed = parse_checkpoint_name(best)
+    return f"★ e{parsed[0]}" if parsed else f"★ {best}"
+
+
+def row_cells(row: RunRow, bar: int = 12) -> dict[str, Any]:
+    """The table's cells of one run, by column name."""
     s = row.summary
-    best = row.best or ""
-    if best:
-        from engine.rundir import parse_checkpoint_name
+    return {
+        "run": s.run_id,
+        "state": Text(s.state, style=STATE_STYLES.get(s.state, "")),
+        "progress": progress_bar(summary_fraction(s), bar),
+        "epoch": fmt_progress(s),
+        "loss": _num(s.loss, ".4f"),
+        "smoothed": _num(row.smoothed, ".4f"),
+        "img/s": _num(s.img_s, ".1f"),
+        "ETA": fmt_duration(s.eta_s) if s.alive else "-",
+        "elapsed": fmt_duration(s.elapsed_s),
+        "cost": fmt_cost(s),
+        "best": Text(best_label(row.best), style="yellow"),
+    }
 
-        parsed = parse_checkpoint_name(best)
-        best = f"★ e{parsed[0]}" if parsed else f"★ {best}"
-    return [
-        s.run_id,
-        Text(s.state, style=STATE_STYLES.get(s.state, "")),
-        progress_bar(summary_fraction(s)),
-        fmt_progress(s),
-        _num(s.loss, ".4f"),
-        _num(row.smoothed, ".4f"),
-        _num(s.img_s, ".1f"),
-        fmt_duration(s.eta_s) if s.alive else "-",
-        fmt_duration(s.elapsed_s),
-        fmt_cost(s),
-        Text(best, style="yellow"),
-    ]
+
+def _cell_width(value: Any) -> int:
+    return value.cell_len if isinstance(value, Text) else Text(str(value)).cell_len
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """Which columns the table shows and how wide the progress bar is."""
+
+    columns: tuple[str, ...]
+    bar: int
+
+    def width(self, rows: list[RunRow]) -> int:
+        """Cells the table needs for `rows` (every column as wide as its widest value)."""
+        cells = [row_cells(r, self.bar) for r in rows]
+        return sum(max([Text(c).cell_len] + [_cell_width(r[c]) for r in cells]) + CELL_PAD
+                   for c in self.columns)
+
+
+def plan_layout(width: int, rows: list[RunRow]) -> TableLayout:
+    """The columns and bar width that fit `width` terminal cells: every value whole (never cut), the bar
+    as long as the room left allows, columns dropped only when even a short bar does not fit. With no
+    way to fit, the table scrolls sideways (DataTable does that by itself)."""
+    room = max(0, width - SCROLLBAR_W)
+    cells = [row_cells(r) for r in rows]
+    empty = {c for c in DROPPABLE_IF_EMPTY if all(str(r[c]) in ("", "-") for r in cells)}
+    candidates = [COLUMNS]
+    dropped: list[str] = []
+    for c in [c for c in DROPPABLE_IF_EMPTY if c in empty] + list(DROPPABLE):
+        dropped.append(c)
+        candidates.append(tuple(x for x in COLUMNS if x not in dropped))
+    for columns in candidates:
+        others = TableLayout(tuple(c for c in columns if c != "progress"), 0).width(rows)
+        bar = min(BAR_MAX, room - others - CELL_PAD - PERCENT_W)
+        if bar >= BAR_MIN:
+            return TableLayout(columns, bar)
+    return TableLayout(candidates[-1], BAR_MIN)
 
 
 # --- modals --------------------------------------------------------------------------------------
@@ -235,12 +285,10 @@ class RunsPane(Vertical):
         self.rows: dict[str, RunRow] = {}
         self._watchers: dict[str, RunWatcher] = {}
         self._smoothed: dict[str, Ema] = {}
+        self._layout: TableLayout | None = None
 
     def compose(self) -> ComposeResult:
-        table: DataTable = DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
-        for name in COLUMNS:
-            table.add_column(name, key=name)
-        yield table
+        yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("No runs yet. Press n to launch a config.", id="runs-empty")
 
     def on_mount(self) -> None:
@@ -283,22 +331,54 @@ class RunsPane(Vertical):
 
     @on(Polled)
     def _show(self, event: Polled) -> None:
-        table = self.query_one(DataTable)
         new = {r.summary.run_id: r for r in event.rows}
-        for run_id in list(self.rows):
-            if run_id not in new:
-                table.remove_row(run_id)
-        for run_id, row in new.items():
-            cells = row_cells(row)
-            if run_id in self.rows:
-                for name, value in zip(COLUMNS, cells):
-                    table.update_cell(run_id, name, value)
-            else:
-                table.add_row(*cells, key=run_id)
-        if [str(k.value) for k in table.rows] != list(new):  # keep newest first, as list_runs gives them
-            table.sort("run", reverse=True)
         self.rows = new
+        self._fit_table()
         self.query_one("#runs-empty").set_class(bool(new), "hidden")
+
+    def on_resize(self) -> None:
+        self._fit_table(resized=True)
+
+    def _fit_table(self, resized: bool = False) -> None:
+        """Show `self.rows`, re-planning the columns when they no longer fit (or, after a resize, when
+        a different plan fits better); otherwise update the cells in place."""
+        table = self.query_one(DataTable)
+        rows = list(self.rows.values())
+        width = self.size.width or self.app.size.width
+        layout = self._layout
+        if layout is None or resized or layout.width(rows) > width - SCROLLBAR_W \
+                or set(layout.columns) != set(plan_layout(width, rows).columns):
+            planned = plan_layout(width, rows)
+            if planned != layout:
+                self._rebuild(table, planned)
+                return
+        assert self._layout is not None
+        for run_id in [str(k.value) for k in table.rows]:
+            if run_id not in self.rows:
+                table.remove_row(run_id)
+        for run_id, row in self.rows.items():
+            cells = row_cells(row, self._layout.bar)
+            if run_id in table.rows:
+                for name in self._layout.columns:
+                    # update_width: a value that grew ("0/120" → "30/120") widens its column, never cut.
+                    table.update_cell(run_id, name, cells[name], update_width=True)
+            else:
+                table.add_row(*[cells[c] for c in self._layout.columns], key=run_id)
+        if [str(k.value) for k in table.rows] != list(self.rows):  # newest first, as list_runs gives them
+            table.sort("run", reverse=True)
+
+    def _rebuild(self, table: DataTable, layout: TableLayout) -> None:
+        """New columns: clear the table and add every row again, keeping the cursor on its run."""
+        selected = self.selected_run()
+        self._layout = layout
+        table.clear(columns=True)
+        for name in layout.columns:
+            table.add_column(name, key=name)
+        for run_id, row in self.rows.items():
+            cells = row_cells(row, layout.bar)
+            table.add_row(*[cells[c] for c in layout.columns], key=run_id)
+        if selected is not None and selected.run_id in self.rows:
+            table.move_cursor(row=list(self.rows).index(selected.run_id), animate=False)
 
     # --- selection -------------------------------------------------------------------------------
     def selected_run(self) -> RunDir | None:
