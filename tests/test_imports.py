@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 HEAVY = ["torch", "diffusers", "transformers", "accelerate", "peft"]
 LIGHT_ENGINE = ["engine.schema", "engine.atomic", "engine.config", "engine.rundir", "engine.project",
                 "engine.captions", "engine.metadata", "engine.launch", "engine.supervisor", "engine.basemodel",
-                "engine.contact_sheet", "engine.runinfo", "engine.demo", "engine.tokencount"]
+                "engine.contact_sheet", "engine.runinfo", "engine.demo", "engine.tokencount", "engine.placeholder"]
 TUI = ["tui", "tui.cli", "tui.app"]
 
 # Imports the modules one after another in one interpreter and records, for each, which of the watched

@@ -1,5 +1,5 @@
-"""Pivotal tuning on the tiny model: the embedding trains first, then the LoRA, across a resume at the
-switch; the LoRA and the embedding both load in diffusers and each changes the picture."""
+"""Pivotal tuning on the tiny model: the embedding trains first, then the LoRA, across resumes at and after
+the switch; the LoRA and the embedding both load in diffusers and each changes the picture."""
 from __future__ import annotations
 
 import math
@@ -37,16 +37,20 @@ def embedding(ck) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_pivotal_trains_the_embedding_then_the_lora_across_a_resume_and_exports_both(tmp_path):
+def test_pivotal_trains_the_embedding_then_the_lora_across_resumes_at_and_after_the_switch_and_exports_both(tmp_path):
     cfg = pivotal_config()
     run = make_run(make_project(tmp_path, n=2), cfg)  # 1 step per epoch, 3 steps: step 1 is TI
 
     assert train(run.path, stop_after_steps=1) == 0  # stops right at the switch
-    assert train(run.path, resume=True) == 0
+    assert train(run.path, resume=True, stop_after_steps=2) == 0  # switches, stops in the LoRA phase
+    assert train(run.path, resume=True) == 0  # resumes in the LoRA phase
 
     phases = events(run, "phase")
-    assert [(p["phase"], p["step"]) for p in phases] == [("textual_inversion", 0), ("lora", 1)]
+    assert [(p["phase"], p["step"], p.get("resumed_at")) for p in phases] == [
+        ("textual_inversion", 0, None), ("lora", 1, None), ("lora", 1, 2)]
     assert phases[1]["embeddings_frozen"] is True and "switching to LoRA" in phases[1]["message"]
+    assert "resumed at step 3 in the LoRA phase (since step 2)" in phases[2]["message"]
+    assert "frozen" in phases[2]["message"]
     assert all(math.isfinite(p["loss"]) for p in events(run, "progress"))
     cks = [c.path for c in run.checkpoints()]
     assert [c.name for c in cks] == ["e0001-s00000001", "e0002-s00000002", "e0003-s00000003"]
@@ -56,7 +60,9 @@ def test_pivotal_trains_the_embedding_then_the_lora_across_a_resume_and_exports_
     assert embedding(cks[0]).shape == (1, base_row.shape[0])
     assert all(not v.any() for v in lora_up(cks[0]).values())
     assert torch.equal(embedding(cks[2]), embedding(cks[0]))
-    assert any(v.abs().sum() > 0 for v in lora_up(cks[2]).values())
+    assert any(v.abs().sum() > 0 for v in lora_up(cks[1]).values())
+    # The process resumed after the switch trained the LoRA, not the embedding.
+    assert any(not torch.equal(v, lora_up(cks[1])[k]) for k, v in lora_up(cks[2]).items())
     last = cks[2]
     assert sorted(p.name for p in last.iterdir()) == sorted([
         "COMPLETE", "concept.safetensors", "learned_embeds.safetensors", "pytorch_lora_weights.safetensors",
@@ -122,3 +128,64 @@ def test_the_switch_drops_the_gradients_of_what_must_not_move(tmp_path):
     lora_param.grad, vectors.grad = torch.ones(2), torch.ones(2)
     m.before_optimizer_step()
     assert lora_param.grad is not None and vectors.grad is not None
+
+
+class Events:
+    def __init__(self):
+        self.emitted, self.warnings = [], []
+
+    def emit(self, kind, **fields):
+        self.emitted.append((kind, fields))
+
+    def say(self, line):
+        pass
+
+    def warning(self, message, **fields):
+        self.warnings.append(message)
+
+
+def bare_pivotal(**changes):
+    from types import SimpleNamespace
+
+    from engine.train.methods.pivotal import PivotalMethod
+
+    m = PivotalMethod.__new__(PivotalMethod)
+    m.cfg = pivotal_config(**changes)
+    m.tokens = SimpleNamespace(token="<concept>")
+    return m
+
+
+@pytest.mark.parametrize("fraction,total,switch", [(0.5, 10, 5), (0.34, 3, 1), (0.99, 3, 2), (0.01, 3, 1), (0.5, 1, 1)])
+def test_the_switch_comes_after_the_fraction_of_steps_leaving_each_phase_a_step(fraction, total, switch):
+    assert bare_pivotal(**{"pivotal.ti_fraction": fraction}).switch_step(total) == switch
+
+
+def test_a_run_too_short_for_the_lora_phase_is_warned_about():
+    m, ev = bare_pivotal(), Events()
+    m.begin_step(0, total_steps=1, events=ev)
+    assert len(ev.warnings) == 1 and "the LoRA never trains" in ev.warnings[0]
+    m, ev = bare_pivotal(), Events()
+    m.begin_step(0, total_steps=2, events=ev)
+    assert ev.warnings == []
+
+
+def test_a_process_resumed_inside_a_phase_says_which_phase_it_is_in():
+    m, ev = bare_pivotal(**{"pivotal.ti_fraction": 0.5}), Events()  # 10 steps: TI for 1-5, LoRA from 6
+    m.begin_step(2, total_steps=10, events=ev)
+    m.begin_step(3, total_steps=10, events=ev)
+    assert [(f["phase"], f["step"], f["resumed_at"]) for _, f in ev.emitted] == [("textual_inversion", 0, 2)]
+    m, ev = bare_pivotal(**{"pivotal.ti_fraction": 0.5, "pivotal.train_embeddings_after_switch": True}), Events()
+    m.begin_step(7, total_steps=10, events=ev)
+    (kind, fields), = ev.emitted
+    assert (kind, fields["phase"], fields["step"], fields["resumed_at"]) == ("phase", "lora", 5, 7)
+    assert "resumed at step 8 in the LoRA phase (since step 6)" in fields["message"]
+    assert "still training" in fields["message"] and fields["embeddings_frozen"] is False
+
+
+def test_ti_fraction_of_one_is_a_config_error_naming_the_key():
+    from engine.config import parse_run_config
+    from engine.schema import ConfigError
+
+    with pytest.raises(ConfigError, match=r"pivotal.ti_fraction = 1.0: must be below 1"):
+        parse_run_config('method = "pivotal"\n[pivotal]\nti_fraction = 1.0\n')
+    parse_run_config('method = "textual_inversion"\n[pivotal]\nti_fraction = 1.0\n')  # unused there: fine

@@ -161,3 +161,51 @@ def test_trainable_state_holds_only_the_vectors_and_reloads_them():
     m.load_trainable_state(state)
     assert torch.equal(m.tokens.vectors.detach(), next(iter(state.values())))
     assert [len(g["params"]) for g in m.parameter_groups()] == [1]
+
+
+BAD_TI = """method = "textual_inversion"
+[model]
+base = "tiny"
+[textual_inversion]
+placeholder_token = "circle"
+initializer_token = "red circle"
+num_vectors = 2
+"""
+
+
+def test_run_and_check_refuse_a_placeholder_in_the_vocabulary_or_a_multi_token_initializer_before_launch(
+        tmp_path, tiny_base, capsys):
+    from tui.cli import main
+
+    project = make_project(tmp_path, n=1)
+    (project / "configs").mkdir()
+    (project / "configs" / "ti.toml").write_text(BAD_TI)
+
+    assert main(["run", str(project), "ti"]) == 2
+    err = capsys.readouterr().err
+    assert "configs/ti.toml:5: textual_inversion.placeholder_token = 'circle': 'circle' is already a token" in err
+    assert ("configs/ti.toml:6: textual_inversion.initializer_token = 'red circle' is 2 tokens for the base "
+            "model's tokenizer; it must be a single token") in err
+    assert not (project / "runs").exists() or not any((project / "runs").iterdir())
+
+    assert main(["check", str(project), "ti", "--set", "method=pivotal"]) == 1
+    err = capsys.readouterr().err
+    assert "placeholder_token = 'circle'" in err and "initializer_token = 'red circle' is 2 tokens" in err
+
+    # A good placeholder passes; a bad one given with --set is named as such.
+    assert main(["check", str(project), "ti", "--set", "textual_inversion.placeholder_token=<x>",
+                 "--set", "textual_inversion.initializer_token=circle"]) == 0
+    capsys.readouterr()
+    assert main(["run", str(project), "ti", "--set", "textual_inversion.placeholder_token=square",
+                 "--set", "textual_inversion.initializer_token=circle"]) == 2
+    assert "ti.toml (--set): textual_inversion.placeholder_token = 'square'" in capsys.readouterr().err
+
+
+def test_a_taken_vector_token_of_a_multi_vector_placeholder_is_named():
+    from engine.placeholder import tokenizer_problems
+
+    ti = ti_config(**{"textual_inversion.placeholder_token": "<x>", "textual_inversion.num_vectors": 3}).textual_inversion
+    problems = tokenizer_problems(ti, {"<x>_2", "circle"}, lambda text: 1)
+    assert problems == [("textual_inversion.placeholder_token", "= '<x>': its vector token '<x>_2' (num_vectors = 3) "
+                         "is already a token of the base model's tokenizer; pick a new word, e.g. \"<my-subject>\"")]
+    assert tokenizer_problems(ti, {"circle"}, lambda text: 1) == []

@@ -139,7 +139,13 @@ def run(args: argparse.Namespace) -> int:
 
     errors.extend(ds.errors)
     if cfg is not None:
-        errors.extend(_base_problems(cfg, project_dir))
+        base_errors = _base_problems(cfg, project_dir)
+        errors.extend(base_errors)
+        if not base_errors:  # the placeholder of textual inversion / pivotal against the base's tokenizer
+            from engine.placeholder import located_problems
+
+            errors.extend(str(p) for p in located_problems(cfg, project_dir, cpath, cpath.read_text(encoding="utf-8"),
+                                                           args.overrides))
     if args.strict and (ds.problems or unreadable):
         errors.append(f"--strict: {len(ds.problems) + len(unreadable)} problem(s) listed above")
 

@@ -3,7 +3,9 @@
 For the first `pivotal.ti_fraction` of the optimiser steps only the placeholder's vectors train (as in
 `textual_inversion`); from then on the UNet's LoRA (and the text encoder's, with
 `lora.train_text_encoder`) trains, with the vectors frozen or still training
-(`pivotal.train_embeddings_after_switch`). A `phase` event marks the start of each phase.
+(`pivotal.train_embeddings_after_switch`). The switch comes after `round(ti_fraction × steps)` steps,
+kept to at least one step for each phase. A `phase` event marks the start of each phase, and a resumed
+process emits one for the phase it resumes in (with `resumed_at`, the step it resumed at).
 
 Everything that will ever train is in the optimiser and requires grad from the first step, so the
 set of trained parameters never changes under DDP; what must not move in a phase has its gradients
@@ -31,6 +33,7 @@ LORA_PHASE = "lora"
 
 class PivotalMethod(Method):
     name = "pivotal"
+    _announced = False  # set by the first begin_step of a process
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
@@ -43,8 +46,11 @@ class PivotalMethod(Method):
         return True
 
     def switch_step(self, total_steps: int) -> int:
-        """Optimiser steps trained as textual inversion (at least one)."""
-        return min(total_steps, max(1, round(self.cfg.pivotal.ti_fraction * total_steps)))
+        """Optimiser steps trained as textual inversion: `ti_fraction` of them, rounded, and at least one
+        for each phase when there are two steps or more."""
+        if total_steps < 2:
+            return total_steps
+        return min(total_steps - 1, max(1, round(self.cfg.pivotal.ti_fraction * total_steps)))
 
     # --- which parameters train -------------------------------------------------------------
     def prepare_data(self, examples: Any, *, project_dir: Path, events: Any) -> None:
@@ -75,16 +81,32 @@ class PivotalMethod(Method):
     def begin_step(self, step: int, *, total_steps: int, events: Any) -> None:
         switch = self.switch_step(total_steps)
         self.phase = TI_PHASE if step < switch else LORA_PHASE
+        first, self._announced = not self._announced, True
+        frozen = not self.cfg.pivotal.train_embeddings_after_switch
+        lora_message = (f"the embedding of {self.tokens.token!r} is {'frozen' if frozen else 'still training'}")
         if step == 0:
             events.emit("phase", phase=TI_PHASE, step=step, until_step=switch,
                         message=f"pivotal tuning: textual inversion for steps 1-{switch}")
             events.say(f"pivotal tuning: training the embedding of {self.tokens.token!r} for {switch} of "
                        f"{total_steps} steps, then LoRA")
-        if step == switch and switch < total_steps:
-            frozen = not self.cfg.pivotal.train_embeddings_after_switch
-            message = (f"pivotal tuning: switching to LoRA at step {step + 1}; the embedding of "
-                       f"{self.tokens.token!r} is {'frozen' if frozen else 'still training'}")
+            if switch >= total_steps:
+                events.warning(f"pivotal tuning: this run has {total_steps} step(s), all of them textual inversion, "
+                               "so the LoRA never trains; train more steps (train.epochs) or use method = "
+                               "\"textual_inversion\"")
+        elif step == switch and switch < total_steps:
+            message = f"pivotal tuning: switching to LoRA at step {step + 1}; {lora_message}"
             events.emit("phase", phase=LORA_PHASE, step=step, embeddings_frozen=frozen, message=message)
+            events.say(message)
+        elif first:  # resumed inside a phase: say which (the phase event names where the phase began)
+            if self.phase == TI_PHASE:
+                message = (f"pivotal tuning: resumed at step {step + 1} in textual inversion, which lasts "
+                           f"to step {switch}")
+                events.emit("phase", phase=TI_PHASE, step=0, until_step=switch, resumed_at=step, message=message)
+            else:
+                message = (f"pivotal tuning: resumed at step {step + 1} in the LoRA phase (since step "
+                           f"{switch + 1}); {lora_message}")
+                events.emit("phase", phase=LORA_PHASE, step=switch, embeddings_frozen=frozen, resumed_at=step,
+                            message=message)
             events.say(message)
 
     def before_optimizer_step(self) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from engine.placeholder import placeholder_names, tokenizer_problems
 from engine.train.checkpoint import write_tensors
 from engine.train.methods.base import ExportInfo, Method
 
@@ -65,18 +66,13 @@ class PlaceholderTokens:
     def __init__(self, cfg: Any, tokenizer: Any):
         ti = cfg.textual_inversion
         self.token = ti.placeholder_token
-        self.names = [self.token] + [f"{self.token}_{i}" for i in range(1, ti.num_vectors)]
+        self.names = placeholder_names(self.token, ti.num_vectors)
         self.tokenizer = tokenizer
-        vocab = tokenizer.get_vocab()
-        taken = [n for n in self.names if n in vocab]
-        if taken:
-            raise ValueError(f"textual_inversion.placeholder_token = {self.token!r}: {taken[0]!r} is already a "
-                             "token of the base model's tokenizer; pick a new word, e.g. \"<my-subject>\"")
+        problems = tokenizer_problems(ti, tokenizer.get_vocab(),
+                                      lambda text: len(tokenizer.encode(text, add_special_tokens=False)))
+        if problems:  # the same rules `tunelab run` checks before launch, where the tokenizer is on disk
+            raise ValueError("; ".join(f"{key} {message}" for key, message in problems))
         init_ids = tokenizer.encode(ti.initializer_token, add_special_tokens=False)
-        if len(init_ids) != 1:
-            raise ValueError(f"textual_inversion.initializer_token = {ti.initializer_token!r} is {len(init_ids)} "
-                             "tokens for the base model's tokenizer; it must be a single token (a common word "
-                             "such as \"dog\", \"person\" or \"style\")")
         self.initializer_id = init_ids[0]
         self.embedding: PlaceholderEmbedding | None = None
         self._pattern = re.compile(re.escape(self.token) + r"(?!_\d)")
