@@ -9,7 +9,8 @@ Event fields read (extra fields are ignored, missing ones leave the summary's fi
   start     epochs, total_steps
   progress  step, epoch (1-based, under way), epochs, total_steps, loss, lr, img_s, eta_s (seconds)
   epoch     epoch (completed), epochs, seconds (the epoch's duration)
-  checkpoint (path), sample (path: samples/<column>/<file>), warning, error (message)
+  checkpoint (path), sample (path: samples/<column>/<file>), warning, error (message), stopped (reason)
+`stop_reason` of a stopped run: the supervisor's (status.json `stop_reason`), else the trainer's `stopped`.
 (the trainer's full list is in engine/train/events.py; the fake trainer in tests/ writes the same)
 Costs: elapsed hours (all attempts of the run) × `budget.gpu_hourly_cost` of the frozen config.
 """
@@ -55,6 +56,8 @@ class RunSummary:
     last_checkpoint: str | None = None
     sample_columns: int = 0
     warnings: int = 0
+    last_warning: str | None = None
+    stop_reason: str | None = None  # why a stopped/stopping run stops: "budget", "request", "signal", …
     errors: list[str] = field(default_factory=list)
     last_event_t: float | None = None
     phase: str | None = None  # what the run does besides stepping: "class images 3/100", "pivotal: lora"
@@ -82,6 +85,8 @@ class RunWatcher:
         self._last_checkpoint: str | None = None
         self._sample_cols: set[str] = set()
         self._warnings = 0
+        self._last_warning: str | None = None
+        self._stopped_reason: str | None = None
         self._errors: list[str] = []
         self._last_t: float | None = None
         self._phase: str | None = None
@@ -111,6 +116,7 @@ class RunWatcher:
                 self._epoch_event = ev
             elif kind == "start":
                 self._start = ev
+                self._stopped_reason = None
             elif kind == "checkpoint":
                 self._checkpoints += 1
                 self._last_checkpoint = Path(str(ev.get("path", ""))).name or None
@@ -124,6 +130,11 @@ class RunWatcher:
                 self._phase = f"{self.run_method_label()}: {ev.get('phase')}"
             elif kind == "warning":
                 self._warnings += 1
+                self._last_warning = str(ev.get("message", "warning"))
+            elif kind == "stopped":
+                self._stopped_reason = str(ev["reason"]) if ev.get("reason") else None
+            elif kind == "resumed":
+                self._stopped_reason = None
             elif kind == "error":
                 self._errors.append(str(ev.get("message", "error")))
 
@@ -151,6 +162,9 @@ class RunWatcher:
             error=status.get("error"),
             currency=str(budget.get("currency", "$")),
             warnings=self._warnings,
+            last_warning=self._last_warning,
+            stop_reason=(status.get("stop_reason") or self._stopped_reason) if state in ("stopping", "stopped")
+            else None,
             errors=list(self._errors[-5:]),
             last_event_t=self._last_t,
             phase=self._phase,

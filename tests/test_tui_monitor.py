@@ -193,3 +193,26 @@ async def test_gpu_panel_shows_readings_per_board():
     assert "0 NVIDIA H100" in text and "1 NVIDIA H100" in text
     assert "87%" in text and "30.0/80 GiB" in text and "61°C" in text and "350/700 W" in text
     assert "power -" in text  # the second board gives no power reading
+
+
+@sync
+async def test_a_run_stopped_by_its_budget_says_so_with_the_trainers_warning(tmp_path, monkeypatch):
+    import json
+
+    monkeypatch.setenv("TUNELAB_NO_GPU", "1")
+    project = make_project(tmp_path)
+    run = write_run(project, "20260101-000000-x", state="stopped", done_epochs=2)
+    with run.events_path.open("a") as f:
+        for ev in ({"kind": "warning", "message": "budget.max_hours = 0.5 reached after 0.50 h; stopping with "
+                    "a checkpoint", "reason": "budget", "budget": 0.5},
+                   {"kind": "stopped", "step": 8, "epoch": 2, "reason": "budget"}):
+            f.write(json.dumps({"t": FIXED_NOW - 100, **ev}) + "\n")
+    app = MonitorApp(run)
+    async with app.run_test(size=(120, 30)) as pilot:
+        screen = app.screen
+        await until(pilot, lambda: screen.summary is not None and screen.summary.stop_reason == "budget")
+        await pilot.pause()
+        stats = screen.query_one("#monitor-stats")
+        shown = "\n".join("".join(seg.text for seg in stats.render_line(y)) for y in range(stats.size.height))
+        assert "stopped budget.max_hours reached" in shown
+        assert "warning budget.max_hours = 0.5 reached after 0.50 h" in shown

@@ -295,3 +295,32 @@ def test_a_narrow_terminal_shows_whole_values_and_a_wide_one_every_column(tmp_pa
                 assert max(len(line.rstrip()) for line in screen_rows(table)) <= size[0]
                 assert table.max_scroll_x == 0, f"{size}: the table scrolls sideways"
     body()
+
+
+def test_force_stop_asks_first_then_kills_a_run_that_ignores_stop(tmp_path, fake_env, monkeypatch):
+    monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.2")
+    monkeypatch.setenv("TUNELAB_FAKE_IGNORE_STOP", "1")
+    project = make_project(tmp_path, "[train]\nepochs = 50\n")
+    rd = launch.create_run(project, "x")
+    fake_env.append(rd)
+    launch.start_supervisor(rd)
+
+    @sync
+    async def body():
+        app = PaneApp(project)
+        async with app.run_test(size=(160, 20)) as pilot:
+            await until(pilot, lambda: table_state(app).get(rd.run_id) == "running", what="running")
+            app.query_one(DataTable).focus()
+            await pilot.press("K")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmModal) and "Force stop" in app.screen.question
+            await pilot.press("n")  # changed my mind: nothing happens
+            await pilot.pause(0.5)
+            assert not isinstance(app.screen, ConfirmModal) and rd.state() == "running"
+            await pilot.press("K")
+            await pilot.pause()
+            await pilot.press("y")
+            await until(pilot, lambda: table_state(app).get(rd.run_id) in ("stopped", "failed"), timeout=30,
+                        what="killed")
+        assert not rd.lock_held()  # the supervisor is gone too
+    body()

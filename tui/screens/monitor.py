@@ -52,6 +52,23 @@ def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]
     return items
 
 
+STOP_REASONS = {"budget": "budget.max_hours reached", "request": "stop requested", "signal": "stopped by a signal"}
+
+
+def notes(s: RunSummary) -> list[tuple[str, str, str]]:
+    """Lines under the numbers: why the run stopped, its error, its newest warning (label, text, style)."""
+    out = []
+    if s.state in ("stopping", "stopped") and s.stop_reason:
+        out.append((s.state, STOP_REASONS.get(s.stop_reason, s.stop_reason), "magenta"))
+    error = s.error or (s.errors[-1] if s.errors else "")
+    if error:
+        out.append(("error", error, "red"))
+    if s.last_warning:
+        more = f"  ({s.warnings} warnings in all; the log has each)" if s.warnings > 1 else ""
+        out.append(("warning", s.last_warning + more, "yellow"))
+    return out
+
+
 def flow(items: list[tuple[str, str]], width: int, gap: int = 2) -> Text:
     """`label value` pairs packed into lines of at most `width` cells; a pair is never split."""
     out = Text()
@@ -71,8 +88,8 @@ def flow(items: list[tuple[str, str]], width: int, gap: int = 2) -> Text:
 
 
 class RunStats(Widget):
-    """The monitor's numbers, as many to a line as fit (two lines at 100 columns, one at 200); the
-    run's error, if any, on a line of its own."""
+    """The monitor's numbers, as many to a line as fit (two or three lines at 100 columns, one at 200);
+    why the run stopped, its error and its newest warning on lines of their own."""
 
     DEFAULT_CSS = """
     RunStats { height: auto; padding: 0 1; }
@@ -81,18 +98,18 @@ class RunStats(Widget):
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
         self.items: list[tuple[str, str]] = []
-        self.error = ""
+        self.notes: list[tuple[str, str, str]] = []
 
     def show(self, s: RunSummary, history: TrainingHistory) -> None:
         self.items = stats_items(s, history)
-        self.error = s.error or (s.errors[-1] if s.errors else "")
+        self.notes = notes(s)
         self.refresh(layout=True)
 
     def _text(self, width: int) -> Text:
         text = flow(self.items, max(20, width))
-        if self.error:
-            text.append("\nerror ", style="red bold")
-            text.append(self.error, style="red")
+        for label, message, style in self.notes:
+            text.append(f"\n{label} ", style=f"{style} bold")
+            text.append(message, style=style)
         return text
 
     def render(self) -> Text:
