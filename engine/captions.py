@@ -288,27 +288,47 @@ def plan_empty(items: Sequence[Target], mode: Mode = "missing", root=None) -> Pl
 
 
 def plan_template(items: Sequence[Target], template: str, lookup: Callable[[Target], dict[str, str] | None],
-                  mode: Mode = "missing", root=None) -> Plan:
-    """Captions from metadata fields. Raises CaptionError naming any missing field and the images lacking it."""
+                  mode: Mode = "missing", root=None, *, skip_missing: bool = False,
+                  source: str = "the metadata") -> Plan:
+    """Captions from metadata fields (`lookup` gives an image's row, None when it has none).
+
+    Raises CaptionError naming each missing field and the images lacking it (and the images with no
+    row in `source`), unless `skip_missing`: those images are then skipped and listed in the plan.
+    """
     names = template_fields(template)
     if not names:
         raise CaptionError(f"template {template!r} has no {{field}}; use `fixed` for one caption for all")
     missing: dict[str, list[str]] = {}
-    rows: dict[Path, dict[str, str]] = {}
+    no_row: list[str] = []
+    rows: dict[Path, dict[str, str] | None] = {}
     for t in items:
-        row = lookup(t) or {}
+        row = lookup(t)
         rows[t.image] = row
+        if row is None:
+            no_row.append(t.rel or str(t.image))
+            continue
         for n in names:
             if n not in row:
                 missing.setdefault(n, []).append(t.rel or str(t.image))
-    if missing:
-        lines = []
-        for n, ims in missing.items():
-            shown = ", ".join(ims[:10]) + (f" and {len(ims) - 10} more" if len(ims) > 10 else "")
-            lines.append(f"field {{{n}}} is missing for {len(ims)} image(s): {shown}")
-        raise CaptionError(f"template {template!r}:\n  " + "\n  ".join(lines))
-    return _plan(f"template {template!r}", items,
-                 lambda t, cur: _gate(mode, cur) or render_template(template, rows[t.image]), root)
+    if (missing or no_row) and not skip_missing:
+        lines = [f"no row in {source} for {len(no_row)} image(s): {_some(no_row)}"] if no_row else []
+        lines += [f"field {{{n}}} is missing for {len(ims)} image(s): {_some(ims)}" for n, ims in missing.items()]
+        raise CaptionError(f"template {template!r}:\n  " + "\n  ".join(lines)
+                           + "\n  (--skip-missing captions the other images and leaves these as they are)")
+
+    def compute(t: Target, cur: str | None):
+        row = rows[t.image]
+        if row is None:
+            return (None, f"no row in {source}")
+        absent = [n for n in names if n not in row]
+        if absent:
+            return (None, f"no field {{{absent[0]}}}")
+        return _gate(mode, cur) or render_template(template, row)
+    return _plan(f"template {template!r}", items, compute, root)
+
+
+def _some(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def plan_prefix(items: Sequence[Target], prefix: str, sep: str = ", ", root=None) -> Plan:
@@ -456,13 +476,7 @@ class UndoResult:
     journal: Path
 
 
-def undo_last(project_dir: str | os.PathLike, dry_run: bool = False) -> UndoResult:
-    """Restore the files of the newest bulk operation exactly.
-
-    Refuses, touching nothing, if any file now differs from what the operation wrote (a file still
-    holding its old content is fine: the operation never got to it). The journal is then renamed
-    `*.undone.json`, so a second undo goes one operation further back.
-    """
+def _undo_journal(project_dir: str | os.PathLike) -> tuple[Path, dict, list[dict]]:
     js = journals(project_dir)
     if not js:
         raise CaptionError(f"{project_dir}: nothing to undo (no journal in {UNDO_DIR})")
@@ -482,18 +496,45 @@ def undo_last(project_dir: str | os.PathLike, dry_run: bool = False) -> UndoResu
         shown = "\n  ".join(str(p) for p in conflicts)
         raise UndoConflict(f"cannot undo {data.get('operation', 'the last operation')!r}: {len(conflicts)} file(s) "
                            f"changed since; nothing was touched:\n  {shown}", conflicts)
-    restored = []
+    return jpath, data, files
+
+
+def _journal_old(e: dict) -> bytes | None:
+    if e["old_sha256"] is None:
+        return None
+    return e["old_text"].encode("utf-8") if "old_text" in e else base64.b64decode(e["old_b64"])
+
+
+def undo_plan(project_dir: str | os.PathLike) -> Plan:
+    """What `undo_last` would restore, as a Plan whose diff shows each file going back (nothing written).
+    Raises UndoConflict like `undo_last`."""
+    _, data, files = _undo_journal(project_dir)
+    plan = Plan(f"undo {data.get('operation', '')}", root=Path(project_dir))
+    for e in files:
+        p = Path(project_dir) / e["path"]
+        now, old = _read_bytes(p), _journal_old(e)
+        if now != old:
+            text = lambda b: None if b is None else b.decode("utf-8", errors="replace")  # noqa: E731
+            plan.changes.append(Change(p, text(now), text(old), e.get("rel") or e["path"]))
+    return plan
+
+
+def undo_last(project_dir: str | os.PathLike, dry_run: bool = False) -> UndoResult:
+    """Restore the files of the newest bulk operation exactly.
+
+    Refuses, touching nothing, if any file now differs from what the operation wrote (a file still
+    holding its old content is fine: the operation never got to it). The journal is then renamed
+    `*.undone.json`, so a second undo goes one operation further back.
+    """
+    jpath, data, files = _undo_journal(project_dir)
+    restored = [e.get("rel") or e["path"] for e in files]
     if not dry_run:
         for e in files:
             p = Path(project_dir) / e["path"]
-            if e["old_sha256"] is None:
+            old = _journal_old(e)
+            if old is None:
                 p.unlink(missing_ok=True)
-            else:
-                old = e["old_text"].encode("utf-8") if "old_text" in e else base64.b64decode(e["old_b64"])
-                if _read_bytes(p) != old:
-                    atomic.write_bytes(p, old)
-            restored.append(e.get("rel") or e["path"])
+            elif _read_bytes(p) != old:
+                atomic.write_bytes(p, old)
         os.replace(jpath, jpath.with_name(jpath.stem + ".undone.json"))
-    else:
-        restored = [e.get("rel") or e["path"] for e in files]
     return UndoResult(data.get("operation", ""), restored, jpath)

@@ -650,12 +650,14 @@ def count_tokens_exactly(ds: Dataset, counter, max_tokens: int = 77) -> int:
 
 
 def plan_template_captions(ds: Dataset, items: list[Item], template: str | None = None, mode: str = "missing",
-                           metadata: str | os.PathLike | None = None):
+                           metadata: str | os.PathLike | None = None, *, skip_missing: bool = False):
     """A caption plan filling `template` from each item's metadata row (`engine.captions.plan_template`).
 
     `template` defaults to the items' concepts' `template` in project.toml (they must agree); each
     item's metadata file is `metadata`, else its concept's `metadata`, else the default search
-    (concept folder, then project folder). Raises CaptionError saying what is missing.
+    (concept folder, then project folder). Raises CaptionError saying what is missing: a field that is
+    no column of the metadata file, images with no row, or rows lacking a field (`skip_missing`:
+    those images are skipped instead).
     """
     from engine.captions import CaptionError, Target, plan_template
 
@@ -667,6 +669,7 @@ def plan_template_captions(ds: Dataset, items: list[Item], template: str | None 
             raise CaptionError("give a template, e.g. 'official art of pokemon {name}, {type1}'"
                                + (" (the concepts' templates differ; pick one concept)" if found else ""))
         template = found.pop()
+    names = template_fields(template)
     metas: dict[str, Metadata] = {}
 
     def meta_for(concept: str) -> Metadata:
@@ -687,10 +690,28 @@ def plan_template_captions(ds: Dataset, items: list[Item], template: str | None 
                 raise CaptionError(str(e)) from None
         return metas[concept]
 
+    def shown(path: Path) -> str:
+        try:
+            return path.resolve().relative_to(ds.project_dir.resolve()).as_posix()
+        except ValueError:
+            return str(path)
+
+    for concept in dict.fromkeys(i.concept for i in usable):
+        meta = meta_for(concept)
+        lacking = [n for n in names if n not in meta.columns]
+        if lacking:
+            ims = [i.rel for i in usable if i.concept == concept]
+            raise CaptionError(
+                f"template {template!r}: field " + ", ".join(f"{{{n}}}" for n in lacking)
+                + f" {'is' if len(lacking) == 1 else 'are'} missing from {shown(meta.path)} "
+                f"(its columns: {', '.join(c for c in meta.columns if c != 'file_name') or 'none'}), so "
+                f"{len(ims)} image(s) lack {'it' if len(lacking) == 1 else 'them'}: "
+                + ", ".join(ims[:10]) + (f" and {len(ims) - 10} more" if len(ims) > 10 else ""))
     concept_of = {i.path: i.concept for i in usable}
+    source = " / ".join(sorted({shown(m.path) for m in metas.values()})) or "the metadata"
     return plan_template([Target(i.path, i.rel) for i in usable], template,
                          lambda t: meta_for(concept_of[t.image]).fields_for(t.image), mode,  # type: ignore[arg-type]
-                         root=ds.project_dir)
+                         root=ds.project_dir, skip_missing=skip_missing, source=source)
 
 
 # ---------------------------------------------------------------------------------------------

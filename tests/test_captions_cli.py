@@ -62,8 +62,21 @@ def test_template_uses_the_concepts_template_and_metadata_and_undo_restores(proj
 def test_a_template_field_missing_from_metadata_is_an_error_naming_field_and_images(project, capsys):
     rc, _, err = caption(capsys, project, "template", "{name} {generation}", "--concept", "images")
     assert rc == 1
-    assert "{generation} is missing for 3 image(s)" in err and "images/sub/003.png" in err
+    assert "field {generation} is missing from images/metadata.csv (its columns: name, type1, type2)" in err
+    assert "3 image(s) lack it" in err and "images/sub/003.png" in err
     assert not (project / "images" / "002.txt").exists()
+
+
+def test_images_without_a_metadata_row_are_named_and_skip_missing_captions_the_rest(project, capsys):
+    write_image(project / "images" / "004.png")  # not in metadata.csv
+    rc, _, err = caption(capsys, project, "template", "--concept", "images")
+    assert rc == 1 and "no row in images/metadata.csv for 1 image(s): images/004.png" in err
+    assert "--skip-missing" in err and not (project / "images" / "002.txt").exists()
+    rc, out, err = caption(capsys, project, "template", "--concept", "images", "--skip-missing")
+    assert rc == 0, err
+    assert "skipped 1 (already captioned; --overwrite replaces), 1 (no row in images/metadata.csv)" in out
+    assert read(project / "images" / "002.txt") == "official art of pokemon charmander, fire"
+    assert not (project / "images" / "004.txt").exists()
 
 
 def test_prefix_twice_changes_nothing_the_second_time(project, capsys):
@@ -130,3 +143,23 @@ def test_auto_captions_only_missing_images_with_a_local_blip_and_can_be_undone(p
 def test_auto_with_a_model_that_is_not_there_says_how_to_get_it(project, tmp_path, capsys):
     rc, _, err = caption(capsys, project, "auto", "--model", tmp_path / "no-such-blip")
     assert rc == 1 and "cannot load BLIP" in err and "--model" in err
+
+
+def test_undo_with_dry_run_shows_each_file_going_back_and_restores_nothing(project, capsys):
+    caption(capsys, project, "prefix", "sks")
+    caption(capsys, project, "fixed", "new one")  # the last operation: creates 002.txt and sub/003.txt
+    rc, out, _ = caption(capsys, project, "--undo", "--dry-run")
+    assert rc == 0
+    assert "--- a/images/002.txt\n+++ /dev/null" in out and "-new one" in out
+    assert "2 caption file(s) to restore" in out and "dry run: nothing restored" in out
+    assert read(project / "images" / "002.txt") == "new one"
+    rc, out, _ = caption(capsys, project, "--undo")
+    assert rc == 0 and read(project / "images" / "002.txt") is None
+    assert read(project / "images" / "001.txt") == "sks, a green creature"  # the earlier operation stays
+
+
+def test_dry_run_before_the_operation_name_still_writes_nothing(project, capsys):
+    before = tree_digest(project, exclude=())
+    rc, out, _ = caption(capsys, project, "--dry-run", "fixed", "a pokemon")
+    assert rc == 0 and "dry run: nothing written" in out
+    assert tree_digest(project, exclude=()) == before

@@ -19,7 +19,9 @@ DEFAULT_BLIP = "Salesforce/blip-image-captioning-base"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("project", help="project folder, or a name under ./projects")
-    p.add_argument("--undo", action="store_true", help="restore the captions changed by the last operation")
+    p.add_argument("--undo", action="store_true", help="restore the captions changed by the last operation "
+                   "(with --dry-run: show what it would restore)")
+    p.add_argument("--dry-run", dest="top_dry_run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--projects-dir", default="projects", help=argparse.SUPPRESS)
 
     common = argparse.ArgumentParser(add_help=False)
@@ -36,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("template", parents=[common], help="captions from metadata fields: 'pokemon {name}, {type1}'")
     s.add_argument("template", nargs="?", help="format template (default: the concept's `template` in project.toml)")
     s.add_argument("--metadata", help="metadata.csv/.jsonl with a file_name column (default: the concept's)")
+    s.add_argument("--skip-missing", action="store_true",
+                   help="leave images with no metadata row (or lacking a field) as they are, instead of refusing")
     s = sub.add_parser("fixed", parents=[common], help="one caption for every image")
     s.add_argument("text")
     sub.add_parser("empty", parents=[common], help="empty caption files")
@@ -72,6 +76,12 @@ def run(args: argparse.Namespace) -> int:
             print("tunelab caption: --undo takes no operation", file=sys.stderr)
             return 2
         try:
+            if args.top_dry_run:
+                plan = C.undo_plan(project_dir)
+                sys.stdout.write(plan.diff())
+                print(f"{plan.operation}: {len(plan.changes)} caption file(s) to restore")
+                print("dry run: nothing restored")
+                return 0
             res = C.undo_last(project_dir)
         except C.CaptionError as e:
             print(str(e), file=sys.stderr)
@@ -88,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"project.toml has errors:\n{e}", file=sys.stderr)
         return 1
-    ds = scan_project(project_dir, project=pf, concepts=args.concept or None, write_cache=not args.dry_run)
+    ds = scan_project(project_dir, project=pf, concepts=args.concept or None,
+                      write_cache=not (args.dry_run or args.top_dry_run))
     if args.concept and not ds.concepts:
         names = ", ".join(c.name for c in scan_project(project_dir, project=pf, write_cache=False).concepts)
         print(f"--concept {', '.join(args.concept)}: no such concept (concepts: {names})", file=sys.stderr)
@@ -100,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         if args.op == "template":
-            plan = plan_template_captions(ds, items, args.template, mode, args.metadata)
+            plan = plan_template_captions(ds, items, args.template, mode, args.metadata, skip_missing=args.skip_missing)
         elif args.op == "fixed":
             plan = C.plan_fixed(targets, args.text, mode, root=project_dir)
         elif args.op == "empty":
@@ -122,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"tunelab caption {args.op}: {e}", file=sys.stderr)
         return 1
 
-    if args.dry_run:
+    if args.dry_run or args.top_dry_run:
         sys.stdout.write(plan.diff())
         print(plan.summary())
         print("dry run: nothing written")
