@@ -88,6 +88,16 @@ def test_check_by_name_under_projects_prints_counts_steps_and_the_resolved_confi
     assert "photos/0.png: too small (32x32, shorter side < 64)" in out
     assert "resolved config (" in out and "batch_size = 4" in out and "learning_rate = 0.0001" in out
     assert "goals: 1 accuracy, 0 flexibility, 0 preservation" in out
+    assert "  [lora]\n" in out and "  [sample]\n" in out and "[dreambooth]" not in out and "[pivotal]" not in out
+
+
+def test_the_resolved_config_shows_the_sections_its_method_reads(tmp_path, capsys):
+    p = project_with_config(tmp_path, 'method = "dreambooth"\n[dreambooth]\nclass_prompt = "a dog"\nweights = "full"\n')
+    rc, out, err = check(capsys, p, "lora", "--set", "train.epochs=2")
+    assert rc == 0, err
+    sections = [ln.strip() for ln in out.splitlines() if ln.startswith("  [")]
+    assert sections == ["[model]", "[data]", "[train]", "[full]", "[dreambooth]", "[save]", "[sample]", "[launch]",
+                        "[budget]"]
 
 
 def test_config_errors_are_all_reported_with_file_line_and_accepted_values(tmp_path, capsys):
