@@ -530,6 +530,8 @@ def scan_project(project_dir: str | os.PathLike, resolution: int | None = None, 
             meta = _concept_metadata(project_dir, concept, ds)
         prefix_len = len(str(project_dir)) + 1
         image_stems = {os.path.splitext(p)[0] for p in images}
+        # photo.TXT is not read (sidecars are .txt, as kohya's caption_extension is case-sensitive): say so
+        odd_case = {c[:-4]: c.rsplit(os.sep, 1)[-1] for c in caption_files if not c.endswith(CAPTION_EXT)}
         for c in sorted(caption_files):
             if os.path.splitext(c)[0] not in image_stems:
                 rel = c[prefix_len:].replace(os.sep, "/")
@@ -559,6 +561,9 @@ def scan_project(project_dir: str | os.PathLike, resolution: int | None = None, 
             elif resolution and min(item.width, item.height) < resolution:
                 item.flags.append(f"{FLAG_TOO_SMALL} ({item.width}x{item.height}, shorter side < {resolution})")
             _caption_item(item, spath, concept, meta, max_tokens)
+            if odd_case and FLAG_NO_CAPTION in item.flags and os.path.splitext(spath)[0] in odd_case:
+                item.flags[item.flags.index(FLAG_NO_CAPTION)] = (
+                    f"{FLAG_NO_CAPTION} ({odd_case[os.path.splitext(spath)[0]]} is not read: rename it to .txt)")
             ds.items.append(item)
             count.images += 1
             if item.usable:

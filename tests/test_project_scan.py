@@ -303,3 +303,12 @@ def test_a_png_cut_short_is_flagged_as_truncated(tmp_path):
     (tmp_path / "d" / "cut.png").write_bytes(data[:-20])
     (item,) = scan_project(tmp_path).items
     assert item.flags == ["unreadable: truncated (no PNG IEND chunk)", "no caption"] and not item.usable
+
+
+def test_a_caption_with_an_upper_case_extension_is_named_not_silently_missing(tmp_path):
+    write_image(tmp_path / "d" / "a.png")
+    (tmp_path / "d" / "a.TXT").write_text("a caption from windows")
+    write_image(tmp_path / "d" / "b.png")
+    items = by_rel(scan_project(tmp_path))
+    assert items["d/a.png"].flags == ["no caption (a.TXT is not read: rename it to .txt)"]
+    assert items["d/b.png"].flags == ["no caption"]
