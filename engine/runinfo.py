@@ -47,6 +47,7 @@ class RunSummary:
     epoch_seconds: float | None = None
     cost: float | None = None
     cost_per_epoch: float | None = None
+    max_hours: float | None = None  # budget.max_hours, when set
     currency: str = "$"
     started: str | None = None
     ended: str | None = None
@@ -188,6 +189,7 @@ class RunWatcher:
                 eta = max(0.0, eta - max(0.0, now - p["t"]))
             s.eta_s = eta
         s.elapsed_s = _elapsed(status, state, now, self._last_t)
+        s.max_hours = _float(budget.get("max_hours")) or None
         rate = _float(budget.get("gpu_hourly_cost")) or 0.0
         if rate > 0 and s.elapsed_s is not None:
             s.cost = round(s.elapsed_s / 3600.0 * rate, 4)
@@ -291,6 +293,8 @@ def fmt_cost(summary: RunSummary, amount: float | None = None) -> str:
     amount = summary.cost if amount is None else amount
     if amount is None:
         return "-"
+    if 0 < amount < 0.01:  # a cent an epoch is common on a cheap box: "$0.00/epoch" would say nothing
+        return f"{summary.currency}{amount:.4f}"
     return f"{summary.currency}{amount:.2f}"
 
 

@@ -202,6 +202,7 @@ async def test_a_run_stopped_by_its_budget_says_so_with_the_trainers_warning(tmp
     monkeypatch.setenv("TUNELAB_NO_GPU", "1")
     project = make_project(tmp_path)
     run = write_run(project, "20260101-000000-x", state="stopped", done_epochs=2)
+    run.config_path.write_text(run.config_path.read_text() + "max_hours = 0.5\n")  # [budget] is last
     with run.events_path.open("a") as f:
         for ev in ({"kind": "warning", "message": "budget.max_hours = 0.5 reached after 0.50 h; stopping with "
                     "a checkpoint", "reason": "budget", "budget": 0.5},
@@ -214,5 +215,5 @@ async def test_a_run_stopped_by_its_budget_says_so_with_the_trainers_warning(tmp
         await pilot.pause()
         stats = screen.query_one("#monitor-stats")
         shown = "\n".join("".join(seg.text for seg in stats.render_line(y)) for y in range(stats.size.height))
-        assert "stopped budget.max_hours reached" in shown
-        assert "warning budget.max_hours = 0.5 reached after 0.50 h" in shown
+        assert "stopped: budget.max_hours = 0.5 h reached" in shown and "budget 30m00s" in shown
+        assert "warning: budget.max_hours = 0.5 reached after 0.50 h" in shown

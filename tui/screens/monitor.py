@@ -42,6 +42,10 @@ def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]
               ("ETA", fmt_duration(s.eta_s) if s.alive else "-"),
               ("elapsed", fmt_duration(s.elapsed_s)),
               ("cost", fmt_cost(s) + (f" ({fmt_cost(s, s.cost_per_epoch)}/epoch)" if s.cost_per_epoch else ""))]
+    if s.max_hours:
+        budget = s.max_hours * 3600
+        left = f" ({fmt_duration(max(0.0, budget - s.elapsed_s))} left)" if s.alive and s.elapsed_s is not None else ""
+        items.append(("budget", fmt_duration(budget) + left))
     if s.epoch_seconds:
         items.append(("epoch time", fmt_duration(s.epoch_seconds)))
     last = parse_checkpoint_name(s.last_checkpoint) if s.last_checkpoint else None
@@ -52,20 +56,24 @@ def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]
     return items
 
 
-STOP_REASONS = {"budget": "budget.max_hours reached", "request": "stop requested", "signal": "stopped by a signal"}
+def stop_reason_text(s: RunSummary) -> str:
+    reason = s.stop_reason or ""
+    if reason.startswith("budget"):  # the supervisor's "budget reached" or the trainer's "budget"
+        return f"budget.max_hours = {s.max_hours:g} h reached" if s.max_hours else "budget.max_hours reached"
+    return {"request": "stop requested", "signal": "stopped by a signal"}.get(reason, reason)
 
 
 def notes(s: RunSummary) -> list[tuple[str, str, str]]:
     """Lines under the numbers: why the run stopped, its error, its newest warning (label, text, style)."""
     out = []
     if s.state in ("stopping", "stopped") and s.stop_reason:
-        out.append((s.state, STOP_REASONS.get(s.stop_reason, s.stop_reason), "magenta"))
+        out.append((s.state + ":", stop_reason_text(s), "magenta"))
     error = s.error or (s.errors[-1] if s.errors else "")
     if error:
-        out.append(("error", error, "red"))
+        out.append(("error:", error, "red"))
     if s.last_warning:
         more = f"  ({s.warnings} warnings in all; the log has each)" if s.warnings > 1 else ""
-        out.append(("warning", s.last_warning + more, "yellow"))
+        out.append(("warning:", s.last_warning + more, "yellow"))
     return out
 
 
