@@ -100,6 +100,8 @@ class DreamBoothConfig:
     class_prompt: str = opt("", help="Prompt for the class images (`a dog`); required with prior preservation.")
     prior_preservation: bool = opt(True, help="Generate class images with the base model and train on them too.")
     num_class_images: int = opt(100, help="Class images to generate (cached and reused).", min=1)
+    class_steps: int = opt(30, help="Denoising steps (DPM++) for each class image.", min=1, max=1000)
+    class_guidance: float = opt(7.5, help="Guidance scale for the class images.", min=0)
     prior_loss_weight: float = opt(1.0, help="Weight of the prior-preservation loss.", min=0)
     weights: Literal["lora", "full"] = opt("lora", help="Train LoRA weights (see [lora]) or the full UNet.")
 

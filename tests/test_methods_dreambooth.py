@@ -26,7 +26,8 @@ PROMPT = "a sks circle"
 def db_config(**changes):
     cfg = tiny_config(**{"method": "dreambooth", "dreambooth.instance_prompt": PROMPT,
                          "dreambooth.class_prompt": "a circle", "dreambooth.num_class_images": 3,
-                         "dreambooth.prior_loss_weight": 0.5, "train.epochs": 1, "train.batch_size": 1, **changes})
+                         "dreambooth.prior_loss_weight": 0.5, "dreambooth.class_steps": 3, "train.epochs": 1,
+                         "train.batch_size": 1, **changes})
     return one_prompt(cfg, PROMPT)
 
 
@@ -90,8 +91,10 @@ def test_dreambooth_lora_draws_class_images_once_trains_on_pairs_and_its_lora_ch
     assert all(math.isfinite(p["loss"]) for p in events(run, "progress"))
     assert len(list((run.samples_dir / "e0001-s00000002").glob("*.png"))) == 1
 
-    # A later run with the same base and class prompt reuses the pictures and asks for one more.
-    more = db_config(**{"dreambooth.num_class_images": 4})
+    # A later run with the same base and class prompt reuses the pictures and asks for one more; its
+    # contact-sheet settings differ, which does not matter to the class images.
+    more = db_config(**{"dreambooth.num_class_images": 4, "sample.steps": 5, "sample.guidance": 3.0,
+                        "sample.scheduler": "euler", "sample.negative_prompt": "blurry"})
     again_events = tmp_path / "again.jsonl"
     paths = prior.class_images(more, load_components("tiny", project), cache_root=project / ".cache",
                                accelerator=Accelerator(), events=EventWriter(again_events, True))
@@ -133,3 +136,19 @@ def test_dreambooth_full_exports_a_pipeline_that_draws_differently(tmp_path):
                                                     requires_safety_checker=False, local_files_only=True)
     assert differs(render(base_pipeline(), PROMPT, cfg), render(tuned, PROMPT, cfg)) > 1.0
     assert len(list((run.samples_dir / ck.name).glob("*.png"))) == 1
+
+
+def test_the_class_image_cache_key_is_the_base_class_prompt_resolution_and_class_sampler_only():
+    from engine.train import prior
+
+    def key(**changes):
+        return prior.cache_key("base-fingerprint", prior.settings(db_config(**changes)))
+
+    same = key()
+    assert key(**{"sample.steps": 50, "sample.guidance": 12.0, "sample.scheduler": "euler_a",
+                  "sample.negative_prompt": "ugly", "dreambooth.num_class_images": 50,
+                  "dreambooth.instance_prompt": "a zwx circle", "train.learning_rate": 1.0}) == same
+    for changed in ({"dreambooth.class_prompt": "a square"}, {"data.resolution": 64},
+                    {"dreambooth.class_steps": 4}, {"dreambooth.class_guidance": 5.0}):
+        assert key(**changed) != same, changed
+    assert prior.cache_key("another-base", prior.settings(db_config())) != same

@@ -4,7 +4,9 @@ Prior preservation trains on pictures the base model draws for the class prompt 
 instance pictures (`a sks dog`), so the fine-tune keeps what the class looks like. They live under the
 project's `.cache/prior/<key>/`, where the key hashes everything that decides the pictures: the base
 model's identity (a fingerprint of its UNet, text encoder, VAE and tokenizer), the class prompt, the
-resolution and the sampler settings (scheduler, steps, guidance, negative prompt). Image `i` is drawn
+resolution and the class-image sampler settings (`dreambooth.class_steps` and `class_guidance`, with
+DPM++ and no negative prompt). The contact sheet's `[sample]` settings play no part, so a later run with
+the same base, class prompt and resolution reuses the pictures whatever it samples. Image `i` is drawn
 with its own generator seeded by `i`, so a run asking for more images than are cached only draws the
 missing ones, and a run asking for fewer takes the first ones. Each image is a PNG written atomically
 (`00000.png`, …) beside a `prior.json` saying what they are; deleting the folder is always safe.
@@ -27,7 +29,8 @@ import torch
 
 from engine import atomic
 
-PRIOR_VERSION = "1"
+PRIOR_VERSION = "2"  # 2: drawn with the dreambooth.class_* settings, not [sample]
+SCHEDULER = "dpm++"
 SEED_BASE = 1_000_000  # image i is drawn with seed SEED_BASE + i
 
 
@@ -41,10 +44,9 @@ def base_identity(components: Any) -> str:
 
 def settings(cfg: Any) -> dict[str, Any]:
     """What decides the class pictures, besides the base model."""
-    s = cfg.sample
-    return {"version": PRIOR_VERSION, "class_prompt": cfg.dreambooth.class_prompt,
-            "resolution": cfg.data.resolution, "scheduler": s.scheduler, "steps": s.steps,
-            "guidance": s.guidance, "negative_prompt": s.negative_prompt}
+    db = cfg.dreambooth
+    return {"version": PRIOR_VERSION, "class_prompt": db.class_prompt, "resolution": cfg.data.resolution,
+            "scheduler": SCHEDULER, "steps": db.class_steps, "guidance": db.class_guidance}
 
 
 def cache_key(identity: str, spec: dict[str, Any]) -> str:
@@ -89,26 +91,24 @@ def _draw(cfg: Any, components: Any, folder: Path, indices: list[int], accelerat
 
     from engine.train.sampling import make_scheduler
 
-    s, res = cfg.sample, cfg.data.resolution
+    spec, res, batch = settings(cfg), cfg.data.resolution, cfg.sample.batch_size
     device = accelerator.device
     for m in (components.unet, components.text_encoder, components.vae):
         m.to(device)
     pipe = StableDiffusionPipeline(
         vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-        unet=components.unet, scheduler=make_scheduler(s.scheduler, components.noise_scheduler),
+        unet=components.unet, scheduler=make_scheduler(spec["scheduler"], components.noise_scheduler),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     started, done = time.monotonic(), 0
     try:
-        for start in range(0, len(indices), s.batch_size):
-            chunk = indices[start:start + s.batch_size]
+        for start in range(0, len(indices), batch):
+            chunk = indices[start:start + batch]
             generators = [torch.Generator(device=device).manual_seed(SEED_BASE + i) for i in chunk]
             with torch.no_grad(), accelerator.autocast():
-                images = pipe(prompt=[cfg.dreambooth.class_prompt] * len(chunk),
-                              negative_prompt=[s.negative_prompt] * len(chunk) if s.negative_prompt else None,
-                              num_inference_steps=s.steps, guidance_scale=s.guidance, width=res, height=res,
-                              generator=generators).images
+                images = pipe(prompt=[spec["class_prompt"]] * len(chunk), num_inference_steps=spec["steps"],
+                              guidance_scale=spec["guidance"], width=res, height=res, generator=generators).images
             for i, image in zip(chunk, images):
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
