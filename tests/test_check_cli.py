@@ -155,3 +155,11 @@ def test_a_config_naming_a_concept_the_project_lacks_is_an_error(tmp_path, capsy
     p = project_with_config(tmp_path, '[data]\nconcepts = ["photos", "fotos"]\n')
     rc, _, err = check(capsys, p, "lora")
     assert rc == 1 and "data.concepts: no concept 'fotos'" in err
+
+
+def test_a_mistyped_command_gets_a_did_you_mean_instead_of_a_tui_on_a_new_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["chek", "demo"]) == 2
+    _, err = capsys.readouterr()
+    assert "did you mean `tunelab check`?" in err and not (tmp_path / "chek").exists()
+    assert main(["--version"]) == 0 and capsys.readouterr()[0].startswith("tunelab ")

@@ -6,7 +6,9 @@ when its command runs, so `tunelab --help` and `tunelab check` never import torc
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import os
 import sys
 
 # name -> module under tui.commands. Order is the order shown in --help.
@@ -38,8 +40,11 @@ HELPS = {
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tunelab",
+        usage="tunelab [PROJECTS_DIR] [--images MODE]   (the TUI; PROJECTS_DIR defaults to ./projects)\n"
+              "       tunelab COMMAND [ARGS ...]",
         description="Fine-tune Stable Diffusion from a terminal. With no command, opens the TUI on PROJECTS_DIR.",
     )
+    parser.add_argument("--version", action="version", version=f"tunelab {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, module in COMMANDS.items():
@@ -51,6 +56,15 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("tunelab")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
@@ -60,13 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             return 130
         except BrokenPipeError:  # `tunelab check … | head`: the reader left; that is not an error
-            import os
-
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
     if argv and argv[0] in ("-h", "--help"):
         build_parser(argv).print_help()
         return 0
+    if argv and argv[0] == "--version":
+        print(f"tunelab {_version()}")
+        return 0
+    if argv and not argv[0].startswith("-") and not os.path.exists(argv[0]):
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=1, cutoff=0.75)
+        if close:  # `tunelab chek demo`: a typo, not a projects folder to create
+            print(f"tunelab: {argv[0]!r} is neither a command nor a folder; did you mean `tunelab {close[0]}`? "
+                  f"(commands: {', '.join(COMMANDS)})", file=sys.stderr)
+            return 2
     # No command: open the TUI.
     from tui.commands import open_tui
 
