@@ -235,7 +235,7 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
     top = layout.title_height
     for c, col in enumerate(sheet.columns):
         first, second = column_header(col.epoch, col.step)
-        first += "  ★" if best == col.name else ""
+        first += "  · best" if best == col.name else ""  # PIL's default font has no ★ (drawn as a box)
         for i, line in enumerate((first, second)):
             draw.text((col_x(c), top + 1 + 13 * i), _clip(draw, line, small, cell + gap - 2),
                       fill=ACCENT if best == col.name else FOREGROUND, font=small)
