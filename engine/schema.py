@@ -203,10 +203,25 @@ def _syntax_hint(msg: str, source: str, before: list[str]) -> str:
 
 
 class _Builder:
-    def __init__(self, file: str, lines: dict[str, int]):
+    def __init__(self, file: str, lines: dict[str, int], root: type | None = None):
         self.file = file
         self.lines = lines
+        self.root = root
         self.problems: list[Problem] = []
+
+    def elsewhere(self, key: str, prefix: str) -> str | None:
+        """Where a key unknown under `prefix` does exist: `learning_rate` at the top → `train.learning_rate`."""
+        if self.root is None:
+            return None
+        hints = typing.get_type_hints(self.root)
+        homes = [f.name for f in dataclasses.fields(self.root)
+                 if dataclasses.is_dataclass(hints[f.name]) and f.name != prefix
+                 and key in {g.name for g in dataclasses.fields(hints[f.name])}]
+        if not prefix and key in {f.name for f in dataclasses.fields(self.root)}:
+            return None
+        if prefix and "." not in prefix and key in {f.name for f in dataclasses.fields(self.root)}:
+            return key  # a top-level key written inside a section
+        return f"{homes[0]}.{key}" if len(homes) == 1 else None
 
     def problem(self, key: str, message: str) -> None:
         probe = re.sub(r"\[\d+\]$", "", key)
@@ -231,7 +246,12 @@ class _Builder:
             f = fields.get(key)
             if f is None:
                 close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-                hint = f"; did you mean '{close[0]}'?" if close else f"; accepted keys: {', '.join(sorted(fields))}"
+                home = None if close or "." in prefix else self.elsewhere(key, prefix)
+                if home:
+                    where = f"in [{home.split('.')[0]}]" if "." in home else "at the top of the file, before any [section]"
+                    hint = f"; it belongs {where}: {home}"
+                else:
+                    hint = f"; did you mean '{close[0]}'?" if close else f"; accepted keys: {', '.join(sorted(fields))}"
                 self.problem(dotted, f"unknown key{hint}")
                 continue
             ok, converted = self.convert(hints[key], value, dotted, f.metadata)
@@ -271,7 +291,7 @@ class _Builder:
             if value is None and len(args) < len(get_args(tp)):
                 return True, None
             for a in args:  # first arm that accepts the value without problems
-                trial = _Builder(self.file, self.lines)
+                trial = _Builder(self.file, self.lines, self.root)
                 ok, conv = trial.convert(a, value, key, meta)
                 if ok and not trial.problems:
                     return True, conv
@@ -360,7 +380,7 @@ class _Builder:
 
 def from_dict(cls: type, data: dict[str, Any], *, file: str, lines: dict[str, int] | None = None) -> Any:
     """Build `cls` from parsed TOML, raising ConfigError with every problem found."""
-    b = _Builder(file, lines or {})
+    b = _Builder(file, lines or {}, cls)
     obj = b.build(cls, data, "")
     if b.problems:  # in file order: --set overrides (line 0) first, problems with no line last
         raise ConfigError(sorted(b.problems, key=lambda p: (p.line is None, p.line or 0)))

@@ -121,3 +121,14 @@ def test_a_section_with_one_bad_key_still_has_its_other_keys_checked_across_sect
         f"{f}:3: sample.prompts.1 = 3: must be a string or a table, got a whole number",
         f"{f}:5: data.resolution = 100: must be a multiple of 8 (the VAE works in 8-pixel blocks), e.g. 96",
     ]
+
+
+def test_a_key_in_the_wrong_section_says_where_it_belongs(tmp_path):
+    msgs = errors(tmp_path, 'learning_rate = 1e-4\n[train]\nresolution = 512\nmethod = "full"\n[data]\nrepeats = 3\n')
+    f = tmp_path / "lora.toml"
+    assert msgs[:3] == [
+        f"{f}:1: learning_rate: unknown key; it belongs in [train]: train.learning_rate",
+        f"{f}:3: train.resolution: unknown key; it belongs in [data]: data.resolution",
+        f"{f}:4: train.method: unknown key; it belongs at the top of the file, before any [section]: method",
+    ]
+    assert msgs[3].startswith(f"{f}:6: data.repeats: unknown key; accepted keys: cache_latents")
