@@ -152,3 +152,41 @@ def test_the_class_image_cache_key_is_the_base_class_prompt_resolution_and_class
                     {"dreambooth.class_steps": 4}, {"dreambooth.class_guidance": 5.0}):
         assert key(**changed) != same, changed
     assert prior.cache_key("another-base", prior.settings(db_config())) != same
+
+
+class Warnings:
+    def __init__(self):
+        self.messages = []
+
+    def warning(self, message, **fields):
+        self.messages.append(message)
+
+
+def test_instance_prompts_replace_captions_and_prompts_that_teach_nothing_are_warned_about(tmp_path, monkeypatch):
+    from engine.train.data import Example, ExampleSet
+
+    def examples():
+        return ExampleSet(train=[Example(path=None, rel="a.png", caption="a red circle", concept="c"),
+                                 Example(path=None, rel="b.png", caption="", concept="c")],
+                          validation=[Example(path=None, rel="v.png", caption="x", concept="c")], skipped=[])
+
+    off = {"dreambooth.prior_preservation": False}
+    ex, ev = examples(), Warnings()
+    DreamBoothMethod(db_config(**off), fake_components(), fake_accelerator(), torch.float32).prepare_data(
+        ex, project_dir=tmp_path, events=ev)
+    assert [e.caption for e in ex.train + ex.validation] == [PROMPT] * 3 and ev.messages == []
+
+    ex, ev = examples(), Warnings()
+    DreamBoothMethod(db_config(**{**off, "dreambooth.instance_prompt": ""}), fake_components(), fake_accelerator(),
+                     torch.float32).prepare_data(ex, project_dir=tmp_path, events=ev)
+    assert [e.caption for e in ex.train] == ["a red circle", ""]
+    assert len(ev.messages) == 1 and "1 of 2 training image(s) have no caption" in ev.messages[0]
+
+    ev = Warnings()
+    same = db_config(**{"dreambooth.instance_prompt": "A circle", "dreambooth.num_class_images": 1})
+    m = DreamBoothMethod(same, fake_components(), fake_accelerator(), torch.float32)
+    from engine.train import prior
+
+    monkeypatch.setattr(prior, "class_images", lambda *a, **k: [])  # no drawing: only the warning matters here
+    m.prepare_data(examples(), project_dir=tmp_path, events=ev)
+    assert len(ev.messages) == 1 and "instance_prompt is the class prompt" in ev.messages[0]

@@ -1,6 +1,7 @@
 """DreamBooth: teach one subject under an identifier (`a sks dog`) and keep its class (`a dog`) intact.
 
-- Captions: `dreambooth.instance_prompt` for every instance image (empty: the concepts' own captions).
+- Captions: `dreambooth.instance_prompt` for every instance image (empty: the concepts' own captions;
+  a warning when some are empty, or when the instance prompt is the class prompt).
 - Prior preservation (`dreambooth.prior_preservation`): `num_class_images` pictures of the class prompt
   drawn by the base model before training (`engine.train.prior`, cached under `.cache/prior/` and reused
   by later runs). They join the training examples with no repeats, so the epoch plan never draws them;
@@ -48,6 +49,16 @@ class DreamBoothMethod(Method):
         if db.instance_prompt:
             for e in examples.train + examples.validation:
                 e.caption = db.instance_prompt
+        else:
+            uncaptioned = [e.rel for e in examples.train if not e.caption.strip()]
+            if uncaptioned:
+                events.warning(f"dreambooth.instance_prompt is empty and {len(uncaptioned)} of {len(examples.train)} "
+                               "training image(s) have no caption, so nothing ties the subject to a word; set "
+                               "dreambooth.instance_prompt (e.g. \"a photo of sks dog\")", items=uncaptioned[:50])
+        if db.prior_preservation and db.instance_prompt.strip().lower() == db.class_prompt.strip().lower():
+            events.warning(f"dreambooth.instance_prompt is the class prompt ({db.class_prompt!r}): the class images "
+                           "then pull the subject back to the class; put an identifier in the instance prompt "
+                           "(e.g. \"a sks dog\" against \"a dog\")")
         if not db.prior_preservation:
             return
         paths = class_images(self.cfg, self.components, cache_root=Path(project_dir) / ".cache",
