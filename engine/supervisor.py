@@ -250,6 +250,8 @@ class Supervisor:
             self.watch_requests()
             time.sleep(POLL_S)
         self.read_events()
+        if rc < 0:
+            self.await_trainer_after_launcher_signal(rc)
         self.cleanup_leftovers()
         state, error = self.outcome(rc)
         self.finish(state, rc, error)
@@ -316,6 +318,32 @@ class Supervisor:
                 os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+
+    def await_trainer_after_launcher_signal(self, rc: int) -> None:
+        """The launcher died of a signal while the trainer may live on: a SIGTERM to the trainer's process
+        group (a scheduler's or a user's `kill -TERM -PGID`) kills `accelerate launch` at once, while the
+        trainer takes it as a stop and is still saving. Treat it as a stop request (so a trainer that
+        missed the signal stops too) and give the trainer the stop grace to finish before anything left
+        is terminated; the run then ends `stopped` with its checkpoint, like any stop."""
+        left = [p for p in launch.alive(list(self.tree.values()) + launch.process_tree(os.getpid(), include_root=False))
+                if p.pid != os.getpid()]
+        if not left or self.escalated:
+            return
+        cause = launch.describe_exit(rc)
+        say(f"accelerate launch was {cause}; the trainer still runs: asking it to stop and waiting up to "
+            f"{self.grace:g} s for its checkpoint")
+        self.stop_reason = self.stop_reason or f"launcher {cause}"
+        self.request_stop(by=self.stop_reason)
+        self.write(state="stopping", stop_reason=self.stop_reason)
+        deadline = time.monotonic() + self.grace
+        while time.monotonic() < deadline:
+            self.read_events()
+            self.reap_orphans()
+            left = launch.alive(left)
+            if not left:
+                break
+            time.sleep(POLL_S)
+        self.read_events()
 
     def cleanup_leftovers(self) -> None:
         """Processes of the trainer that outlived it (orphaned workers) are terminated."""

@@ -233,3 +233,19 @@ def test_run_wait_prints_one_line_per_sample_column_not_one_per_image():
     assert describe_event({"kind": "sample", "path": "samples/e0001-s00000006/p00-s0001.png"}) is None
     line = describe_event({"kind": "sample_done", "column": "e0001-s00000006", "images": 30, "seconds": 2.9})
     assert line == "samples e0001-s00000006: 30 image(s) in 3s"
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_trainers_process_group_ends_stopped_with_its_checkpoint(cli):
+    """`kill -TERM -PGID` (a scheduler, a user) kills `accelerate launch` at once while the trainer is
+    still saving: the supervisor waits for the trainer instead of killing it as a leftover."""
+    cli.config("[train]\nepochs = 100\n")
+    cli("run", "p", "x", accelerate=True, ignore_sigterm=1, save_s=3, save_every=1000, step_s=0.05)
+    rd = cli.created[0]
+    wait_for(lambda: any(e["kind"] == "progress" for e in rd.iter_events()), timeout=30, what="a step")
+    os.killpg(rd.read_status()["trainer_pgid"], signal.SIGTERM)
+    assert wait_state(rd, {"stopped", "failed", "finished"}, timeout=40) == "stopped"
+    status = rd.read_status()
+    assert status["stop_reason"].startswith("launcher killed by signal 15")
+    stopped = [e for e in rd.iter_events() if e["kind"] == "stopped"]
+    assert stopped and rd.latest_complete_checkpoint().step == stopped[0]["step"]

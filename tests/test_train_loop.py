@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -87,6 +89,61 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
     wb = ckpt.read_state(stopped.latest_complete_checkpoint().path).trainable
     assert wa.keys() == wb.keys()
     for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_a_stop_by_signal_leaves_the_samples_to_the_resume_which_still_matches_an_uninterrupted_run(
+        tmp_path, monkeypatch):
+    cfg = tiny_config(**{"train.epochs": 3, "lora.dropout": 0.1})  # dropout: the global RNG matters
+    cfg.sample.at_start = False
+    straight = make_run(make_project(tmp_path / "a"), cfg)
+    assert train(straight.path) == 0
+    stopped = make_run(make_project(tmp_path / "b"), cfg)
+    real = loop.train_step
+
+    def sigterm_during_step_3(s, micro_batches):
+        if s.position.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler: stop after this step
+        return real(s, micro_batches)
+
+    monkeypatch.setattr(loop, "train_step", sigterm_during_step_3)
+    assert train(stopped.path) == 0
+    monkeypatch.setattr(loop, "train_step", real)
+    assert events(stopped, "stopped")[0]["reason"] == "signal"
+    assert [c.path.name for c in stopped.checkpoints()] == ["e0001-s00000003"]
+    assert not (stopped.samples_dir / "e0001-s00000003").exists()  # saved and gone, no sampling
+
+    assert train(stopped.path, resume=True) == 0
+    column = sorted(p.name for p in (stopped.samples_dir / "e0001-s00000003").glob("*.png"))
+    assert column == ["p00-s0001.png", "p01-s0001.png"]
+    assert [c[0] for c in stopped.sample_columns()] == ["e0001-s00000003", "e0003-s00000006"]
+    assert [c[0] for c in straight.sample_columns()] == ["e0003-s00000006"]
+    a, b = losses(straight), losses(stopped)
+    assert sorted(a) == sorted(b) and all(b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-6) for k in a)
+    wa = ckpt.read_state(straight.latest_complete_checkpoint().path).trainable
+    wb = ckpt.read_state(stopped.latest_complete_checkpoint().path).trainable
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_full_fine_tune_with_ema_resumes_exactly_too(tmp_path):
+    cfg = tiny_config(method="full", **{"train.epochs": 3, "train.ema": True, "train.ema_decay": 0.9,
+                                        "full.train_text_encoder": True, "train.gradient_accumulation": 2,
+                                        "train.batch_size": 1, "data.flip": True, "data.caption_dropout": 0.3})
+    cfg.sample.at_start, cfg.sample.prompts, cfg.save.formats = False, [], []  # state only: quicker
+    straight = make_run(make_project(tmp_path / "a", goals=False), cfg)
+    assert train(straight.path) == 0
+    stopped = make_run(make_project(tmp_path / "b", goals=False), cfg)
+    assert train(stopped.path, stop_after_steps=3) == 0  # mid-epoch 2
+    assert train(stopped.path, resume=True) == 0
+    a, b = losses(straight), losses(stopped)
+    assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert all(b[step] == pytest.approx(a[step], rel=1e-5, abs=1e-6) for step in a)
+    wa = ckpt.read_state(straight.latest_complete_checkpoint().path).trainable
+    wb = ckpt.read_state(stopped.latest_complete_checkpoint().path).trainable
+    assert any(k.startswith("ema.text_encoder.") for k in wa) and wa.keys() == wb.keys()
+    for k in wa:  # training weights and EMA shadows, UNet and text encoder
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
@@ -251,6 +308,20 @@ def test_adamw8bit_without_bitsandbytes_fails_before_training(tmp_path):
     assert train(run.path) == 1
     assert "bitsandbytes" in events(run, "error")[0]["message"]
     assert not events(run, "start")
+
+
+def test_fp16_on_a_cpu_and_unknown_lora_targets_are_errors_naming_the_setting(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("fp16 is fine on a GPU")
+    run = make_run(make_project(tmp_path / "a", goals=False), tiny_config(**{"train.mixed_precision": "fp16"}))
+    assert train(run.path) == 1
+    assert events(run, "error")[0]["message"].startswith('train.mixed_precision = "fp16" needs a GPU')
+    assert not events(run, "start")
+
+    run = make_run(make_project(tmp_path / "b", goals=False), tiny_config(**{"lora.target_modules": ["to_qq"]}))
+    assert train(run.path) == 1
+    message = events(run, "error")[0]["message"]
+    assert message.startswith("lora.target_modules = ['to_qq']: ") and "to_q, to_k, to_v and to_out.0" in message
 
 
 def test_keep_last_prunes_old_checkpoints_but_not_listed_epochs_or_samples(tmp_path):

@@ -135,6 +135,8 @@ def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
     try:
         if s.resumed_from is None and cfg.sample.at_start:
             sample(s, checkpoint_name(0, 0), epoch=0, step=0)
+        elif s.resumed_from is not None:
+            sample_resumed_checkpoint(s)
         while True:
             if pos.epoch_complete:
                 if pos.epoch >= s.epochs or pos.step >= s.total_steps:
@@ -158,7 +160,9 @@ def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
                 if pos.step % cfg.train.log_every == 0 or pos.step == s.total_steps or stop:
                     log_progress(s)
                 if stop:
-                    save(s, reason=reason)
+                    # A signal usually comes with a deadline (a scheduler's SIGKILL follows): save and go;
+                    # the checkpoint's samples are rendered when the run is resumed.
+                    save(s, reason=reason, samples=reason != "signal")
                     s.events.emit("stopped", step=pos.step, epoch=completed_epochs(s), reason=reason)
                     s.events.say(f"stopped at step {pos.step} ({reason})")
                     return EXIT_OK
@@ -382,8 +386,9 @@ def validation_loss(s: Session) -> None:
 # Saving and sampling
 
 
-def save(s: Session, *, reason: str) -> None:
-    """A checkpoint at the current position (exports + state), then its samples."""
+def save(s: Session, *, reason: str, samples: bool = True) -> None:
+    """A checkpoint at the current position (exports + state), then its samples (unless `samples` is
+    False: a stop on a signal)."""
     pos, cfg, acc = s.position, s.cfg, s.accelerator
     if s.saved_at_step == pos.step:
         return  # already saved at this step (e.g. a stop right after an epoch-end save)
@@ -413,7 +418,10 @@ def save(s: Session, *, reason: str) -> None:
     if failed:
         raise TrainingAborted()
     s.saved_at_step = pos.step
-    sample(s, name, epoch=epoch, step=pos.step)
+    if samples:
+        sample(s, name, epoch=epoch, step=pos.step)
+    else:
+        s.events.say(f"samples of {name} are left for the resume (stopped by a signal)")
 
 
 def completed_epochs(s: Session) -> int:
@@ -452,6 +460,32 @@ def progress_state(s: Session) -> dict[str, Any]:
     if scaler is not None:
         state["grad_scaler"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in scaler.state_dict().items()}
     return state
+
+
+def sample_resumed_checkpoint(s: Session) -> None:
+    """Render the resumed checkpoint's sample column if it is not all there (a stop on a signal skips
+    it, a crash may cut it short). The global RNG (LoRA dropout) is left as the checkpoint had it, so
+    the resumed steps stay those of an uninterrupted run."""
+    from engine.rundir import parse_checkpoint_name, sample_name
+
+    name = s.resumed_from.name
+    parsed = parse_checkpoint_name(name)
+    if not s.prompts or parsed is None:
+        return
+    folder = s.run.samples_dir / name
+    expected = {sample_name(i, seed) for i, p in enumerate(s.prompts) for seed in p.seeds}
+    present = {p.name for p in folder.glob("*.png")} if folder.is_dir() else set()
+    missing = not expected <= present
+    if s.accelerator.num_processes > 1:  # the main process's view decides, so all take the same path
+        from accelerate.utils import broadcast
+
+        missing = bool(broadcast(torch.tensor([int(missing)], device=s.accelerator.device), from_process=0).item())
+    if not missing:
+        s.sampled.add(name)
+        return
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        sample(s, name, epoch=parsed[0], step=parsed[1])
 
 
 def sample(s: Session, name: str, *, epoch: int, step: int) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "
 def quiet_libraries() -> None:
     """No tqdm bars or chatty warnings in train.log."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # peft, on saving a text-encoder LoRA of a local base: harmless (new tokens are exported as embeddings).
+    warnings.filterwarnings("ignore", message=r"Could not find a config file in .* will assume that the "
+                                              r"vocabulary was not modified")
     from diffusers.utils import logging as dlog
     from transformers.utils import logging as tlog
 
@@ -42,6 +46,11 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     quiet_libraries()
     t = cfg.train
     make_optimizer_class(cfg, events)  # fail before loading anything if bitsandbytes is missing
+    if t.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        # accelerate runs no fp16 autocast on a CPU, so the fp16 frozen weights would meet fp32 inputs.
+        events.error("train.mixed_precision = \"fp16\" needs a GPU; this run is on the CPU. "
+                     "Use train.mixed_precision = \"bf16\" (CPU autocast) or \"no\"")
+        raise TrainingAborted()
     resume_from = None
     if resume:
         resume_from = ckpt.resumable_checkpoint(run)
@@ -82,10 +91,10 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     try:
         method = make_method(cfg, components, accelerator, weight_dtype)
         method.prepare_data(examples, project_dir=project_dir, events=events)
+        method.setup()  # a ValueError here names the setting (lora.target_modules, …)
     except ValueError as e:
         events.error(str(e))
         raise TrainingAborted() from None
-    method.setup()
     if t.gradient_checkpointing:
         components.unet.enable_gradient_checkpointing()
         if method.trains_text_encoder:

@@ -28,9 +28,14 @@ class LoraMethod(Method):
         lora = self.cfg.lora
         self.freeze_all()
         self.move_frozen(self.unet, self.text_encoder, self.vae)
-        self.unet.add_adapter(LoraConfig(
-            r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, init_lora_weights="gaussian",
-            target_modules=list(lora.target_modules)))
+        try:
+            self.unet.add_adapter(LoraConfig(
+                r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, init_lora_weights="gaussian",
+                target_modules=list(lora.target_modules)))
+        except ValueError as e:  # peft: no module matches
+            raise ValueError(f"lora.target_modules = {list(lora.target_modules)}: {e} The UNet's attention "
+                             "projections are to_q, to_k, to_v and to_out.0 (also e.g. proj_in, proj_out, "
+                             "ff.net.0.proj, ff.net.2 for the feed-forward and projection layers)") from None
         self.unet.train()
         if self.trains_text_encoder:
             # The text encoder's LoRA gets the same scale (alpha / rank) as the UNet's.
