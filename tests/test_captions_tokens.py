@@ -92,10 +92,11 @@ def long_caption_project(tmp_path, tiny_base) -> Path:
     return p
 
 
-def test_check_with_a_config_counts_with_the_models_tokenizer(long_caption_project, capsys):
+def test_check_with_a_config_counts_with_the_models_tokenizer(long_caption_project, tiny_base, capsys):
     rc = main(["check", str(long_caption_project), "c"])
     out, err = capsys.readouterr()
     assert rc == 0, err
+    assert f"base model: diffusers folder {tiny_base}" in out
     assert "caption tokens: counted with the tokenizer of" in out and "2 caption(s) over 75" in out
     assert "img/long.png: caption too long (80 tokens, the text encoder reads 75; the rest is cut off)" in out
     assert "img/rare.png: caption too long (77 tokens" in out  # exact, where the estimate says 11

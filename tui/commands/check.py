@@ -105,6 +105,11 @@ def run(args: argparse.Namespace) -> int:
           + ("  (none yet: add prompts to [goals] in project.toml; they are the default sample prompts)" if not n_goals else ""),
           file=out)
 
+    if cfg is not None:
+        from engine.basemodel import describe_base
+
+        shown = describe_base(cfg.model.base, project_dir)
+        print(f"base model: {'unusable (see errors below)' if shown.startswith('unusable') else shown}", file=out)
     print(f"caption tokens: {tokens_note}", file=out)
 
     if cfg is not None:
