@@ -302,3 +302,13 @@ def fmt_progress(summary: RunSummary) -> str:
     if summary.epoch is None:
         return "-" if summary.epochs is None else f"0/{summary.epochs}"
     return f"{summary.epoch}/{summary.epochs}" if summary.epochs else str(summary.epoch)
+
+
+def fmt_stop_reason(summary: RunSummary) -> str:
+    """Why a run stopped, in words: the supervisor's "budget reached" and the trainer's "budget" both
+    name the limit."""
+    reason = summary.stop_reason or ""
+    if reason.startswith("budget"):
+        return (f"budget.max_hours = {summary.max_hours:g} h reached" if summary.max_hours
+                else "budget.max_hours reached")
+    return {"request": "stop requested", "signal": "stopped by a signal"}.get(reason, reason)

@@ -123,6 +123,12 @@ def test_lost_is_shown_for_a_running_status_nobody_holds(tmp_path):
             assert list(str(k.value) for k in table.rows) == ["20260101-000001-b", "20260101-000000-a"]
             row = [str(c) for c in table.get_row("20260101-000001-b")]
             assert row[3] == "3/3" and row[9] == "$1.00"  # 30 min at $2/h
+            # The selected run's details say what a lost run needs.
+            table.focus()
+            await pilot.press("down")
+            await pilot.pause()
+            details = str(app.query_one("#run-details").render())
+            assert "20260101-000000-a" in details and "lost:" in details and "K settles it" in details
     body()
 
 
@@ -218,9 +224,11 @@ def test_snapshot_runs_tab(tmp_path, snap_compare, monkeypatch):
 
     async def loaded(pilot):
         await until(pilot, lambda: len(table_state(app)) == 3)
+        app.query_one(DataTable).focus()
+        await pilot.press("down")  # the lost run: its details say what to do
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(150, 12), run_before=loaded)
+    assert snap_compare(app, terminal_size=(150, 14), run_before=loaded)
 
 
 def screen_rows(table: DataTable) -> list[str]:

@@ -20,7 +20,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from engine.rundir import ALIVE_STATES, RunDir, parse_checkpoint_name
-from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
+from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress, fmt_stop_reason
 from tui.actions import bindings
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.log_view import LogView
@@ -56,18 +56,11 @@ def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]
     return items
 
 
-def stop_reason_text(s: RunSummary) -> str:
-    reason = s.stop_reason or ""
-    if reason.startswith("budget"):  # the supervisor's "budget reached" or the trainer's "budget"
-        return f"budget.max_hours = {s.max_hours:g} h reached" if s.max_hours else "budget.max_hours reached"
-    return {"request": "stop requested", "signal": "stopped by a signal"}.get(reason, reason)
-
-
 def notes(s: RunSummary) -> list[tuple[str, str, str]]:
     """Lines under the numbers: why the run stopped, its error, its newest warning (label, text, style)."""
     out = []
     if s.state in ("stopping", "stopped") and s.stop_reason:
-        out.append((s.state + ":", stop_reason_text(s), "magenta"))
+        out.append((s.state + ":", fmt_stop_reason(s), "magenta"))
     error = s.error or (s.errors[-1] if s.errors else "")
     if error:
         out.append(("error:", error, "red"))

@@ -30,7 +30,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, OptionList, Static
 
-from engine.rundir import ALIVE_STATES, RunDir, list_runs
+from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
 from tui.actions import bindings
 from tui.widgets.loss_plot import SMOOTHING, Ema
@@ -98,8 +98,6 @@ SCROLLBAR_W = 2
 def best_label(best: str | None) -> str:
     if not best:
         return ""
-    from engine.rundir import parse_checkpoint_name
-
     parsed = parse_checkpoint_name(best)
     return f"★ e{parsed[0]}" if parsed else f"★ {best}"
 
@@ -120,6 +118,39 @@ def row_cells(row: RunRow, bar: int = 12) -> dict[str, Any]:
         "cost": fmt_cost(s),
         "best": Text(best_label(row.best), style="yellow"),
     }
+
+
+def details_text(s: RunSummary) -> Text:
+    from tui.screens.monitor import notes
+
+    t = Text()
+    t.append(s.run_id, style="bold")
+    if s.method:
+        t.append(f"  {s.method}", style="cyan")
+    if s.description:
+        t.append(f" — {s.description}", style="italic")
+    t.append("\n")
+    facts = [("started", (s.started or "-").replace("T", " ")[:19])]
+    if s.ended:
+        facts.append(("ended", s.ended.replace("T", " ")[:19]))
+    last = parse_checkpoint_name(s.last_checkpoint) if s.last_checkpoint else None
+    facts.append(("checkpoints", f"{s.checkpoints}" + (f" (last epoch {last[0]})" if last else "")))
+    facts.append(("sample columns", str(s.sample_columns)))
+    if s.cost_per_epoch:
+        facts.append(("per epoch", fmt_cost(s, s.cost_per_epoch)))
+    if s.phase:
+        facts.append(("phase", s.phase))
+    for i, (label, value) in enumerate(facts):
+        t.append(("   " if i else "") + label + " ", style="dim")
+        t.append(value)
+    for label, message, style in notes(s):
+        t.append(f"\n{label} ", style=f"{style} bold")
+        t.append(message, style=style)
+    if s.state == "lost":
+        t.append("\nlost: ", style="red bold")
+        t.append("no supervisor holds the run's lock (killed, or the machine rebooted); K settles it, "
+                 "then r resumes from the last checkpoint", style="red")
+    return t
 
 
 def _cell_width(value: Any) -> int:
@@ -261,6 +292,8 @@ class RunsPane(Vertical):
     RunsPane DataTable { height: 1fr; }
     RunsPane #runs-empty { padding: 1 2; color: $text-muted; }
     RunsPane #runs-empty.hidden { display: none; }
+    RunsPane #run-details { height: auto; padding: 0 1; border-top: solid $primary 40%; }
+    RunsPane #run-details.hidden { display: none; }
     """
 
     class Polled(Message):
@@ -290,6 +323,7 @@ class RunsPane(Vertical):
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
         yield Static("No runs yet. Press n to launch a config.", id="runs-empty")
+        yield Static("", id="run-details", classes="hidden")
 
     def on_mount(self) -> None:
         self.poll_now()
@@ -335,6 +369,21 @@ class RunsPane(Vertical):
         self.rows = new
         self._fit_table()
         self.query_one("#runs-empty").set_class(bool(new), "hidden")
+        self._show_details()
+
+    @on(DataTable.RowHighlighted)
+    def _highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_details()
+
+    def _show_details(self) -> None:
+        """The selected run beyond the table's numbers: what it is, when, its checkpoints, and why it
+        stopped or failed (what `tunelab status RUN` prints)."""
+        box = self.query_one("#run-details", Static)
+        run = self.selected_run()
+        row = self.rows.get(run.run_id) if run is not None else None
+        box.set_class(row is None, "hidden")
+        if row is not None:
+            box.update(details_text(row.summary))
 
     def on_resize(self) -> None:
         self._fit_table(resized=True)
