@@ -81,6 +81,11 @@ def test_pivotal_trains_the_embedding_then_the_lora_across_resumes_at_and_after_
     assert differs(embedding_only, both) > 1.0
     assert differs(both, sample_image(run.samples_dir / last.name / "p00-s0001.png")) < 0.5
     assert differs(embedding_only, sample_image(run.samples_dir / cks[0].name / "p00-s0001.png")) < 0.5
+    # The A1111 pair (the kohya LoRA file and the single-tensor embedding) draws the same in diffusers.
+    a1111 = base_pipeline()
+    a1111.load_textual_inversion(str(last / "concept.safetensors"), token="<concept>")
+    a1111.load_lora_weights(str(last / f"{run.run_id}-{last.name}.safetensors"))
+    assert differs(render(a1111, PROMPT, cfg), both) < 0.5
 
     # The resumed run ends where an uninterrupted one does.
     straight = make_run(make_project(tmp_path / "straight", n=2), cfg)
