@@ -19,8 +19,8 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
-from engine.contact_sheet import Sheet, load_sheet, read_best, write_best, write_sheet
-from engine.rundir import RunDir, list_runs
+from engine.contact_sheet import Sheet, column_label, load_sheet, read_best, write_best, write_sheet
+from engine.rundir import RunDir, list_runs, parse_checkpoint_name
 from tui.actions import bindings
 from tui.widgets.contact_grid import ContactGrid
 
@@ -157,11 +157,12 @@ class ComparePane(Vertical):
             if sheet is not None:
                 t.append("   seed ", style="dim")
                 t.append(str(sheet.seed), style="bold")
-                if len(sheet.seeds) > 1:
-                    t.append(f" of {', '.join(map(str, sheet.seeds))} (s: next)", style="dim")
+                if len(sheet.seeds) > 1 and sheet.seed in sheet.seeds:
+                    t.append(f"  ({sheet.seeds.index(sheet.seed) + 1}/{len(sheet.seeds)}, s: next)", style="dim")
                 t.append(f"   {len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints", style="dim")
             if self.best:
-                t.append(f"   best ★ {self.best}", style="yellow")
+                parsed = parse_checkpoint_name(self.best)
+                t.append(f"   best ★ {column_label(*parsed) if parsed else self.best}", style="yellow")
         self.query_one("#compare-bar", Static).update(t)
 
     def _update_status(self) -> None:
