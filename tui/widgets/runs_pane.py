@@ -157,6 +157,21 @@ def _cell_width(value: Any) -> int:
     return value.cell_len if isinstance(value, Text) else Text(str(value)).cell_len
 
 
+def column_widths(rows: list[RunRow]) -> dict[str, int]:
+    """Each column's width: its widest value or its header (the progress column's at bar width 0)."""
+    widths = {c: Text(c).cell_len for c in COLUMNS}
+    for row in rows:
+        for c, value in row_cells(row, 0).items():
+            widths[c] = max(widths[c], _cell_width(value))
+    return widths
+
+
+def empty_columns(rows: list[RunRow]) -> set[str]:
+    """Droppable columns no run has a value in."""
+    cells = [row_cells(r, 0) for r in rows]
+    return {c for c in DROPPABLE_IF_EMPTY if all(str(r[c]) in ("", "-") for r in cells)}
+
+
 @dataclass(frozen=True)
 class TableLayout:
     """Which columns the table shows and how wide the progress bar is."""
@@ -164,27 +179,27 @@ class TableLayout:
     columns: tuple[str, ...]
     bar: int
 
-    def width(self, rows: list[RunRow]) -> int:
+    def width(self, rows: list[RunRow], widths: dict[str, int] | None = None) -> int:
         """Cells the table needs for `rows` (every column as wide as its widest value)."""
-        cells = [row_cells(r, self.bar) for r in rows]
-        return sum(max([Text(c).cell_len] + [_cell_width(r[c]) for r in cells]) + CELL_PAD
+        widths = widths or column_widths(rows)
+        return sum((max(widths[c], self.bar + PERCENT_W) if c == "progress" else widths[c]) + CELL_PAD
                    for c in self.columns)
 
 
-def plan_layout(width: int, rows: list[RunRow]) -> TableLayout:
+def plan_layout(width: int, rows: list[RunRow], widths: dict[str, int] | None = None) -> TableLayout:
     """The columns and bar width that fit `width` terminal cells: every value whole (never cut), the bar
     as long as the room left allows, columns dropped only when even a short bar does not fit. With no
     way to fit, the table scrolls sideways (DataTable does that by itself)."""
+    widths = widths or column_widths(rows)
     room = max(0, width - SCROLLBAR_W)
-    cells = [row_cells(r) for r in rows]
-    empty = {c for c in DROPPABLE_IF_EMPTY if all(str(r[c]) in ("", "-") for r in cells)}
+    empty = empty_columns(rows)
     candidates = [COLUMNS]
     dropped: list[str] = []
     for c in [c for c in DROPPABLE_IF_EMPTY if c in empty] + list(DROPPABLE):
         dropped.append(c)
         candidates.append(tuple(x for x in COLUMNS if x not in dropped))
     for columns in candidates:
-        others = TableLayout(tuple(c for c in columns if c != "progress"), 0).width(rows)
+        others = sum(widths[c] + CELL_PAD for c in columns if c != "progress")
         bar = min(BAR_MAX, room - others - CELL_PAD - PERCENT_W)
         if bar >= BAR_MIN:
             return TableLayout(columns, bar)
@@ -395,9 +410,10 @@ class RunsPane(Vertical):
         rows = list(self.rows.values())
         width = self.size.width or self.app.size.width
         layout = self._layout
-        if layout is None or resized or layout.width(rows) > width - SCROLLBAR_W \
-                or set(layout.columns) != set(plan_layout(width, rows).columns):
-            planned = plan_layout(width, rows)
+        widths = column_widths(rows)
+        planned = plan_layout(width, rows, widths)
+        if layout is None or resized or layout.width(rows, widths) > width - SCROLLBAR_W \
+                or set(layout.columns) != set(planned.columns):
             if planned != layout:
                 self._rebuild(table, planned)
                 return
