@@ -209,3 +209,28 @@ def test_a_taken_vector_token_of_a_multi_vector_placeholder_is_named():
     assert problems == [("textual_inversion.placeholder_token", "= '<x>': its vector token '<x>_2' (num_vectors = 3) "
                          "is already a token of the base model's tokenizer; pick a new word, e.g. \"<my-subject>\"")]
     assert tokenizer_problems(ti, {"circle"}, lambda text: 1) == []
+
+
+@pytest.mark.slow
+def test_textual_inversion_trains_under_two_cpu_processes(tmp_path):
+    """Its UNet has nothing to train, which DDP refuses to wrap; the trainer gives it mixed precision only."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    cfg = ti_config(**{"train.epochs": 1, "train.batch_size": 1, "launch.num_processes": 2})
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, n=2), cfg)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(root), ACCELERATE_USE_CPU="true")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--main_process_port", str(29500 + (os.getpid() + 500) % 1000),
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "engine.train", str(run.path)]
+    result = subprocess.run(cmd, cwd=run.path, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=280)
+    assert result.returncode == 0, result.stdout.decode()[-3000:] + result.stderr.decode()[-3000:]
+    assert events(run, "start")[0]["processes"] == 2 and len(events(run, "finished")) == 1
+    learned = load_file(run.latest_complete_checkpoint().path / "learned_embeds.safetensors")["<concept>"]
+    pipe = base_pipeline()
+    init = pipe.text_encoder.get_input_embeddings().weight[pipe.tokenizer.convert_tokens_to_ids("circle")].detach()
+    assert not torch.allclose(learned[0], init)

@@ -150,8 +150,15 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
             events.warning(f"resuming with {accelerator.num_processes} processes where the checkpoint had "
                            f"{p['processes']}: the data order differs from an uninterrupted run")
 
-    trained = accelerator.prepare(*method.trained_modules(), optimizer)
-    *trained_modules, optimizer = trained if isinstance(trained, (list, tuple)) else [trained]
+    # A module with nothing to train (textual inversion's UNet) gets mixed precision but no DDP wrapper:
+    # DDP refuses a module without trainable parameters (accelerate skips it itself on GPUs, not on CPUs).
+    modules = method.trained_modules()
+    frozen = [not any(p.requires_grad for p in m.parameters()) for m in modules]
+    trained = accelerator.prepare(*[m for m, f in zip(modules, frozen) if not f], optimizer)
+    *prepared, optimizer = trained if isinstance(trained, (list, tuple)) else [trained]
+    prepared_iter = iter(prepared)
+    trained_modules = [accelerator.prepare_model(m, evaluation_mode=True) if f else next(prepared_iter)
+                       for m, f in zip(modules, frozen)]
     unet_forward = trained_modules[0]
     text_encoder_forward = trained_modules[1] if method.trains_text_encoder else components.text_encoder
 
