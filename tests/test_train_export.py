@@ -95,7 +95,7 @@ def test_lora_kohya_export_has_a1111_keys_alpha_and_training_metadata(lora_check
 @pytest.fixture(scope="module")
 def full_checkpoint(tmp_path_factory):
     cfg = tiny_config(method="full", **{"train.epochs": 1, "train.ema": True, "train.ema_decay": 0.5,
-                                        "train.learning_rate": 1e-3})
+                                        "train.learning_rate": 1e-3, "full.train_text_encoder": True})
     cfg.method = "full"
     cfg.sample.at_start = False
     cfg.sample.prompts = []
@@ -114,6 +114,18 @@ def test_full_export_is_a_diffusers_folder_holding_the_ema_weights(full_checkpoi
         torch.testing.assert_close(p.detach(), state[f"ema.unet.{name}"].float())
         differs += not torch.equal(state[f"ema.unet.{name}"], state[f"unet.{name}"])
     assert differs > 0  # the export is the EMA, not the raw training weights
+    _assert_text_encoder_is_the_trained_ema(pipe, state)
+
+
+def _assert_text_encoder_is_the_trained_ema(pipe, state):
+    loaded = {n.removeprefix("text_model."): p for n, p in pipe.text_encoder.named_parameters()}
+    trained = {k[len("ema.text_encoder."):].removeprefix("text_model."): v for k, v in state.items()
+               if k.startswith("ema.text_encoder.")}
+    assert trained and loaded.keys() == trained.keys()
+    base = {n.removeprefix("text_model."): p for n, p in _quiet_pipeline(ensure_tiny()).text_encoder.named_parameters()}
+    assert any(not torch.equal(base[k].detach(), trained[k].float()) for k in trained)  # it did train
+    for name, p in loaded.items():
+        torch.testing.assert_close(p.detach(), trained[name].float())
 
 
 def test_full_export_single_file_loads_with_from_single_file(full_checkpoint):
@@ -125,3 +137,4 @@ def test_full_export_single_file_loads_with_from_single_file(full_checkpoint):
                                                     safety_checker=None, requires_safety_checker=False)
     for name, p in pipe.unet.named_parameters():
         torch.testing.assert_close(p.detach(), state[f"ema.unet.{name}"].float())
+    _assert_text_encoder_is_the_trained_ema(pipe, state)

@@ -76,11 +76,14 @@ class Progress:
     SMOOTHING = 0.9  # weight of the past in the smoothed loss (an EMA with bias correction)
 
     def __init__(self, device: torch.device, total_steps: int, *, smooth_loss: float | None = None,
-                 smooth_weight: float = 0.0, elapsed: float = 0.0):
+                 smooth_weight: float = 0.0, elapsed: float = 0.0, window_loss_sum: float = 0.0,
+                 window_loss_count: int = 0):
         self.device = device
         self.total_steps = total_steps
-        self.loss_sum = torch.zeros((), device=device, dtype=torch.float64)
-        self.loss_count = 0
+        # A resumed run continues the loss window its checkpoint was saved in, so its next `progress`
+        # averages the same steps an uninterrupted run's would.
+        self.loss_sum = torch.full((), float(window_loss_sum), device=device, dtype=torch.float64)
+        self.loss_count = int(window_loss_count)
         self.bad_step = torch.full((), -1, device=device, dtype=torch.long)
         self.smooth_loss = smooth_loss  # the biased EMA value
         self.smooth_weight = smooth_weight  # 1 - SMOOTHING**n, for bias correction
@@ -115,10 +118,13 @@ class Progress:
         """Seconds of training so far, all sessions, including saves and samples."""
         return self.elapsed_before + time.monotonic() - self.started
 
-    def report(self, step: int, mean_loss: float | None = None) -> dict[str, Any]:
-        """Close the current window: mean loss over it, smoothed loss, images/s, ETA."""
+    def report(self, step: int, mean_loss: float | None = None, *, close: bool = True) -> dict[str, Any]:
+        """Close the current window: mean loss over it, smoothed loss, images/s, ETA. With `close=False`
+        (a stop between two regular reports) the same figures, with the window and smoothed loss left
+        as they are, so the loss curve does not depend on where a run was stopped and resumed."""
         if mean_loss is None:
             mean_loss = float(self.loss_sum.item()) / max(self.loss_count, 1)
+        smooth_before = (self.smooth_loss, self.smooth_weight)
         if math.isfinite(mean_loss):
             prev = self.smooth_loss if self.smooth_loss is not None else 0.0
             self.smooth_loss = self.SMOOTHING * prev + (1 - self.SMOOTHING) * mean_loss
@@ -135,6 +141,9 @@ class Progress:
             elapsed=round(self.elapsed, 1),
             eta_s=round(max(eta, 0.0), 1),
         )
+        if not close:
+            self.smooth_loss, self.smooth_weight = smooth_before
+            return out
         self.loss_sum.zero_()
         self.loss_count = 0
         self.window_start = now
@@ -152,7 +161,8 @@ class Progress:
         return self.smooth_loss / self.smooth_weight
 
     def state(self) -> dict[str, Any]:
-        return dict(smooth_loss=self.smooth_loss, smooth_weight=self.smooth_weight, elapsed=self.elapsed)
+        return dict(smooth_loss=self.smooth_loss, smooth_weight=self.smooth_weight, elapsed=self.elapsed,
+                    window_loss_sum=float(self.loss_sum.item()), window_loss_count=self.loss_count)
 
 
 def progress_line(ev: dict[str, Any]) -> str:

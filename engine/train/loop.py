@@ -157,8 +157,9 @@ def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
                 s.progress.add(loss, pos.step, images)
 
                 stop, save_now, sample_now, reason = poll_requests(s, stop_after_steps)
-                if pos.step % cfg.train.log_every == 0 or pos.step == s.total_steps or stop:
-                    log_progress(s)
+                on_schedule = pos.step % cfg.train.log_every == 0 or pos.step == s.total_steps
+                if on_schedule or stop:
+                    log_progress(s, close=on_schedule)
                 if stop:
                     # A signal usually comes with a deadline (a scheduler's SIGKILL follows): save and go;
                     # the checkpoint's samples are rendered when the run is resumed.
@@ -305,13 +306,15 @@ def poll_requests(s: Session, stop_after_steps: int | None) -> tuple[bool, bool,
     return bool(flags[0]), bool(flags[1]), bool(flags[2]), reason
 
 
-def log_progress(s: Session) -> None:
+def log_progress(s: Session, *, close: bool = True) -> None:
+    """A `progress` event; `close=False` (a stop off the log schedule) keeps the loss window open, and
+    the checkpoint saves it, so a resumed run's next event averages what an uninterrupted one would."""
     check_finite(s)
     mean_loss = s.progress.window_loss()
     if s.accelerator.num_processes > 1:
         mean_loss = s.accelerator.reduce(mean_loss, reduction="mean")
     pos = s.position
-    report = s.progress.report(pos.step, float(mean_loss.item()))
+    report = s.progress.report(pos.step, float(mean_loss.item()), close=close)
     event = dict(step=pos.step, total_steps=s.total_steps, epoch=pos.epoch, epochs=s.epochs,
                  lr=s.lr_scheduler.get_last_lr()[0], **report)
     s.events.emit("progress", **event)

@@ -173,7 +173,9 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
 
     progress = Progress(device, total_steps, smooth_loss=progress_state.get("smooth_loss"),
                         smooth_weight=progress_state.get("smooth_weight", 0.0),
-                        elapsed=progress_state.get("elapsed", 0.0))
+                        elapsed=progress_state.get("elapsed", 0.0),
+                        window_loss_sum=progress_state.get("window_loss_sum", 0.0),
+                        window_loss_count=progress_state.get("window_loss_count", 0))
     from engine.project import load_project_file
 
     goals = load_project_file(project_dir).goals.as_dict()
