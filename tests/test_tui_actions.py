@@ -48,6 +48,8 @@ def test_help_lists_every_action_with_its_keys():
     text = console.export_text()
     for a in actions.ACTIONS:
         assert a.label in text, a.id
+        if not a.builtin:  # the id a user's [keys] table names
+            assert a.id in text, a.id
     assert "ctrl+j" in text and "alt+↓" not in text
 
 
@@ -99,3 +101,28 @@ async def test_a_rebound_key_works(project):
         await wait_for(pilot, lambda: pane.dataset is not None)
         await pilot.press("ctrl+g")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "BulkDialog")
+
+
+@sync
+async def test_the_real_palette_lists_and_runs_an_action_whose_key_looks_like_markup(project):
+    # "Dataset: Filter  [/]" once raised MarkupError inside the palette and took the app down
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app.screen.summaries)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+        pane = app.screen.query_one("DatasetPane")
+        await wait_for(pilot, lambda: pane.dataset is not None)
+        await pilot.press("ctrl+p")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "CommandPalette")
+        palette = app.screen
+        options = palette.query_one("CommandList")
+        await wait_for(pilot, lambda: options.option_count > 5)  # the discovery list, before typing
+        shown = [str(options.get_option_at_index(i).prompt) for i in range(options.option_count)]
+        assert any("Dataset: Filter  [/]" in text for text in shown)
+        await pilot.press(*"filter the images")
+        await wait_for(pilot, lambda: options.option_count >= 1
+                       and "Filter  [/]" in str(options.get_option_at_index(0).prompt))
+        await pilot.press("down", "enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+        await wait_for(pilot, lambda: app.screen.query_one("#dataset-filter").has_focus)

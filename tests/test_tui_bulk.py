@@ -103,3 +103,28 @@ def test_template_plan_uses_the_projects_metadata(project):
 
     with pytest.raises(CaptionError, match="missing"):
         build_plan("template", ds, ds.items, "{nope}")
+
+
+@sync
+async def test_the_dialog_warns_when_training_will_not_read_the_files_it_writes(project):
+    with open(project / "project.toml", "a") as f:
+        f.write('\n[[concepts]]\nfolder = "images"\ncaption = "template"\ntemplate = "a {kind}"\n')
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_dataset(pilot, app)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "BulkDialog")
+        note = app.screen.query_one("#bulk-note")
+        assert note.display
+        text = str(note.render())
+        assert "'images' (caption = 'template')" in text and 'set caption = "sidecar"' in text
+
+
+@sync
+async def test_no_warning_for_sidecar_concepts(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await open_dataset(pilot, app)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "BulkDialog")
+        assert not app.screen.query_one("#bulk-note").display

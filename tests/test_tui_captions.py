@@ -90,11 +90,16 @@ async def test_token_count_warns_past_clips_window(project):
         pane = await open_dataset(pilot, app)
         editor = await select(pilot, pane, "images/tiny.png")
         status = editor.query_one("#caption-status")
-        assert "~3/75 tokens" in str(status.render())
-        editor.text_area.insert(" word" * 80)
+        # 3 words + CLIP's start and end tokens, against CLIP's 77-token window
+        assert "~5/77 tokens" in str(status.render()) and not status.has_class("-over")
+        area = editor.text_area
+        area.insert(" word" * 71, area.document.end)  # 74 words + 2: still inside
+        await pilot.pause()
+        assert "~76/77 tokens" in str(status.render()) and not status.has_class("-over")
+        area.insert(" one more", area.document.end)  # 76 + 2: over
         await pilot.pause()
         assert status.has_class("-over")
-        assert "CLIP reads 75" in str(status.render())
+        assert "~78/77 tokens — over: CLIP cuts the rest" in str(status.render())
 
 
 @sync
@@ -223,3 +228,106 @@ async def test_a_failed_write_keeps_the_edit_and_says_why(project, monkeypatch):
         assert editor.dirty and editor.text == "big a tiny picture"
         assert (project / "images/tiny.txt").read_text() == "a tiny picture"
         assert any("No space left on device" in str(n.message) for n in app._notifications)
+
+
+def use_template(project: Path) -> None:
+    with open(project / "project.toml", "a") as f:
+        f.write('\n[[concepts]]\nfolder = "images"\ncaption = "template"\ntemplate = "a {kind} called {name}"\n')
+
+
+@sync
+async def test_a_templated_caption_is_shown_read_only_with_where_it_comes_from(project):
+    use_template(project)
+    sidecar = project / "images/cat_01.txt"
+    before = sidecar.read_text()
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        # the editor shows what training reads — the same as the list — not the unused sidecar
+        assert pane.table.current.caption == "a cat called cat 1"
+        assert editor.text == "a cat called cat 1" and editor.readonly and editor.text_area.read_only
+        title = str(editor.query_one("#caption-title").render())
+        note = str(editor.query_one("#caption-note").render())
+        assert "read-only: from the metadata template" in title
+        assert "the template 'a {kind} called {name}'" in note and 'caption = "sidecar"' in note
+        assert "from project.toml" in str(editor.query_one("#caption-status").render())
+        # typing does nothing, saving writes nothing and says why
+        await pilot.press("e", *"xyz", "ctrl+s")
+        await pilot.pause()
+        assert editor.text == "a cat called cat 1" and not editor.dirty
+        assert sidecar.read_text() == before
+        assert any("Nothing to save" in str(n.message) for n in app._notifications)
+        # moving on works as usual; an image with no sidecar shows its templated caption too
+        await pilot.press("alt+down", "alt+down", "alt+down")
+        await wait_for(pilot, lambda: editor.item.rel == "images/dog_02.png")
+        assert editor.text == "a dog called dog 2" and not (project / "images/dog_02.txt").exists()
+
+
+@sync
+async def test_a_sidecar_concept_with_a_trigger_counts_the_tokens_training_reads(project):
+    with open(project / "project.toml", "a") as f:
+        f.write('\n[[concepts]]\nfolder = "images"\ntrigger = "sks"\n')
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/tiny.png")
+        assert editor.text == "a tiny picture" and not editor.readonly  # the file, without the trigger
+        assert "~7/77 tokens" in str(editor.query_one("#caption-status").render())  # sks , a tiny picture + 2
+        assert "trigger 'sks'" in str(editor.query_one("#caption-note").render())
+
+
+@sync
+async def test_keys_arriving_together_after_e_go_to_the_editor(project):
+    # Over a slow link `e` and the next keys arrive in one read; they must not go to the list.
+    from textual import events
+
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        pane.table.focus()
+        await pilot.pause()
+        for key, char in (("e", "e"), ("end", None)):  # queued before either is handled
+            event = events.Key(key, char)
+            event.set_sender(app)
+            app._driver.send_message(event)
+        await pilot.pause()
+        await pilot.pause()
+        assert pane.table.current.rel == "images/cat_01.png"  # `end` did not jump the list to the last image
+        assert editor.text_area.has_focus and editor.text_area.cursor_location == (0, 32)  # it went to the editor
+
+
+def test_the_merge_suggestion_is_three_way_over_comma_separated_parts():
+    from tui.screens.conflict import merge_start
+
+    base = "a photo of a ginger cat, sitting, indoors"
+    mine = "a photo of a ginger cat, sitting, indoors, sks"          # I added a trigger
+    theirs = "a photo of a ginger cat, lying, indoors"               # they changed sitting → lying
+    assert merge_start(mine, theirs, base) == "a photo of a ginger cat, indoors, sks, lying"
+    # without a base: mine, then what theirs has that mine lacks
+    assert merge_start(mine, theirs) == "a photo of a ginger cat, sitting, indoors, sks, lying"
+    assert merge_start(mine, None, base) == mine and merge_start("", theirs, base) == theirs
+
+
+@sync
+async def test_brackets_in_file_names_and_captions_are_shown_as_text(project):
+    # Rich/Textual markup in a name ("[b]", "[/]") must neither vanish nor crash the app
+    (project / "images/cat_01.png").rename(project / "images/cat [b].png")
+    (project / "images/cat_01.txt").rename(project / "images/cat [b].txt")
+    (project / "images/cat [b].txt").write_text("a cat [/] with [b]brackets[/b]")
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat [b].png")
+        assert "cat [b].txt" in str(editor.query_one("#caption-title").render())
+        assert "images/cat [b].png" in str(pane.query_one("#preview-facts").render())
+        await pilot.press("e", "end", *" MINE")
+        path = project / "images/cat [b].txt"
+        path.write_text("theirs [/]")
+        pane.files_changed({path})
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConflictScreen")
+        assert "cat [b].txt changed on disk" in str(app.screen.query_one("#conflict-title").render())
+        await pilot.press("ctrl+k")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+        assert path.read_text() == "a cat [/] with [b]brackets[/b] MINE"

@@ -92,3 +92,37 @@ async def test_edit_runs_the_editor_with_the_app_suspended(project, monkeypatch)
 def test_editor_command_never_needs_a_shell(monkeypatch, tmp_path):
     monkeypatch.setenv("VISUAL", "code --wait")
     assert editor_command(tmp_path / "a b.toml") == ["code", "--wait", str(tmp_path / "a b.toml")]
+
+
+def test_every_problem_is_listed_at_the_top_too(project):
+    status = validate_config(project / "configs/bad.toml", project)
+    head = render_config(status).plain.split("\n\n", 1)[0].splitlines()
+    assert head == ["✗ configs/bad.toml: 2 problem(s)",
+                    "  line 4: train.learning_rate = -1: must be > 0",
+                    "  line 6: train.epoch: unknown key; did you mean 'epochs'?"]
+
+
+@sync
+async def test_a_new_dreambooth_config_asks_for_its_prompts_and_is_valid(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "NewConfigScreen")
+        dialog = app.screen
+        assert not dialog.query_one("#new-config-class-row").display  # lora: no prompts asked
+        dialog.query_one("#new-config-method").value = "dreambooth"
+        await pilot.pause()
+        assert dialog.query_one("#new-config-class-row").display
+        await pilot.press("ctrl+s")  # without the class prompt: refused, and said why
+        await pilot.pause()
+        assert type(app.screen).__name__ == "NewConfigScreen"
+        assert "class prompt: required" in str(dialog.query_one("#new-config-error").render())
+        assert not (project / "configs/dreambooth.toml").exists()
+        dialog.query_one("#new-config-instance").value = "a photo of sks dog"
+        dialog.query_one("#new-config-class").value = "a photo of a dog"
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: any(s.path.name == "dreambooth.toml" for s in pane.statuses))
+        assert pane.selected.path.name == "dreambooth.toml" and pane.selected.ok
+        cfg = load_run_config(project / "configs/dreambooth.toml")
+        assert (cfg.dreambooth.instance_prompt, cfg.dreambooth.class_prompt) == ("a photo of sks dog", "a photo of a dog")

@@ -12,7 +12,10 @@ from tui.widgets.dataset_table import DatasetTable
 @pytest.fixture
 def project(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    return make_project(tmp_path / "projects")
+    p = make_project(tmp_path / "projects")
+    with open(p / "configs/lora.toml", "a") as f:  # 32 px training: only the 16x16 image is too small
+        f.write("\n[data]\nresolution = 32\n")
+    return p
 
 
 async def open_dataset(pilot, app):
@@ -38,6 +41,9 @@ async def test_opening_a_project_lists_every_image_with_its_flags(project):
         flags = {it.rel: it.flags for it in pane.table.items}
         assert flags["images/dog_02.png"] == ["no caption"]
         assert flags["images/broken.png"][0].startswith("unreadable")
+        # "too small" is measured against the configs' training resolution (the smallest valid one)
+        assert flags["images/tiny.png"] == ["too small (16x16, shorter side < 32)"]
+        assert flags["images/cat_02.png"] == []
         assert pane.table.has_focus
         assert "6 images" in str(pane.query_one("#dataset-count").render())
 
@@ -57,11 +63,36 @@ async def test_filter_by_text_and_by_flag(project):
         pane.query_one("#dataset-filter").value = ""
         await pilot.pause()
         await pilot.press("f")  # any flag
-        assert rels(pane) == ["images/broken.png", "images/dog_02.png"]
+        assert rels(pane) == ["images/broken.png", "images/dog_02.png", "images/tiny.png"]
         await pilot.press("f")  # the first flag by name
         assert pane.flag == "no caption" and rels(pane) == ["images/dog_02.png"]
-        await pilot.press("f", "f")  # ... unreadable, then back to all
-        assert pane.flag is None and len(rels(pane)) == 6
+        await pilot.press("f", "f")  # ... too small, unreadable
+        assert pane.flag == "unreadable" and rels(pane) == ["images/broken.png"]
+        # a filter that hides everything says so (not "no images in this project")
+        await pilot.press("slash", *"zebra")
+        assert rels(pane) == []
+        assert pane.table.empty_text.startswith("no image matches the text 'zebra' and flag 'unreadable' (6 hidden)")
+        await pilot.press("enter", "f")  # back to all
+        assert pane.flag is None and rels(pane) == []
+        assert "no image matches the text 'zebra' (6 hidden)" in pane.table.empty_text
+        pane.query_one("#dataset-filter").value = ""
+        await pilot.pause()
+        assert len(rels(pane)) == 6
+
+
+@sync
+async def test_a_config_with_a_larger_resolution_flags_more_after_it_is_edited(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        assert sum(1 for it in pane.items if any(f.startswith("too small") for f in it.flags)) == 1
+        lora = project / "configs/lora.toml"
+        lora.write_text(lora.read_text().replace("resolution = 32", "resolution = 56"))
+        pane.files_changed({lora})
+        await wait_for(pilot, lambda: not pane.scanning and pane.dataset is not None and sum(
+            1 for it in pane.items if any(f.startswith("too small") for f in it.flags)) == 3)
+        small = sorted(it.rel for it in pane.items if any(f.startswith("too small") for f in it.flags))
+        assert small == ["images/cat_02.png", "images/dog_01.png", "images/tiny.png"]  # 64x48, 48x64, 16x16
 
 
 @sync

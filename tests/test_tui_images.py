@@ -23,35 +23,104 @@ def test_mode_precedence_cli_then_env_then_settings(monkeypatch):
         requested_mode(None, {})
 
 
-def _run_on_a_tty(mode: str) -> str:
-    """Run prepare_image_mode with stdout on a pseudo-terminal that never answers; report what happened."""
-    code = textwrap.dedent(f"""
-        import sys, time
-        t = time.monotonic()
-        from tui.widgets.image_preview import prepare_image_mode
-        got = prepare_image_mode({mode!r})
-        from textual_image import renderable
-        sys.stderr.write(f"{{got}} {{renderable.Image.__module__.rsplit('.', 1)[-1]}} {{time.monotonic() - t:.2f}}\\n")
-    """)
+CHILD = textwrap.dedent("""
+    import os, select, sys, time
+    t = time.monotonic()
+    from tui.widgets import image_preview
+    got = image_preview.prepare_image_mode(sys.argv[1], timeout=float(sys.argv[2]))
+    took = time.monotonic() - t
+    from textual_image import _terminal, renderable
+    cell = _terminal.get_cell_size()
+    # whatever the terminal sends after the probe would reach Textual as keys
+    ready, _, _ = select.select([0], [], [], 0.5)
+    leftover = os.read(0, 1024) if ready else b""
+    probe = image_preview.LAST_PROBE
+    sys.stderr.write(f"{got} {renderable.Image.__module__.rsplit('.', 1)[-1]} {cell.width}x{cell.height} "
+                     f"{len(leftover)} {took:.2f} {probe.answered if probe else '-'}\\n")
+""")
+
+
+def fake_terminal(mode: str, reply: bytes | None, delay: float = 0.0, timeout: float = 2.0) -> tuple[list[str], bytes]:
+    """Run prepare_image_mode(mode) on a pseudo-terminal that answers `reply` to the DA1 query after
+    `delay` seconds (None: never answers). Returns the child's report and what it wrote to the terminal."""
+    import select
+    import time
+
     master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(timeout)], stdin=slave, stdout=slave,
+                            stderr=subprocess.PIPE, cwd=os.getcwd(), env={**os.environ, "TUNELAB_IMAGES": ""})
+    os.close(slave)
+    received, answered_at = b"", None
     try:
-        proc = subprocess.run([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=subprocess.PIPE,
-                              timeout=60, cwd=os.getcwd(), env={**os.environ, "TUNELAB_IMAGES": ""})
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.02)
+            if ready:
+                try:
+                    received += os.read(master, 4096)
+                except OSError:
+                    break
+            if reply is not None and answered_at is None and b"\x1b[c" in received:
+                answered_at = time.monotonic() + delay
+            if answered_at is not None and time.monotonic() >= answered_at:
+                os.write(master, reply)
+                answered_at = float("inf")
+        _, err = proc.communicate(timeout=60)
     finally:
-        os.close(slave)
         os.close(master)
-    assert proc.returncode == 0, proc.stderr.decode()
-    return proc.stderr.decode().strip().splitlines()[-1]
+    assert proc.returncode == 0, err.decode()
+    return err.decode().strip().splitlines()[-1].split(), received
+
+
+KITTY = b"\x1b_Gi=31;OK\x1b\\\x1b[6;18;9t\x1b[?62;22c"
+SIXEL = b"\x1b[6;20;10t\x1b[?62;4;22c"
+PLAIN = b"\x1b[?1;2c"
 
 
 @pytest.mark.parametrize("mode", ["halfblock", "kitty", "sixel"])
 def test_an_explicit_mode_never_asks_the_terminal(mode):
-    got, chosen, _ = _run_on_a_tty(mode).split()
-    # textual-image's own choice stays at its no-terminal fallback (unicode): it never sent a query
+    report, received = fake_terminal(mode, KITTY)
+    got, chosen = report[0], report[1]
+    # textual-image's own choice stays at its no-terminal fallback (unicode), and nothing was sent
     assert (got, chosen) == (mode, "unicode")
+    assert b"\x1b[c" not in received and b"\x1b_G" not in received
 
 
-def test_auto_asks_the_terminal_and_falls_back_to_half_blocks():
-    # the pseudo-terminal never answers the queries: textual-image falls back to half cells on a tty
-    got, chosen, _ = _run_on_a_tty("auto").split()
-    assert (got, chosen) == ("halfblock", "halfcell")
+@pytest.mark.parametrize("reply, expected, cell", [(KITTY, "kitty", "9x18"), (SIXEL, "sixel", "10x20"),
+                                                   (PLAIN, "halfblock", "10x20")])
+def test_auto_reads_the_terminals_answer_even_over_a_slow_link(reply, expected, cell):
+    # 0.6 s round trip: textual-image's own 0.1 s probe gave up and left the reply to be read as keys
+    report, received = fake_terminal("auto", reply, delay=0.6)
+    got, _, cell_size, leftover, took, answered = report
+    assert got == expected and answered == "True" and cell_size == cell
+    assert leftover == "0"  # every byte of the reply was read by the probe, none is left for Textual
+    assert 0.5 < float(took) < 1.9  # waited as long as the link needed, not the full timeout
+    assert received.count(b"\x1b[c") == 1  # one write: graphics query, cell size, DA1
+
+
+def test_auto_gives_up_on_a_silent_terminal_within_its_timeout_and_says_so():
+    report, _ = fake_terminal("auto", None, timeout=0.4)
+    got, _, _, leftover, took, answered = report
+    assert got == "halfblock" and answered == "False" and float(took) < 1.5
+
+
+def test_the_app_says_when_the_terminal_did_not_answer(tmp_path, monkeypatch):
+    import asyncio
+
+    from tests.test_tui_support import wait_for
+    from tui.app import make_app
+    from tui.graphics_probe import ProbeResult
+    from tui.widgets import image_preview
+
+    monkeypatch.setattr(image_preview, "LAST_PROBE", ProbeResult(
+        "halfblock", False, 2.0, "the terminal did not answer within 2 s; showing half-blocks "
+        "(--images or TUNELAB_IMAGES skips the question)"))
+
+    async def run():
+        app = make_app(tmp_path, images="halfblock", watch=False, animations=False)
+        async with app.run_test(size=(100, 30)) as pilot:
+            await wait_for(pilot, lambda: bool(app._notifications))
+            return [str(n.message) for n in app._notifications]
+
+    messages = asyncio.run(run())
+    assert any("did not answer within 2 s" in m and "--images" in m for m in messages)

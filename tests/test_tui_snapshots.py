@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_tui_support import make_project, wait_for
+from tests.test_tui_support import make_project, set_times, wait_for
 from tui.app import make_app
 
 SIZE = (120, 36)
@@ -16,7 +16,10 @@ SIZE = (120, 36)
 @pytest.fixture
 def app(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    make_project(tmp_path / "projects", "pets")
+    pets = make_project(tmp_path / "projects", "pets")
+    with open(pets / "configs/lora.toml", "a") as f:  # trains at 32 px: only the 16x16 image is too small
+        f.write("\n[data]\nresolution = 32\n")
+    set_times(pets)
     make_project(tmp_path / "projects", "birds")
     return make_app("projects", images="halfblock", watch=False, animations=False)
 
@@ -97,3 +100,10 @@ def test_caption_conflict_dialog(app, snap_compare):
         await wait_for(pilot, lambda: type(pilot.app.screen).__name__ == "ConflictScreen")
 
     assert snap_compare(app, terminal_size=SIZE, run_before=run_before)
+
+
+def test_dataset_templated_caption_is_read_only(app, snap_compare, tmp_path):
+    with open(tmp_path / "projects/pets/project.toml", "a") as f:
+        f.write('\n[[concepts]]\nfolder = "images"\ncaption = "template"\ntemplate = "a {kind} called {name}"\n')
+    set_times(tmp_path / "projects/pets")
+    assert snap_compare(app, terminal_size=SIZE, run_before=dataset_ready)

@@ -220,6 +220,7 @@ def key_display(keys: str) -> str:
 from functools import partial  # noqa: E402
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider  # noqa: E402
+from textual.content import Content  # noqa: E402
 
 
 def owners(screen, scope: str) -> list:
@@ -250,11 +251,25 @@ class ActionsProvider(Provider):
 
     async def discover(self) -> Hits:
         for label, help_text, command in self._commands():
-            yield DiscoveryHit(label, command, help=help_text)
+            yield DiscoveryHit(Content(label), command, text=label, help=help_text)
 
     async def search(self, query: str) -> Hits:
         matcher = self.matcher(query)
         for label, help_text, command in self._commands():
             score = max(matcher.match(label), matcher.match(help_text) * 0.8)
             if score > 0:
-                yield Hit(score, matcher.highlight(label), command, help=help_text)
+                yield Hit(score, highlight(matcher, label), command, text=label, help=help_text)
+
+
+def highlight(matcher, label: str) -> Content:
+    """The label with the matched letters marked, as plain text: a key such as `[/]` is not markup.
+
+    (Textual's `Matcher.highlight` parses its argument as markup, and a palette entry
+    `Dataset: Filter  [/]` then raised MarkupError and took the app down.)
+    """
+    content = Content(label)
+    _score, offsets = matcher.fuzzy_search.match(matcher.query, label)
+    for offset in offsets:
+        if not label[offset].isspace():
+            content = content.stylize(matcher.match_style, offset, offset + 1)
+    return content

@@ -84,8 +84,12 @@ class TunelabApp(App[None]):
 
     def on_mount(self) -> None:
         from tui.screens.home import HomeScreen
+        from tui.widgets import image_preview
 
         self.push_screen(HomeScreen(self.projects_dir))
+        probe = image_preview.LAST_PROBE
+        if probe is not None and not probe.answered and probe.reason:
+            self.notify(probe.reason, severity="warning", timeout=10)
 
     def open_project(self, path: str | os.PathLike, tab: str = "dataset") -> None:
         from tui.screens.project import ProjectScreen

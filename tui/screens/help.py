@@ -15,21 +15,24 @@ def help_table(keymap: dict[str, str] | None = None) -> Table:
     table = Table(box=None, show_header=False, expand=True, padding=(0, 2, 0, 0))
     table.add_column("keys", style="bold", no_wrap=True, width=22)
     table.add_column("what", ratio=1)
+    table.add_column("id", style="dim", no_wrap=True)  # what the settings file's [keys] table names
     for scope, title in actions.SCOPES.items():
         rows = actions.in_scope(scope)
         if not rows:
             continue
-        table.add_row(Text(title, style="bold underline"), "")
+        table.add_row(Text(title, style="bold underline"), "", "")
         for a in rows:
-            table.add_row(actions.key_display(actions.effective_keys(a, keymap)), a.label)
-        table.add_row("", "")
+            table.add_row(actions.key_display(actions.effective_keys(a, keymap)), a.label,
+                          "" if a.builtin else a.id)
+        table.add_row("", "", "")
     return table
 
 
 INTRO = (
     "tunelab — fine-tune Stable Diffusion from a terminal. Every key below is a named action: the command "
-    "palette (ctrl+p) runs any of them by name, and a [keys] table in the settings file rebinds them "
-    "(e.g. `\"caption.next\" = \"ctrl+j\"`). Runs are separate processes: quitting never stops one.\n"
+    "palette (ctrl+p) runs any of them by name, and a [keys] table in the settings file rebinds them by the id "
+    "in the right column (e.g. `\"caption.next\" = \"ctrl+j\"`; see docs/tui.md). Runs are separate processes: "
+    "quitting never stops one.\n"
 )
 
 

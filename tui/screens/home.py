@@ -135,7 +135,7 @@ class HomeScreen(ReportsWorkerErrors, Screen[None]):
         for label, width in zip(COLUMNS, WIDTHS):
             table.add_column(label, width=width)
         yield table
-        yield Static("", id="home-empty")
+        yield Static("", id="home-empty", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:

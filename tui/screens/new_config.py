@@ -1,4 +1,9 @@
-"""Dialog: a new run config from a method's template — pick the method, name the file."""
+"""Dialog: a new run config from a method's template — pick the method, name the file.
+
+DreamBooth asks for its two prompts too (the identifier prompt and the class prompt, as kohya's
+DreamBooth tab does): the class prompt is required with prior preservation, so a config made
+without it would fail validation the moment it is written.
+"""
 from __future__ import annotations
 
 import re
@@ -15,8 +20,8 @@ from tui import actions
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class NewConfigScreen(ModalScreen[tuple[str, str] | None]):
-    """Returns (method, name) or None."""
+class NewConfigScreen(ModalScreen[tuple[str, str, dict[str, str]] | None]):
+    """Returns (method, name, settings) or None; settings maps dotted keys to values (`dreambooth.class_prompt`)."""
 
     ACTION_SCOPE = "dialog"
     BINDINGS = actions.bindings("dialog")
@@ -44,14 +49,27 @@ class NewConfigScreen(ModalScreen[tuple[str, str] | None]):
             with Horizontal():
                 yield Label("name")
                 yield Input(self._free_name("lora"), id="new-config-name", placeholder="configs/<name>.toml")
-            yield Static("", id="new-config-error")
+            with Horizontal(id="new-config-instance-row", classes="dreambooth"):
+                yield Label("instance")
+                yield Input("", id="new-config-instance", placeholder="a photo of sks dog (empty: the captions)")
+            with Horizontal(id="new-config-class-row", classes="dreambooth"):
+                yield Label("class")
+                yield Input("", id="new-config-class", placeholder="a photo of a dog (for prior preservation)")
+            yield Static("", id="new-config-error", markup=False)
             with Horizontal():
                 yield Button("Create (enter)", id="ok", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
-        self.query_one(Input).cursor_blink = getattr(self.app, "animations", True)
+        for field in self.query(Input):
+            field.cursor_blink = getattr(self.app, "animations", True)
+        self._sync()
         self.query_one(Select).focus()
+
+    def _sync(self) -> None:
+        dreambooth = self.query_one(Select).value == "dreambooth"
+        for row in self.query(".dreambooth"):
+            row.display = dreambooth
 
     def _free_name(self, base: str) -> str:
         name, n = base, 2
@@ -64,6 +82,7 @@ class NewConfigScreen(ModalScreen[tuple[str, str] | None]):
         name = self.query_one("#new-config-name", Input)
         if not name.value or name.value.split("-")[0] in METHODS:
             name.value = self._free_name(str(event.value))
+        self._sync()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#ok")
@@ -74,10 +93,21 @@ class NewConfigScreen(ModalScreen[tuple[str, str] | None]):
             error = f"{name!r}: use letters, digits, '_', '-' and '.' (it becomes configs/<name>.toml)"
         elif name in self.existing:
             error = f"configs/{name}.toml exists already"
+        method = str(self.query_one(Select).value)
+        settings: dict[str, str] = {}
+        if method == "dreambooth" and not error:
+            instance = self.query_one("#new-config-instance", Input).value.strip()
+            klass = self.query_one("#new-config-class", Input).value.strip()
+            if not klass:
+                error = ("class prompt: required (prior preservation trains on images of the class, "
+                         "e.g. 'a photo of a dog')")
+            settings = {"dreambooth.class_prompt": klass}
+            if instance:
+                settings["dreambooth.instance_prompt"] = instance
         if error:
             self.query_one("#new-config-error", Static).update(error)
             return
-        self.dismiss((str(self.query_one(Select).value), name))
+        self.dismiss((method, name, settings))
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:

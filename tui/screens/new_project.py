@@ -49,14 +49,15 @@ class NewProjectScreen(ModalScreen[Path | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(f"New project in {self.projects_dir}  (same as `tunelab new NAME [--from DIR]`)")
+            yield Static(f"New project in {self.projects_dir}  (same as `tunelab new NAME [--from DIR]`)",
+                         markup=False)
             with Horizontal():
                 yield Label("name")
                 yield Input("", id="new-project-name", placeholder="my-dog")
             with Horizontal():
                 yield Label("images from")
                 yield Input("", id="new-project-from", placeholder="optional: a folder to copy images and captions from")
-            yield Static("", id="new-project-error")
+            yield Static("", id="new-project-error", markup=False)
             with Horizontal():
                 yield Button("Create (enter)", id="ok", variant="primary")
                 yield Button("Cancel (esc)", id="cancel")

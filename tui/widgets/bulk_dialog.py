@@ -65,6 +65,25 @@ def build_plan(op: str, dataset: Dataset, items: Sequence[Item], text: str = "",
     raise C.CaptionError(f"unknown operation {op!r}")
 
 
+def unused_sidecars_note(dataset: Dataset, items: Sequence[Item]) -> str:
+    """A warning when some of the images belong to concepts whose captions come from project.toml.
+
+    Bulk operations write sidecar .txt files; for such a concept training reads none of them, which
+    `tunelab caption` says too. Empty when every image's concept uses sidecars.
+    """
+    by_label = {c.label: c for c in dataset.project.concepts}
+    kinds: dict[str, str] = {}
+    for item in items:
+        concept = by_label.get(item.concept)
+        if concept is not None and concept.caption != "sidecar":
+            kinds.setdefault(concept.label, concept.caption)
+    if not kinds:
+        return ""
+    names = ", ".join(f"{name!r} (caption = {kind!r})" for name, kind in sorted(kinds.items()))
+    return (f"note: concept {names} takes its captions from project.toml, so training does not read the .txt "
+            "files written here until you set caption = \"sidecar\" for it in project.toml")
+
+
 def diff_text(plan: C.Plan, limit: int = MAX_DIFF_LINES) -> Text:
     """The plan's diff, coloured, cut at `limit` lines."""
     out = Text()
@@ -100,6 +119,7 @@ class BulkDialog(ReportsWorkerErrors, ModalScreen[tuple[C.Plan, Path | None] | N
     BulkDialog #bulk-op { width: 1fr; }
     BulkDialog #bulk-summary { height: auto; color: $text-muted; margin: 1 0 0 0; }
     BulkDialog #bulk-summary.-error { color: $error; }
+    BulkDialog #bulk-note { height: auto; color: $warning; }
     BulkDialog #bulk-diff { height: 1fr; border: round $panel-lighten-2; }
     BulkDialog #bulk-buttons { height: auto; }
     BulkDialog Button { margin-right: 1; }
@@ -129,7 +149,7 @@ class BulkDialog(ReportsWorkerErrors, ModalScreen[tuple[C.Plan, Path | None] | N
         n = sum(1 for i in self.items if i.usable)
         templates = sorted({c.template for c in self.dataset.project.concepts if c.template})
         with Vertical():
-            yield Static(f"Bulk captions — {n} image(s){self.scope_text}", id="bulk-title")
+            yield Static(f"Bulk captions — {n} image(s){self.scope_text}", id="bulk-title", markup=False)
             with Horizontal(classes="row"):
                 yield Label("operation")
                 yield Select(((label, value) for label, value in OPERATIONS), value=self.initial_op,
@@ -145,13 +165,16 @@ class BulkDialog(ReportsWorkerErrors, ModalScreen[tuple[C.Plan, Path | None] | N
                 yield Checkbox("overwrite existing captions", id="bulk-overwrite")
                 yield Checkbox("plain text (not a regex)", id="bulk-literal")
                 yield Checkbox("ignore case", id="bulk-ignore-case")
-            yield Static("", id="bulk-summary")
+            yield Static("", id="bulk-summary", markup=False)
+            yield Static(unused_sidecars_note(self.dataset, self.items), id="bulk-note", markup=False)
             yield RichLog(id="bulk-diff", wrap=False, markup=False, highlight=False, auto_scroll=False)
             with Horizontal(id="bulk-buttons"):
                 yield Button("Apply (ctrl+s)", id="apply", variant="success", disabled=True)
                 yield Button("Cancel (esc)", id="cancel")
 
     def on_mount(self) -> None:
+        note = self.query_one("#bulk-note", Static)
+        note.display = bool(unused_sidecars_note(self.dataset, self.items))
         self._sync_fields()
         self.query_one("#bulk-text", Input).cursor_blink = getattr(self.app, "animations", True)
         self.query_one("#bulk-replacement", Input).cursor_blink = getattr(self.app, "animations", True)

@@ -7,13 +7,20 @@ theirs, or edit a merge). A change on disk while there are no unsaved edits simp
 unsaved text stays in the editor until a choice is made, so an edit is never silently dropped and
 the other version is never silently overwritten. Writes are atomic (`engine.captions.write_caption`).
 
+A concept whose captions come from project.toml (a metadata template, a fixed text, the file name,
+or empty) has no sidecar that training reads, so for its images the editor shows the caption training
+will use, read-only, with a note saying where it comes from and how to switch the concept to
+hand-written sidecar captions. Typing into a file training ignores would look like an edit and do
+nothing — that is what this prevents.
+
 Captions are compared the way training reads them (`decode_caption`: BOM, CRLF and line breaks
 normalised), so an editor that only changes line endings does not cause a conflict.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from textual import on
 from textual.app import ComposeResult
@@ -21,11 +28,50 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
-from engine.captions import decode_caption, estimate_tokens, write_caption
+from engine.captions import decode_caption, estimate_tokens, with_trigger, write_caption
 from engine.project import Item
 from tui import actions
 
-CLIP_CONTENT_TOKENS = 75  # CLIP's 77-token window minus the start and end tokens
+CLIP_WINDOW = 77          # CLIP's text window, start and end tokens included
+CLIP_CONTENT_TOKENS = 75  # what is left for the caption's own words
+
+
+@dataclass(frozen=True)
+class CaptionOrigin:
+    """Where a concept's captions come from, as the editor explains it."""
+
+    kind: str = "sidecar"   # engine.project.CaptionSource: sidecar, template, fixed, filename, empty
+    concept: str = ""
+    detail: str = ""        # the template or the fixed text
+    trigger: str = ""
+
+    @property
+    def editable(self) -> bool:
+        return self.kind == "sidecar"
+
+    def title(self) -> str:
+        return {"template": "read-only: from the metadata template", "fixed": "read-only: the concept's fixed text",
+                "filename": "read-only: from the file name", "empty": "read-only: empty captions"}.get(self.kind, "caption")
+
+    def note(self) -> str:
+        """Why the caption cannot be edited here, and how to make it editable."""
+        if self.editable:
+            return f"training puts the trigger {self.trigger!r} in front" if self.trigger else ""
+        what = {"template": f"the template {self.detail!r}", "fixed": f"the fixed text {self.detail!r}",
+                "filename": "the file name", "empty": "nothing (empty captions)"}.get(self.kind, self.kind)
+        first = ("b → template writes them as .txt files" if self.kind == "template"
+                 else "b → fixed or empty writes .txt files")
+        return (f"Concept {self.concept!r} takes its captions from {what} in project.toml, so training "
+                f"reads no .txt file for it. To hand-write captions: {first}, then set "
+                f"caption = \"sidecar\" for the concept in project.toml.")
+
+
+def origin_of(concept: Any | None) -> CaptionOrigin:
+    """A CaptionOrigin from an `engine.project.Concept` (None: an implicit concept, sidecar captions)."""
+    if concept is None:
+        return CaptionOrigin()
+    detail = concept.template if concept.caption == "template" else (concept.text if concept.caption == "fixed" else "")
+    return CaptionOrigin(concept.caption, concept.label, detail, concept.trigger)
 
 
 def normalise(text: str) -> str:
@@ -53,6 +99,9 @@ class CaptionEditor(Vertical):
     CaptionEditor #caption-status { height: 1; }
     CaptionEditor #caption-status.-over { color: $error; }
     CaptionEditor #caption-status.-conflict { color: $warning; text-style: bold; }
+    CaptionEditor.-readonly #caption-text { height: 3; }
+    CaptionEditor #caption-note { height: auto; max-height: 6; color: $text-muted; }
+    CaptionEditor #caption-note.-readonly { color: $warning; }
     """
 
     class Saved(Message):
@@ -86,20 +135,21 @@ class CaptionEditor(Vertical):
         super().__init__(id=id)
         self.item: Item | None = None
         self.base: str | None = None       # the caption on disk when loaded / last saved (None: no file)
-        self.caption_source = "sidecar"
+        self.origin = CaptionOrigin()
         self.conflict_open = False
         self.stale = False  # a conflict was put off: the file on disk differs from `base`
         self._after_conflict: list[Callable[[], None]] = []
         self._cursor_blink = cursor_blink
 
     def compose(self) -> ComposeResult:
-        yield Static("caption", id="caption-title")
+        yield Static("caption", id="caption-title", markup=False)
         area = TextArea("", id="caption-text", soft_wrap=True, show_line_numbers=False,
                         placeholder="no caption: type one, ctrl+s saves")
         area.cursor_blink = self._cursor_blink
         area.disabled = True
         yield area
-        yield Static("", id="caption-status")
+        yield Static("", id="caption-status", markup=False)
+        yield Static("", id="caption-note", markup=False)
 
     # --- state -------------------------------------------------------------------------------
     @property
@@ -111,8 +161,17 @@ class CaptionEditor(Vertical):
         return self.text_area.text
 
     @property
+    def readonly(self) -> bool:
+        """The caption comes from project.toml, not from a sidecar file: shown, not edited."""
+        return self.item is not None and not self.origin.editable
+
+    @property
+    def caption_source(self) -> str:
+        return self.origin.kind
+
+    @property
     def dirty(self) -> bool:
-        if self.item is None:
+        if self.item is None or self.readonly:
             return False
         return normalise(self.text) != (self.base or "")
 
@@ -121,26 +180,46 @@ class CaptionEditor(Vertical):
         return self.item.caption_path if self.item is not None else None
 
     # --- loading and saving ------------------------------------------------------------------
-    def load(self, item: Item | None, caption_source: str = "sidecar") -> None:
+    def load(self, item: Item | None, origin: CaptionOrigin | None = None) -> None:
         """Show another item's caption; the current one is saved first (a conflict asks first)."""
-        if item is not None and self.item is not None and item.path == self.item.path:
+        origin = origin or CaptionOrigin()
+        if item is not None and self.item is not None and item.path == self.item.path and origin == self.origin:
             self.item = item  # the same file after a rescan: keep the text and its undo history
-            self.caption_source = caption_source
+            if self.readonly and self.text != (item.caption or ""):
+                self.text_area.load_text(item.caption or "")  # the template or metadata changed
+                self._update_status()
             return
         if self.dirty and not self.save():
             if self.conflict_open:  # go on once the user has chosen
-                self._after_conflict.append(lambda: self.load(item, caption_source))
+                self._after_conflict.append(lambda: self.load(item, origin))
             return
         self.item = item
-        self.caption_source = caption_source
+        self.origin = origin
         area = self.text_area
+        note = self.query_one("#caption-note", Static)
+        note.set_class(False, "-readonly")
+        self.set_class(item is not None and not origin.editable, "-readonly")
         if item is None:
             self.base = None
             self.stale = False
+            area.read_only = False
             area.load_text("")
             area.disabled = True
+            note.update("")
             self.query_one("#caption-title", Static).update("caption", layout=False)
+        elif not origin.editable:
+            # What training reads, from project.toml; no sidecar is read or written.
+            self.base = None
+            self.stale = False
+            area.load_text(item.caption or "")
+            area.read_only = True
+            area.disabled = False
+            note.set_class(True, "-readonly")
+            note.update(origin.note())
+            self.query_one("#caption-title", Static).update(origin.title(), layout=False)
         else:
+            area.read_only = False
+            note.update(origin.note())
             try:
                 self.base = read_disk(item.caption_path)
             except OSError as e:
@@ -156,10 +235,7 @@ class CaptionEditor(Vertical):
             self.stale = False
             area.load_text(self.base or "")
             area.disabled = False
-            title = item.caption_path.name
-            if caption_source != "sidecar":
-                title += f"  (concept {item.concept!r} takes captions from {caption_source}; this file is not used)"
-            self.query_one("#caption-title", Static).update(title, layout=False)
+            self.query_one("#caption-title", Static).update(item.caption_path.name, layout=False)
         self._update_status()
 
     def save(self) -> bool:
@@ -200,7 +276,7 @@ class CaptionEditor(Vertical):
 
     def disk_changed(self) -> None:
         """The current caption file changed on disk: reload it, or raise a conflict if there are edits."""
-        if self.item is None:
+        if self.item is None or self.readonly:
             return
         try:
             theirs = read_disk(self.item.caption_path)
@@ -233,7 +309,7 @@ class CaptionEditor(Vertical):
         self._update_status()
         item = self.item
         self.post_message(self.ConflictRaised(item, mine, theirs))
-        self.app.push_screen(ConflictScreen(item.caption_path, item.rel, mine, theirs),
+        self.app.push_screen(ConflictScreen(item.caption_path, item.rel, mine, theirs, self.base),
                              lambda choice: self._resolve(item, choice))
 
     def _resolve(self, item: Item, choice: tuple[str, str] | None) -> None:
@@ -278,15 +354,22 @@ class CaptionEditor(Vertical):
         if self.item is None:
             status.update("", layout=False)
             return
-        n = estimate_tokens(normalise(self.text))
-        state = "unsaved" if self.dirty else ("saved" if self.base is not None else "no caption file")
+        text = normalise(self.text)
+        if self.origin.trigger and not self.readonly and text:
+            text = with_trigger(text, self.origin.trigger)  # what training reads
+        n = estimate_tokens(text)
+        if self.readonly:
+            state = "from project.toml"
+        else:
+            state = "unsaved" if self.dirty else ("saved" if self.base is not None else "no caption file")
         if self.conflict_open or self.stale:
             state = "changed on disk — choose a version"
             status.set_class(True, "-conflict")
         elif n > CLIP_CONTENT_TOKENS:
             status.set_class(True, "-over")
-        over = f" (CLIP reads {CLIP_CONTENT_TOKENS}; the rest is cut)" if n > CLIP_CONTENT_TOKENS else ""
-        status.update(f"~{n}/{CLIP_CONTENT_TOKENS} tokens{over} · {state}", layout=False)  # one line: no re-layout
+        # CLIP reads 77 tokens, two of them its start and end markers: 75 for the caption's words.
+        over = " — over: CLIP cuts the rest" if n > CLIP_CONTENT_TOKENS else ""
+        status.update(f"~{n + 2}/{CLIP_WINDOW} tokens{over} · {state}", layout=False)  # one line: no re-layout
 
     @on(TextArea.Changed, "#caption-text")
     def _changed(self, event: TextArea.Changed) -> None:
@@ -296,6 +379,11 @@ class CaptionEditor(Vertical):
     # --- actions -----------------------------------------------------------------------------
     def action_save(self) -> None:
         if self.item is None:
+            return
+        if self.readonly:
+            self.app.notify(f"Nothing to save: concept {self.origin.concept!r} takes captions from project.toml "
+                            f"(caption = {self.origin.kind!r}); see the note under the caption", severity="warning",
+                            timeout=6)
             return
         was_dirty = self.dirty
         if self.save() and was_dirty:
@@ -315,4 +403,6 @@ class CaptionEditor(Vertical):
 
     def focus_text(self) -> None:
         if self.item is not None:
-            self.text_area.focus()
+            # Focus now, not after a refresh: keys that arrived in the same read (`e` then `end` over a
+            # slow link) must reach the editor, not the list.
+            self.screen.set_focus(self.text_area)

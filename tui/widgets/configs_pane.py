@@ -87,6 +87,11 @@ def render_config(status: ConfigStatus) -> Text:
         out.append(f"✓ {status.rel}: valid ({status.method}){desc}\n", style="green")
     else:
         out.append(f"✗ {status.rel}: {len(status.problems)} problem(s)\n", style="bold red")
+        for p in status.problems:  # all of them at a glance; each is also shown under its line below
+            if p.line:
+                out.append(f"  line {p.line}: ", style="red")
+                sep = " " if p.message.startswith("= ") else ": "
+                out.append(f"{p.key + sep if p.key else ''}{p.message}\n", style="red")
     out.append("\n")
     lines = status.text.splitlines()
     width = len(str(max(1, len(lines))))
@@ -232,18 +237,22 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
         existing = {p.stem for p in list_configs(self.project_dir)}
         self.app.push_screen(NewConfigScreen(existing), self._create)
 
-    def _create(self, result: tuple[str, str] | None) -> None:
+    def _create(self, result: tuple[str, str, dict[str, str]] | None) -> None:
         if result is None:
             return
-        method, name = result
+        method, name, settings = result
         path = self.project_dir / "configs" / f"{name}.toml"
         if path.exists():
             self.app.notify(f"{path.name} exists already; nothing written", severity="error")
             return
         header = (f"# A {method} run config: `tunelab run {self.project_dir.name} {name}`. Reference: docs/config.md.\n"
                   "# Every key is optional; these are the defaults for the method. Delete what you do not change.\n\n")
+        cfg = default_config(method)
+        for key, value in settings.items():
+            section, field_name = key.split(".", 1)
+            setattr(getattr(cfg, section), field_name, value)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, header + dump_config(default_config(method)))
+        atomic.write_text(path, header + dump_config(cfg))
         self.app.notify(f"created configs/{path.name}", timeout=3)
         self._select_after = path.name
         self.action_validate()

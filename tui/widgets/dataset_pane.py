@@ -21,12 +21,29 @@ from engine.project import FLAG_NO_CAPTION, FLAG_TOO_LONG, IMAGE_EXTS, Dataset, 
 from engine.schema import ConfigError
 from tui import actions
 from tui.screens.error import ReportsWorkerErrors
-from tui.widgets.caption_editor import CaptionEditor, read_disk
+from tui.widgets.caption_editor import CaptionEditor, CaptionOrigin, origin_of, read_disk
 from tui.widgets.dataset_table import DatasetTable, short_flags
 from tui.widgets.image_preview import ImagePreview
 
 ANY_FLAG = "any flag"
 CLIP_CONTENT_TOKENS = 75
+
+
+def training_resolution(project_dir: Path) -> int | None:
+    """The smallest `data.resolution` among the project's valid run configs (None without one).
+
+    Images whose shorter side is below it get the "too small" flag, as `tunelab check PROJECT CONFIG`
+    flags them; with several configs the smallest keeps the flag to images too small for every one.
+    """
+    from engine.config import load_run_config
+
+    found = []
+    for path in sorted((project_dir / "configs").glob("*.toml")):
+        try:
+            found.append(load_run_config(path).data.resolution)
+        except (ConfigError, OSError, ValueError):
+            continue  # the Configs tab shows what is wrong with it
+    return min(found) if found else None
 
 
 def flag_heads(item: Item) -> list[str]:
@@ -73,7 +90,7 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         self.flag: str | None = None          # None: all; ANY_FLAG; or one flag's head
         self._haystack: dict[Path, str] = {}
         self._by_caption: dict[Path, Item] = {}
-        self._sources: dict[str, tuple[str, str]] = {}  # concept label -> (caption source, trigger)
+        self._origins: dict[str, CaptionOrigin] = {}  # concept label -> where its captions come from
         self.scanning = False
 
     def compose(self) -> ComposeResult:
@@ -81,9 +98,9 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
             search = Input(placeholder="/ filter: file, concept or caption", id="dataset-filter")
             search.cursor_blink = self.animations
             yield search
-            yield Static("flag: all", id="dataset-flag")
-            yield Static("scanning…", id="dataset-count")
-        yield Static("", id="dataset-problems")
+            yield Static("flag: all", id="dataset-flag", markup=False)
+            yield Static("scanning…", id="dataset-count", markup=False)
+        yield Static("", id="dataset-problems", markup=False)
         with Horizontal(id="dataset-body"):
             yield DatasetTable(id="dataset-table", empty_text="scanning…")
             with Vertical(id="dataset-side"):
@@ -112,7 +129,7 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan_worker(self) -> None:
         try:
-            dataset = scan_project(self.project_dir)
+            dataset = scan_project(self.project_dir, resolution=training_resolution(self.project_dir))
             self.post_message(self.Scanned(dataset, haystack={it.path: self._hay(it) for it in dataset.items}))
         except ConfigError as e:
             self.post_message(self.Scanned(None, f"project.toml has errors:\n{e}"))
@@ -134,12 +151,9 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         ds = event.dataset
         self.dataset = ds
         self.items = ds.items
-        self._sources = {}
-        for c in ds.project.concepts:
-            self._sources[c.label] = (c.caption, c.trigger)
+        self._origins = {c.label: origin_of(c) for c in ds.project.concepts}
         self._haystack = event.haystack
         self._by_caption = {it.caption_path: it for it in self.items}
-        self.table.empty_text = "no images in this project yet: put images (with photo.txt captions) in a folder here"
         shown = [str(p) for p in ds.problems]
         problems.update(("; ".join(shown[:3]) + (f" (+{len(shown) - 3} more)" if len(shown) > 3 else ""))
                         if shown else "")
@@ -167,8 +181,18 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
                     continue
             out.append(it)
         self.shown = out
-        self.table.set_items(out)
         total = len(self.items)
+        if self.dataset is not None:
+            if total and not out:
+                how = " and ".join(x for x in (f"text {' '.join(words)!r}" if words else "",
+                                               f"flag {flag!r}" if flag else "") if x)
+                hint = ", ".join(x for x in ("/ changes the text" if words else "",
+                                             "f cycles the flag" if flag else "") if x)
+                self.table.empty_text = f"no image matches the {how} ({total:,} hidden): {hint}"
+            else:
+                self.table.empty_text = ("no images in this project yet: put images (with photo.txt captions) "
+                                         "in a folder here")
+        self.table.set_items(out)
         self.query_one("#dataset-count", Static).update(
             "scanning…" if self.scanning and not total else
             (f"{len(out):,} of {total:,}" if len(out) != total else f"{total:,} images"))
@@ -203,7 +227,7 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         if item.flags:
             facts += " · " + "; ".join(item.flags)
         self.query_one(ImagePreview).show(item.path, facts)
-        self.editor.load(item, self._sources.get(item.concept, ("sidecar", ""))[0])
+        self.editor.load(item, self._origins.get(item.concept, CaptionOrigin()))
 
     @on(DatasetTable.Selected)
     def _selected(self, event: DatasetTable.Selected) -> None:
@@ -217,9 +241,10 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
 
     def _recaption(self, item: Item, text: str | None) -> None:
         """Update an item after its sidecar changed (the list shows what training will read)."""
-        source, trigger = self._sources.get(item.concept, ("sidecar", ""))
-        if source != "sidecar":
-            return
+        origin = self._origins.get(item.concept, CaptionOrigin())
+        if not origin.editable:
+            return  # training reads no sidecar for this concept: the list keeps what it does read
+        trigger = origin.trigger
         keep = [f for f in item.flags if f != FLAG_NO_CAPTION and f != "empty caption"
                 and not f.startswith(FLAG_TOO_LONG)]
         if text is None:
@@ -268,6 +293,8 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
                     self.editor.disk_changed()
             elif p.name in ("project.toml", "metadata.csv", "metadata.jsonl") or not suffix:
                 rescan = True  # a folder (moved in or out), or what captions are made from
+            elif suffix == ".toml" and p.parent.name == "configs":
+                rescan = True  # a run config's resolution decides the "too small" flag
         if rescan:
             self.rescan()
 
@@ -315,7 +342,9 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         if result is None:
             return
         plan, _journal = result
-        self.app.notify(f"{plan.summary()} — press u to undo", timeout=6)
+        created = sum(1 for c in plan.changes if c.old is None)
+        self.app.notify(f"{plan.operation}: wrote {len(plan.changes)} caption file(s)"
+                        + (f" ({created} new)" if created else "") + " — u undoes it", timeout=6)
         self.rescan()
 
     def action_undo_bulk(self) -> None:

@@ -1,11 +1,12 @@
 """The preview pane: the selected image, drawn with textual-image in the mode the terminal supports.
 
 Modes: `kitty` (terminal graphics protocol), `sixel`, `halfblock` (coloured half cells, works in any
-truecolor terminal, used for snapshots), `none` (no image, just its facts). `auto` asks the terminal,
-which textual-image does by writing an escape sequence and waiting for the reply; over a slow SSH link
-that wait can time out, so with an explicit mode (`--images`, `TUNELAB_IMAGES`, the settings file)
-nothing is asked at all. The probe must run before Textual takes over stdin: `prepare_image_mode`
-is called by `tunelab` before the app starts.
+truecolor terminal, used for snapshots), `none` (no image, just its facts). `auto` asks the terminal
+(`tui.graphics_probe`: one write, waits for the terminal's DA1 reply as long as the link needs, at
+most 2 s; textual-image's own 0.1 s probe is never used, because over SSH its late reply turned into
+keystrokes). With an explicit mode (`--images`, `TUNELAB_IMAGES`, the settings file) nothing is
+asked at all. The probe must run before Textual takes over stdin: `prepare_image_mode` is called by
+`tunelab` before the app starts.
 
 Thumbnails are made in a worker at the pane's pixel size (`tui.thumbnails`); the UI thread only
 swaps a small decoded image in. An image that fails to decode shows a placeholder with the reason.
@@ -63,19 +64,11 @@ def _cell_size_without_asking() -> tuple[int, int]:
     return DEFAULT_CELL
 
 
-def _import_textual_image(probe: bool) -> Any:
+def _import_textual_image() -> Any:
+    """textual-image's widgets, imported so that it asks the terminal nothing (we ask, or were told)."""
     if "textual_image.widget" in sys.modules:
         return sys.modules["textual_image.widget"]
     import textual_image._terminal as terminal
-
-    if probe:
-        try:
-            import textual_image.widget as widget_module
-        except (ZeroDivisionError, OSError, terminal.TerminalError):
-            # A terminal that reports 0 columns breaks textual-image's cell-size arithmetic: use the default.
-            terminal.get_cell_size._result = terminal.CellSize(*_cell_size_without_asking())  # type: ignore[attr-defined]
-            import textual_image.widget as widget_module
-        return widget_module
 
     if not hasattr(terminal.get_cell_size, "_result"):
         terminal.get_cell_size._result = terminal.CellSize(*_cell_size_without_asking())  # type: ignore[attr-defined]
@@ -99,30 +92,33 @@ def requested_mode(cli: str | None = None, settings: dict[str, Any] | None = Non
     return "auto"
 
 
-def prepare_image_mode(mode: str) -> str:
+LAST_PROBE = None  # the `tui.graphics_probe.ProbeResult` of `auto`, for the app to report a silent terminal
+
+
+def prepare_image_mode(mode: str, timeout: float | None = None) -> str:
     """Resolve `auto` by asking the terminal (only then), import what the mode needs; the concrete mode."""
+    global LAST_PROBE
     if mode not in IMAGE_MODES:
         raise ValueError(f"image mode {mode!r}: accepted: {', '.join(IMAGE_MODES)}")
     if mode == "none":
         return mode
-    if mode != "auto":
-        _import_textual_image(probe=False)
-        return mode
-    _import_textual_image(probe=True)
-    from textual_image import renderable
+    if mode == "auto":
+        from tui import graphics_probe
 
-    chosen = renderable.Image
-    if chosen is renderable.SixelImage:
-        return "sixel"
-    if chosen is renderable.TGPImage:
-        return "kitty"
-    return "halfblock"
+        LAST_PROBE = graphics_probe.probe(graphics_probe.DEFAULT_TIMEOUT if timeout is None else timeout)
+        mode = LAST_PROBE.mode
+        if LAST_PROBE.cell and _cell_size_without_asking() == DEFAULT_CELL:
+            import textual_image._terminal as terminal
+
+            terminal.get_cell_size._result = terminal.CellSize(*LAST_PROBE.cell)  # type: ignore[attr-defined]
+    _import_textual_image()
+    return mode
 
 
 def image_widget_class(mode: str) -> type[Widget] | None:
     if mode == "none":
         return None
-    module = _import_textual_image(probe=False)
+    module = _import_textual_image()
     return {"kitty": module.TGPImage, "sixel": module.SixelImage}.get(mode, module.HalfcellImage)
 
 
@@ -169,8 +165,8 @@ class ImagePreview(ReportsWorkerErrors, Vertical):
                 image = self._image_cls(None, id="preview-image")
                 image.display = False
                 yield image
-            yield Static(self._idle_text(), id="preview-placeholder")
-        yield Static("", id="preview-facts")
+            yield Static(self._idle_text(), id="preview-placeholder", markup=False)
+        yield Static("", id="preview-facts", markup=False)
 
     def _idle_text(self) -> str:
         if self.mode == "none":
