@@ -152,3 +152,25 @@ def test_snapshot_zoom(tmp_path, snap_compare):
         await pilot.pause(0.2)
 
     assert snap_compare(app, terminal_size=(100, 30), run_before=zoomed)
+
+
+@sync
+async def test_page_down_shows_the_next_prompts_and_page_up_the_first_again(tmp_path):
+    project = make_project(tmp_path)
+    run = RunDir(project / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0), (1, 10)), seeds=(42,))  # 4 prompts
+    app = CompareApp(project, mode="none")
+    async with app.run_test(size=(120, 26)) as pilot:  # room for two prompts
+        grid = app.query_one(ContactGrid)
+        await until(pilot, lambda: filled_cells(app) == 4, what="the first page")
+        assert grid.page.rows == 2 and grid.page.row0 == 0
+        grid.focus()
+        await pilot.press("right", "pagedown")
+        assert grid.page.row0 == 2 and grid.cursor == (2, 1)
+        wanted = {f"p{grid.sheet.rows[r].index:02d}" for r in (2, 3)}  # the sheet's 3rd and 4th rows
+        shown = [p.name for p in grid.visible_cells()]
+        assert len(shown) == 4 and {name[:3] for name in shown} == wanted
+        await pilot.press("pagedown")  # already the last page: the cursor goes to the last prompt
+        assert grid.page.row0 == 2 and grid.cursor == (3, 1)
+        await pilot.press("pageup")
+        assert grid.page.row0 == 0 and grid.cursor == (1, 1)

@@ -351,7 +351,17 @@ class ContactGrid(Widget, can_focus=True):
         self.cursor = (self.cursor[0], col % len(self.sheet.columns))
 
     def page_rows(self, direction: int) -> None:
-        self.action_move(direction * max(1, self.page.rows), 0)
+        """A page of prompts down or up: the next rows fill the page (not one row scrolled in), the
+        cursor keeps its place on the page."""
+        sheet, page = self.sheet, self.page
+        if sheet is None or not sheet.rows or not sheet.columns:
+            return
+        step = direction * max(1, page.rows)
+        row0 = max(0, min(page.row0 + step, len(sheet.rows) - max(1, page.rows)))
+        r = max(0, min(len(sheet.rows) - 1, self.cursor[0] + (row0 - page.row0 if row0 != page.row0 else step)))
+        self.page = Page(row0, page.col0, page.rows, page.cols)
+        self.cursor = (r, self.cursor[1])
+        self._layout_page()
 
     def watch_cursor(self, old: tuple[int, int], cursor: tuple[int, int]) -> None:
         page = self.page
