@@ -86,6 +86,13 @@ def test_latents_are_cached_per_transform_and_reused_by_the_next_run(tmp_path):
     assert train(third.path) == 0
     assert events(third, "start")[0]["cache"]["computed"] == 3
 
+    from PIL import Image  # an edited picture (same file name) is encoded again; the others are reused
+
+    Image.new("RGB", (40, 40), (10, 200, 10)).save(project / "images" / "img00.png")
+    fourth = make_run(project, cfg, "20260101-000003-fourth")
+    assert train(fourth.path) == 0
+    assert events(fourth, "start")[0]["cache"]["computed"] == 1
+
 
 def test_cached_and_uncached_training_agree(tmp_path):
     cfg = tiny_config(**{"train.epochs": 1})
