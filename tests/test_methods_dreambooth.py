@@ -190,3 +190,36 @@ def test_instance_prompts_replace_captions_and_prompts_that_teach_nothing_are_wa
     monkeypatch.setattr(prior, "class_images", lambda *a, **k: [])  # no drawing: only the warning matters here
     m.prepare_data(examples(), project_dir=tmp_path, events=ev)
     assert len(ev.messages) == 1 and "instance_prompt is the class prompt" in ev.messages[0]
+
+
+@pytest.mark.slow
+def test_an_undecodable_instance_image_does_not_shift_the_class_examples(tmp_path, monkeypatch):
+    from tests.test_reliability_data import corrupt_pixels_png
+
+    project = make_project(tmp_path, n=3)  # 3 steps: the 3rd class example would be past the end if shifted
+    (project / "images" / "aaa.png").write_bytes(corrupt_pixels_png())  # first in the file order
+    cfg = db_config()
+    cfg.sample.at_start = False
+    cfg.sample.prompts = []
+    run = make_run(project, cfg)
+    seen = []
+    real = loop.compute_loss
+    monkeypatch.setattr(loop, "compute_loss", lambda s, b: (seen.append((b.captions, b.concepts)), real(s, b))[1])
+
+    assert train(run.path) == 0
+    assert any("aaa.png" in w["message"] for w in events(run, "warning"))
+    assert [c for c, _ in seen] == [[PROMPT, "a circle"]] * 3
+    assert all(concepts[1] == PRIOR_CONCEPT for _, concepts in seen)
+
+
+def test_class_examples_are_found_again_once_the_examples_are_final():
+    from engine.train.data import Example
+
+    m = DreamBoothMethod(db_config(), fake_components(), fake_accelerator(), torch.float32)
+    m.class_indices = [3, 4, 5]  # as prepare_data saw them, before an instance image was dropped
+    final = [Example(path=None, rel=f"{i}.png", caption="x", concept="c") for i in range(2)] + [
+        Example(path=None, rel=f"c{i}.png", caption="a circle", concept=PRIOR_CONCEPT) for i in range(2)]
+    ev = Warnings()
+    m.examples_ready(final, events=ev)
+    assert m.class_indices == [2, 3]
+    assert ev.messages == ["1 of 3 class image(s) could not be decoded"]

@@ -118,6 +118,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     data = datamod.TrainingData(examples.train, cfg, components.tokenizer, device)
     validation = build_caches(cfg, accelerator, events, method, components, data, examples.validation,
                               project_dir / ".cache", weight_dtype)
+    method.examples_ready(data.examples, events=events)  # positions are final: undecodable images are gone
 
     # --- optimiser and schedule -------------------------------------------------------------
     from diffusers.optimization import get_scheduler

@@ -84,6 +84,10 @@ class Method:
         """Before `setup`, on the base model: change the `ExampleSet`'s captions or add examples
         (DreamBooth's instance prompt and class images, textual inversion's placeholder)."""
 
+    def examples_ready(self, examples: list[Any], *, events: Any) -> None:
+        """After caching, the training examples as the loop indexes them (images that could not be
+        decoded are gone, so positions may differ from `prepare_data`'s)."""
+
     def batch_indices(self, indices: list[int], *, step: int, micro: int) -> list[int]:
         """The examples a micro-batch trains on, given the epoch plan's (DreamBooth adds class images).
         `step` is the number of optimiser steps done, `micro` the micro-batch within the step."""

@@ -67,7 +67,17 @@ class DreamBoothMethod(Method):
         examples.train.extend(Example(path=p, rel=str(p.relative_to(project_dir)) if p.is_relative_to(project_dir)
                                       else str(p), caption=db.class_prompt, concept=PRIOR_CONCEPT, repeats=0)
                               for p in paths)
-        self.class_indices = list(range(first, first + len(paths)))
+        self.class_indices = list(range(first, first + len(paths)))  # until `examples_ready` finds them again
+
+    def examples_ready(self, examples: list[Any], *, events: Any) -> None:
+        """Find the class examples again: an instance image that could not be decoded shifts them."""
+        if not self.cfg.dreambooth.prior_preservation:
+            return
+        expected = len(self.class_indices)
+        self.class_indices = [i for i, e in enumerate(examples) if e.concept == PRIOR_CONCEPT]
+        if len(self.class_indices) < expected:
+            events.warning(f"{expected - len(self.class_indices)} of {expected} class image(s) could not be decoded"
+                           + ("; training without prior preservation" if not self.class_indices else ""))
 
     def batch_indices(self, indices: list[int], *, step: int, micro: int) -> list[int]:
         """The micro-batch's instance examples followed by as many class examples. The k-th class
