@@ -62,6 +62,20 @@ def test_a_validation_folder_is_held_out_and_scored_each_epoch(tmp_path):
     assert [v["epoch"] for v in val] == [1, 2] and all(v["images"] == 1 for v in val)
 
 
+def test_the_validation_loss_is_deterministic_with_a_trained_text_encoder_and_dropout(tmp_path, monkeypatch):
+    from engine.train import loop
+
+    cfg = tiny_config(**{"data.validation_split": 0.5, "lora.train_text_encoder": True, "lora.dropout": 0.5,
+                         "train.epochs": 2, "train.learning_rate": 1e-2})
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, goals=False), cfg)
+    real = loop.validation_loss
+    monkeypatch.setattr(loop, "validation_loss", lambda s: (real(s), real(s)))  # score each epoch twice
+    assert train(run.path) == 0
+    val = [v["loss"] for v in events(run, "val_loss")]
+    assert len(val) == 4 and val[0] == val[1] and val[2] == val[3] and val[1] != val[2]
+
+
 def test_latents_are_cached_per_transform_and_reused_by_the_next_run(tmp_path):
     project = make_project(tmp_path, n=3, goals=False)
     cfg = tiny_config(**{"train.epochs": 1, "data.flip": True})

@@ -362,21 +362,24 @@ def validation_loss(s: Session) -> None:
     if s.accelerator.is_main_process:
         v = s.validation
         unet = s.accelerator.unwrap_model(s.trained[0])
-        was_training = unet.training
+        text_encoder = s.components.text_encoder
+        was_training = unet.training, text_encoder.training
         unet.eval()
+        text_encoder.eval()  # a trained text encoder's LoRA dropout must not make the score random
         scheduler = s.components.noise_scheduler
         losses = []
         bs = s.cfg.train.batch_size
         for i in range(0, v["latents"].shape[0], bs):
             latents, noise, t = v["latents"][i:i + bs], v["noise"][i:i + bs], v["timesteps"][i:i + bs]
-            cond = v["text"][i:i + bs] if "text" in v else s.components.text_encoder(v["input_ids"][i:i + bs])[0]
             noisy = scheduler.add_noise(latents, noise, t)
             with s.accelerator.autocast():
+                cond = v["text"][i:i + bs] if "text" in v else text_encoder(v["input_ids"][i:i + bs])[0]
                 pred = unet(noisy, t, cond, return_dict=False)[0]
             target = noise if s.components.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
             losses.append(torch.nn.functional.mse_loss(pred.float(), target.float(), reduction="none")
                           .mean(dim=(1, 2, 3)))
-        unet.train(was_training)
+        unet.train(was_training[0])
+        text_encoder.train(was_training[1])
         value = float(torch.cat(losses).mean().item())
         s.events.emit("val_loss", epoch=s.position.epoch, step=s.position.step, loss=round(value, 6),
                       images=int(v["latents"].shape[0]))
