@@ -131,6 +131,28 @@ def test_a_stop_by_signal_leaves_the_samples_to_the_resume_which_still_matches_a
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 
 
+def test_a_stop_before_the_first_step_ends_at_once_without_a_checkpoint(tmp_path, monkeypatch):
+    from engine.train import data as datamod
+
+    run = make_run(make_project(tmp_path / "a"), tiny_config())
+    run.request("stop")  # asked while the model loads and the cache fills
+    assert train(run.path) == 0
+    assert events(run, "stopped") == [{**events(run, "stopped")[0], "step": 0, "epoch": 0, "reason": "request"}]
+    assert not events(run, "progress") and not events(run, "sample") and not run.checkpoints()
+
+    run = make_run(make_project(tmp_path / "b"), tiny_config())
+    real = datamod.load_examples
+
+    def sigterm_while_scanning(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the trainer's handler raises here: nothing to save yet
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(datamod, "load_examples", sigterm_while_scanning)
+    assert train(run.path) == 0
+    assert [e["kind"] for e in events(run)] == ["stopped"] and events(run, "stopped")[0]["reason"] == "signal"
+    assert not run.checkpoints()
+
+
 @pytest.mark.slow
 def test_a_full_fine_tune_with_ema_resumes_exactly_too(tmp_path):
     cfg = tiny_config(method="full", **{"train.epochs": 3, "train.ema": True, "train.ema_decay": 0.9,

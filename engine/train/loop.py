@@ -41,6 +41,15 @@ class TrainingAborted(Exception):
     """Training cannot go on; the message is already in an `error` event."""
 
 
+class StopBeforeTraining(BaseException):
+    """SIGTERM while preparing (loading, caching): there is nothing to save, so stop at once. A
+    BaseException, so that no `except Exception` on the way (a cache read) swallows it."""
+
+
+def _raise_stop(*_: Any) -> None:
+    raise StopBeforeTraining()
+
+
 @dataclass
 class Position:
     """Where training is: optimiser steps done, the current 1-based epoch, steps done in that epoch."""
@@ -109,9 +118,16 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     events = EventWriter(run.events_path, accelerator.is_main_process)
+    # SIGTERM: while preparing, stop at once (nothing to save); from the loop on, a graceful stop.
+    previous_handler = signal.signal(signal.SIGTERM, _raise_stop) if _main_thread() else None
     try:
         s = prepare(run, cfg, accelerator, events, resume=resume)
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, lambda *_: setattr(s, "signal_stop", True))
         return loop(s, stop_after_steps=stop_after_steps)
+    except StopBeforeTraining:
+        stopped_before_training(run, events, resume=resume, reason="signal")
+        return EXIT_OK
     except TrainingAborted:
         return EXIT_ERROR
     except torch.OutOfMemoryError:
@@ -124,62 +140,92 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
         events.error(f"the trainer failed: {type(e).__name__}: {e} (the traceback is in train.log)")
         return EXIT_ERROR
     finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
         accelerator.end_training() if hasattr(accelerator, "end_training") else None
+
+
+def stopped_before_training(run: RunDir, events: EventWriter, *, resume: bool, reason: str,
+                            at: tuple[int, int] | None = None) -> None:
+    """A stop before this session's first step: no checkpoint (nothing new to save), a `stopped` event
+    at `at` = (completed epochs, step), by default where the resumed checkpoint is (or 0)."""
+    if at is None:
+        latest = ckpt.resumable_checkpoint(run) if resume else None
+        at = ckpt.checkpoint_epoch_step(latest) if latest is not None else (0, 0)
+    events.emit("stopped", step=at[1], epoch=at[0], reason=reason)
+    events.say(f"stopped before training ({reason}); no checkpoint was written")
+
+
+def stopped_early(s: Session) -> bool:
+    """Before the first step (after loading and caching, around the epoch-0 samples): a stop request
+    or SIGTERM ends the run here, not after a step, a checkpoint and its samples."""
+    flags = [0, 0]
+    if s.accelerator.is_main_process and s.run.take_request("stop"):
+        flags[0] = 1
+    if s.signal_stop:
+        flags[1] = 1
+    if s.accelerator.num_processes > 1:
+        from accelerate.utils import broadcast
+
+        flags = broadcast(torch.tensor(flags, device=s.accelerator.device), from_process=0).tolist()
+    if not (flags[0] or flags[1]):
+        return False
+    stopped_before_training(s.run, s.events, resume=s.resumed_from is not None,
+                            reason="request" if flags[0] else "signal", at=(completed_epochs(s), s.position.step))
+    return True
 
 
 def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
     cfg, acc, pos = s.cfg, s.accelerator, s.position
     accumulation = cfg.train.gradient_accumulation
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: setattr(s, "signal_stop", True)) \
-        if _main_thread() else None
-    try:
-        if s.resumed_from is None and cfg.sample.at_start:
-            sample(s, checkpoint_name(0, 0), epoch=0, step=0)
-        elif s.resumed_from is not None:
-            sample_resumed_checkpoint(s)
-        while True:
-            if pos.epoch_complete:
-                if pos.epoch >= s.epochs or pos.step >= s.total_steps:
-                    break
-                pos.epoch, pos.in_epoch, pos.epoch_complete = pos.epoch + 1, 0, False
-            plan = datamod.epoch_plan(s.data.repeats, pos.epoch, cfg.train.seed, rank=acc.process_index,
-                                      world=acc.num_processes, batch_size=cfg.train.batch_size)
-            steps = [plan[i:i + accumulation] for i in range(0, len(plan), accumulation)]
-            epoch_started = time.monotonic()
-            while pos.in_epoch < len(steps) and pos.step < s.total_steps:
-                if s.compiled:
-                    loss = first_compiled_step(s, steps[pos.in_epoch])
-                else:
-                    loss = train_step(s, steps[pos.in_epoch])
-                pos.step += 1
-                pos.in_epoch += 1
-                images = sum(len(m) for m in steps[pos.in_epoch - 1]) * acc.num_processes
-                s.progress.add(loss, pos.step, images)
-
-                stop, save_now, sample_now, reason = poll_requests(s, stop_after_steps)
-                on_schedule = pos.step % cfg.train.log_every == 0 or pos.step == s.total_steps
-                if on_schedule or stop:
-                    log_progress(s, close=on_schedule)
-                if stop:
-                    # A signal usually comes with a deadline (a scheduler's SIGKILL follows): save and go;
-                    # the checkpoint's samples are rendered when the run is resumed.
-                    save(s, reason=reason, samples=reason != "signal")
-                    s.events.emit("stopped", step=pos.step, epoch=completed_epochs(s), reason=reason)
-                    s.events.say(f"stopped at step {pos.step} ({reason})")
-                    return EXIT_OK
-                if save_now or (cfg.save.every_n_steps and pos.step % cfg.save.every_n_steps == 0):
-                    save(s, reason="request" if save_now else "steps")
-                elif sample_now:
-                    sample(s, checkpoint_name(completed_epochs(s), pos.step), epoch=completed_epochs(s), step=pos.step)
-            end_of_epoch(s, seconds=time.monotonic() - epoch_started)
-        if cfg.save.last:
-            save(s, reason="last")
-        s.events.emit("finished", step=pos.step, epoch=completed_epochs(s), seconds=round(s.progress.elapsed, 1))
-        s.events.say(f"finished: {pos.step} steps in {s.progress.elapsed:.0f}s")
+    if stopped_early(s):
         return EXIT_OK
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+    if s.resumed_from is None and cfg.sample.at_start:
+        sample(s, checkpoint_name(0, 0), epoch=0, step=0)
+    elif s.resumed_from is not None:
+        sample_resumed_checkpoint(s)
+    if stopped_early(s):
+        return EXIT_OK
+    while True:
+        if pos.epoch_complete:
+            if pos.epoch >= s.epochs or pos.step >= s.total_steps:
+                break
+            pos.epoch, pos.in_epoch, pos.epoch_complete = pos.epoch + 1, 0, False
+        plan = datamod.epoch_plan(s.data.repeats, pos.epoch, cfg.train.seed, rank=acc.process_index,
+                                  world=acc.num_processes, batch_size=cfg.train.batch_size)
+        steps = [plan[i:i + accumulation] for i in range(0, len(plan), accumulation)]
+        epoch_started = time.monotonic()
+        while pos.in_epoch < len(steps) and pos.step < s.total_steps:
+            if s.compiled:
+                loss = first_compiled_step(s, steps[pos.in_epoch])
+            else:
+                loss = train_step(s, steps[pos.in_epoch])
+            pos.step += 1
+            pos.in_epoch += 1
+            images = sum(len(m) for m in steps[pos.in_epoch - 1]) * acc.num_processes
+            s.progress.add(loss, pos.step, images)
+
+            stop, save_now, sample_now, reason = poll_requests(s, stop_after_steps)
+            on_schedule = pos.step % cfg.train.log_every == 0 or pos.step == s.total_steps
+            if on_schedule or stop:
+                log_progress(s, close=on_schedule)
+            if stop:
+                # A signal usually comes with a deadline (a scheduler's SIGKILL follows): save and go;
+                # the checkpoint's samples are rendered when the run is resumed.
+                save(s, reason=reason, samples=reason != "signal")
+                s.events.emit("stopped", step=pos.step, epoch=completed_epochs(s), reason=reason)
+                s.events.say(f"stopped at step {pos.step} ({reason})")
+                return EXIT_OK
+            if save_now or (cfg.save.every_n_steps and pos.step % cfg.save.every_n_steps == 0):
+                save(s, reason="request" if save_now else "steps")
+            elif sample_now:
+                sample(s, checkpoint_name(completed_epochs(s), pos.step), epoch=completed_epochs(s), step=pos.step)
+        end_of_epoch(s, seconds=time.monotonic() - epoch_started)
+    if cfg.save.last:
+        save(s, reason="last")
+    s.events.emit("finished", step=pos.step, epoch=completed_epochs(s), seconds=round(s.progress.elapsed, 1))
+    s.events.say(f"finished: {pos.step} steps in {s.progress.elapsed:.0f}s")
+    return EXIT_OK
 
 
 def train_step(s: Session, micro_batches: list[list[int]]) -> torch.Tensor:

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
               + ("killing its trainer if it still runs…" if args.force else
                  "asking its trainer, if it still runs, to save a checkpoint and stop…"), flush=True)
     elif not args.force:
-        print(f"{run_dir.run_id}: asking the trainer to save a checkpoint and stop…", flush=True)
+        print(f"{run_dir.run_id}: asking the trainer to stop (with a checkpoint, once it has trained)…", flush=True)
     try:
         state = launch.stop_run(run_dir, force=args.force, timeout=args.timeout, kill_after=args.kill_after)
     except launch.LaunchError as e:
