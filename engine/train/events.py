@@ -42,9 +42,10 @@ from engine.rundir import append_event
 class EventWriter:
     """Appends events on the main process; a no-op on the others, so callers need no rank checks."""
 
-    def __init__(self, events_path: Path, enabled: bool):
+    def __init__(self, events_path: Path, enabled: bool, rank: int = 0):
         self.path = Path(events_path)
         self.enabled = enabled
+        self.rank = rank
 
     def emit(self, kind: str, /, **fields: Any) -> None:
         if self.enabled:
@@ -60,9 +61,11 @@ class EventWriter:
         self.say(f"warning: {message}")
 
     def error(self, message: str, **fields: Any) -> None:
+        """An `error` event (main process) and a line on stderr from every process: an out-of-memory
+        on another rank is otherwise only a dead worker in train.log."""
         self.emit("error", message=message, **fields)
-        if self.enabled:
-            print(f"error: {message}", file=sys.stderr, flush=True)
+        prefix = "" if self.enabled else f"[process {self.rank}] "
+        print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
 
 
 class Progress:

@@ -117,7 +117,7 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     # process-wide PartialState (the process group) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
-    events = EventWriter(run.events_path, accelerator.is_main_process)
+    events = EventWriter(run.events_path, accelerator.is_main_process, rank=accelerator.process_index)
     # SIGTERM: while preparing, stop at once (nothing to save); from the loop on, a graceful stop.
     previous_handler = signal.signal(signal.SIGTERM, _raise_stop) if _main_thread() else None
     try:
