@@ -19,7 +19,7 @@ Event kinds written by the trainer (every event also has `t`, unix time):
 | `phase` | phase (`textual_inversion`, `lora`), step (steps done when it begins), message; pivotal tuning: until_step, embeddings_frozen |
 | `warning` | message, and optional context fields (items, budget, …) |
 | `error` | message, and optional context fields |
-| `stopped` | step, epoch, reason (`request`, `signal`, `budget`) |
+| `stopped` | step, epoch, reason (`request`, `signal`, `budget`); also before the first step of a session (then no checkpoint was written, and a SIGTERM while loading may leave it the only event) |
 | `finished` | step, epoch, seconds |
 
 Paths in events are relative to the run directory. Checkpoint and sample-column names (and their
