@@ -28,6 +28,10 @@ cause, then the log tail for a crash), stop_reason; supervisor_lost when `tunela
 Exit status: 0 finished, 1 failed, 2 stopped, 3 another supervisor holds the lock, 4 refused to start
 (not a run dir; already started without --resume; nothing to resume; the previous trainer still runs).
 
+When `accelerate launch` dies of a signal while the trainer still runs (a SIGTERM to the trainer's
+process group kills the launcher at once), that counts as a stop request: the trainer gets the stop
+grace to save and exit before any leftover is terminated, and the run ends `stopped`.
+
 `budget.max_hours` (counted over all attempts of the run) is enforced here: when it is reached the
 trainer is asked to stop, as if by `tunelab stop`.
 
