@@ -120,3 +120,20 @@ def test_tunelab_grid_writes_the_sheet_and_finds_a_run_by_id(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(env_root),
                                                                            "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 1 and "seed 5 has no samples; seeds with samples: 42" in bad.stderr
+
+
+def test_tunelab_grid_seed_all_writes_one_sheet_per_seed(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    make_samples(run, seeds=(42, 7))
+    (run.path / "config.toml").write_text("")
+    env = {"PYTHONPATH": str(Path(__file__).resolve().parent.parent), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run([sys.executable, "-m", "tui.cli", "grid", str(run.path), "-o", "s.png", "--seed", "all",
+                          "--cell", "24"], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["s-s7.png", "s-s42.png"]
+    assert "seed 7, 12 of 12" in res.stderr and "seed 42, 12 of 12" in res.stderr
+    with Image.open(tmp_path / "s-s7.png") as a, Image.open(tmp_path / "s-s42.png") as b:
+        assert a.size == b.size and a.tobytes() != b.tobytes()
+    bad = subprocess.run([sys.executable, "-m", "tui.cli", "grid", str(run.path), "--seed", "x"], cwd=tmp_path,
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "'x': a seed number or `all`" in bad.stderr

@@ -1,4 +1,4 @@
-"""`tunelab grid RUN [-o sheet.png] [--seed N]`: write a run's contact sheet (prompts × checkpoints) as a PNG.
+"""`tunelab grid RUN [-o sheet.png] [--seed N|all]`: write a run's contact sheet (prompts × checkpoints) as a PNG.
 
 RUN is a run directory, or a run id looked up under ./projects/*/runs/. The picture is the one the TUI's
 Compare tab exports (`engine.contact_sheet`).
@@ -17,8 +17,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "under ./projects/*/runs/")
     parser.add_argument("-o", "--output", metavar="PNG",
                         help="where to write the sheet (default: RUN/contact-sheet.png, or -s<SEED> added)")
-    parser.add_argument("--seed", type=int, default=None, help="which seed's images (default: the first seed)")
+    parser.add_argument("--seed", type=_seed, default=None,
+                        help="which seed's images (default: the first seed); `all`: one sheet per seed, "
+                             "named <output>-s<SEED>.png")
     parser.add_argument("--cell", type=int, default=128, help="cell size in pixels (default 128)")
+
+
+def _seed(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed number or `all`") from None
 
 
 def find_run(spec: str, projects: Path = Path("projects")) -> Path | None:
@@ -45,19 +56,26 @@ def run(args: argparse.Namespace) -> int:
     if args.cell < 16:
         print(f"tunelab grid: --cell {args.cell}: must be >= 16", file=sys.stderr)
         return 2
-    out = Path(args.output) if args.output else \
-        run_path / (f"contact-sheet-s{args.seed}.png" if args.seed is not None else "contact-sheet.png")
     seeds = load_sheet(run_path).seeds
-    if args.seed is not None and seeds and args.seed not in seeds:
+    if args.seed == "all":
+        base = Path(args.output) if args.output else run_path / "contact-sheet.png"
+        jobs = [(seed, base.with_name(f"{base.stem}-s{seed}{base.suffix or '.png'}")) for seed in seeds] \
+            or [(None, base)]
+    else:
+        out = Path(args.output) if args.output else \
+            run_path / (f"contact-sheet-s{args.seed}.png" if args.seed is not None else "contact-sheet.png")
+        jobs = [(args.seed, out)]
+    if args.seed not in (None, "all") and seeds and args.seed not in seeds:
         print(f"tunelab grid: seed {args.seed} has no samples; seeds with samples: "
               f"{', '.join(map(str, seeds))}", file=sys.stderr)
         return 1
-    try:
-        written, sheet = write_sheet(run_path, out, seed=args.seed, layout=SheetLayout(cell=args.cell))
-    except OSError as e:
-        print(f"tunelab grid: cannot write {out}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    print(written)
-    print(f"{len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints, seed {sheet.seed}, "
-          f"{sheet.filled()} of {len(sheet.rows) * len(sheet.columns)} cells filled", file=sys.stderr)
+    for seed, out in jobs:
+        try:
+            written, sheet = write_sheet(run_path, out, seed=seed, layout=SheetLayout(cell=args.cell))
+        except OSError as e:
+            print(f"tunelab grid: cannot write {out}: {e.strerror or e}", file=sys.stderr)
+            return 1
+        print(written)
+        print(f"{len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints, seed {sheet.seed}, "
+              f"{sheet.filled()} of {len(sheet.rows) * len(sheet.columns)} cells filled", file=sys.stderr)
     return 0
