@@ -79,6 +79,7 @@ def test_resume_after_a_stop_matches_an_uninterrupted_run(tmp_path):
 
     assert events(stopped, "resumed")[0]["step"] == 3
     assert events(stopped, "start")[-1]["resumed_from_step"] == 3
+    assert not events(stopped, "warning")  # same data, same processes: nothing to warn about
     a, b = losses(straight), losses(stopped)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     for step in a:
@@ -172,6 +173,18 @@ def test_a_full_fine_tune_with_ema_resumes_exactly_too(tmp_path):
     assert any(k.startswith("ema.text_encoder.") for k in wa) and wa.keys() == wb.keys()
     for k in wa:  # training weights and EMA shadows, UNet and text encoder
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
+
+
+def test_resuming_after_the_images_changed_warns_that_the_run_differs(tmp_path):
+    cfg = tiny_config(**{"train.epochs": 2})
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, n=4, goals=False), cfg)
+    assert train(run.path, stop_after_steps=1) == 0
+    make_project(tmp_path, n=6, goals=False)  # two more pictures in the same project
+    assert train(run.path, resume=True) == 0
+    (warning,) = [w for w in events(run, "warning") if "changed since checkpoint" in w["message"]]
+    assert "e0000-s00000001" in warning["message"] and (warning["images_then"], warning["images_now"]) == (4, 6)
+    assert events(run, "finished")
 
 
 def test_control_files_save_sample_and_stop(tmp_path):

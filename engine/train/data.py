@@ -92,6 +92,14 @@ def _example(item: Any) -> Example:
                    repeats=max(1, int(item.repeats)))
 
 
+def fingerprint(examples: list[Example]) -> str:
+    """What the data order depends on (paths, captions, repeats), so a resume can tell it changed."""
+    h = hashlib.sha256()
+    for e in examples:
+        h.update(f"{e.rel}\0{e.caption}\0{e.repeats}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def split_validation(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
     """Hold out `fraction` of the images (at least one, never all), chosen by a seeded hash of their
     path: the same images for the same seed, whatever order the scan returned."""

@@ -507,6 +507,7 @@ def progress_state(s: Session) -> dict[str, Any]:
     state: dict[str, Any] = dict(step=pos.step, epoch=pos.epoch, in_epoch=pos.in_epoch,
                                  epoch_complete=pos.epoch_complete, total_steps=s.total_steps,
                                  seed=s.cfg.train.seed, processes=s.accelerator.num_processes,
+                                 dataset=datamod.fingerprint(s.data.examples), images=s.data.images_per_epoch,
                                  sampled=sorted(s.sampled), **s.progress.state())
     scaler = getattr(s.accelerator, "scaler", None)
     if scaler is not None:

@@ -150,6 +150,12 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         if p.get("processes", accelerator.num_processes) != accelerator.num_processes:
             events.warning(f"resuming with {accelerator.num_processes} processes where the checkpoint had "
                            f"{p['processes']}: the data order differs from an uninterrupted run")
+        if p.get("dataset") not in (None, datamod.fingerprint(data.examples)):
+            events.warning(f"the training images or captions changed since checkpoint {resume_from.name} "
+                           f"({p.get('images', '?')} images per epoch then, {data.images_per_epoch} now): "
+                           "the run goes on with the current data, so its data order and step count differ "
+                           "from an uninterrupted run's", images_then=p.get("images"),
+                           images_now=data.images_per_epoch)
 
     # A module with nothing to train (textual inversion's UNet) gets mixed precision but no DDP wrapper:
     # DDP refuses a module without trainable parameters (accelerate skips it itself on GPUs, not on CPUs).
