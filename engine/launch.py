@@ -381,11 +381,11 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     path = resolve_config_path(project_dir, config_path)
     cfg = load_run_config(_display_path(path), list(overrides))
     source = path.read_text(encoding="utf-8")
-    check_base_model(cfg, project_dir, _display_path(path), source, overrides)
-    from engine.placeholder import raise_prelaunch_problems  # light: tokenizers only
+    problems = prelaunch_check(cfg, project_dir, _display_path(path), source, overrides)
+    if problems:
+        from engine.schema import ConfigError
 
-    raise_prelaunch_problems(cfg, project_dir, _display_path(path), source, overrides)
-    check_accelerate_config(cfg, project_dir, _display_path(path), source, overrides)
+        raise ConfigError(problems)
     frozen = dump_config(cfg)
 
     runs = project_dir / "runs"
@@ -416,15 +416,35 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     return RunDir(final)
 
 
-def check_base_model(cfg: Any, project_dir: Path, path: Path, source: str, overrides: Iterable[str]) -> None:
-    """Refuse a `model.base` (or `model.config`) that names nothing loadable before anything is created
-    or launched: a ConfigError naming the config file, the key's line (or --set) and the accepted forms."""
+def prelaunch_check(cfg: Any, project_dir: str | os.PathLike, path: str | os.PathLike, source: str,
+                    overrides: Iterable[str] = ()) -> list[Any]:
+    """Every reason `tunelab run` refuses a config that passed the schema, as `engine.schema.Problem`s
+    naming the config file and the key's line (0: given with --set): a `model.base`/`model.config` that
+    names nothing loadable, a textual-inversion placeholder or initializer that does not fit the base's
+    tokenizer (checked only once the base resolves), a `launch.accelerate_config` that is not a file.
+
+    The one check shared by `create_run`, `tunelab check` and the TUI's Configs tab, so all three agree.
+    Light (file system and `tokenizers` only); reading a tokenizer takes a moment, so UIs call it in a worker.
+    """
+    from engine.placeholder import located_problems  # light: tokenizers only
+
+    project_dir = Path(project_dir)
+    problems = base_model_problems(cfg, project_dir, path, source, overrides)
+    if not problems:
+        problems += located_problems(cfg, project_dir, path, source, overrides)
+    problems += accelerate_config_problems(cfg, project_dir, path, source, overrides)
+    return problems
+
+
+def base_model_problems(cfg: Any, project_dir: Path, path: str | os.PathLike, source: str,
+                        overrides: Iterable[str]) -> list[Any]:
+    """A `model.base` (or `model.config`) that names nothing loadable, at the key's line, with the accepted forms."""
     from engine.basemodel import check_base
-    from engine.schema import ConfigError, Problem, key_lines
+    from engine.schema import Problem, key_lines
 
     found = check_base(cfg.model.base, project_dir, cfg.model.config or None)
     if not found:
-        return
+        return []
     lines = key_lines(source)
     overridden = {o.split("=", 1)[0].strip() for o in overrides}
     problems = []
@@ -432,22 +452,22 @@ def check_base_model(cfg: Any, project_dir: Path, path: Path, source: str, overr
         key = "model.config" if message.startswith("model.config") else "model.base"
         line = 0 if key in overridden else lines.get(key, lines.get("model"))
         problems.append(Problem(str(path), line, "", message))
-    raise ConfigError(problems)
+    return problems
 
 
-def check_accelerate_config(cfg: Any, project_dir: Path, path: Path, source: str, overrides: Iterable[str]) -> None:
-    """A `launch.accelerate_config` that is not a file is refused before launch (accelerate would fail
-    later, in train.log)."""
-    from engine.schema import ConfigError, Problem, key_lines
+def accelerate_config_problems(cfg: Any, project_dir: Path, path: str | os.PathLike, source: str,
+                               overrides: Iterable[str]) -> list[Any]:
+    """A `launch.accelerate_config` that is not a file (accelerate would fail later, in train.log)."""
+    from engine.schema import Problem, key_lines
 
     value = cfg.launch.accelerate_config
     if not value or accelerate_config_path(value, project_dir).is_file():
-        return
+        return []
     key = "launch.accelerate_config"
     line = 0 if key in {o.split("=", 1)[0].strip() for o in overrides} else key_lines(source).get(key)
-    raise ConfigError([Problem(str(path), line, key, f"= {value!r}: {accelerate_config_path(value, project_dir)} "
-                               "is not a file; give an accelerate config file (`accelerate config` writes one; "
-                               "relative paths are the project's)")])
+    return [Problem(str(path), line, key, f"= {value!r}: {accelerate_config_path(value, project_dir)} "
+                    "is not a file; give an accelerate config file (`accelerate config` writes one; "
+                    "relative paths are the project's)")]
 
 
 def _display_path(path: Path) -> Path:

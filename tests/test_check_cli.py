@@ -129,6 +129,16 @@ def test_a_base_model_that_does_not_exist_is_an_error(tmp_path, capsys):
     assert rc == 1 and "missing-folder" in err
 
 
+def test_check_refuses_what_run_refuses_a_missing_accelerate_config_with_its_line(tmp_path, capsys):
+    p = project_with_config(tmp_path, '[launch]\naccelerate_config = "ds.yaml"\n')
+    rc, _, err = check(capsys, p, "lora")
+    assert rc == 1
+    assert f"{p / 'configs' / 'lora.toml'}:2: launch.accelerate_config = 'ds.yaml': {p / 'ds.yaml'} is not a file" in err
+    assert main(["run", str(p), "lora"]) == 2 and "ds.yaml is not a file" in capsys.readouterr().err
+    (p / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+    assert check(capsys, p, "lora")[0] == 0
+
+
 def test_an_invalid_project_file_is_an_error_naming_the_key(tmp_path, capsys):
     p = tmp_path / "p"
     write_image(p / "a" / "1.png", caption="x")

@@ -126,3 +126,47 @@ async def test_a_new_dreambooth_config_asks_for_its_prompts_and_is_valid(project
         assert pane.selected.path.name == "dreambooth.toml" and pane.selected.ok
         cfg = load_run_config(project / "configs/dreambooth.toml")
         assert (cfg.dreambooth.instance_prompt, cfg.dreambooth.class_prompt) == ("a photo of sks dog", "a photo of a dog")
+
+
+def test_a_config_that_tunelab_run_refuses_is_not_marked_valid(project, tiny_base):
+    configs = project / "configs"
+    (configs / "ti.toml").write_text('method = "textual_inversion"\n[model]\nbase = "tiny"\n'
+                                     '[textual_inversion]\nplaceholder_token = "circle"\ninitializer_token = "circle"\n')
+    (configs / "nobase.toml").write_text('method = "lora"\n[model]\nbase = "models/gone"\n')
+    (configs / "noacc.toml").write_text('method = "lora"\n[launch]\naccelerate_config = "ds.yaml"\n')
+
+    ti = validate_config(configs / "ti.toml", project)
+    assert not ti.ok
+    assert [str(p) for p in ti.problems] == [
+        "configs/ti.toml:5: textual_inversion.placeholder_token = 'circle': 'circle' is already a token of the "
+        "base model's tokenizer; pick a new word, e.g. \"<my-subject>\""]
+    text = render_config(ti).plain.splitlines()
+    i = next(n for n, line in enumerate(text) if 'placeholder_token = "circle"' in line and "│" in line)
+    assert text[i + 1].strip().startswith("└ configs/ti.toml:5: textual_inversion.placeholder_token")
+
+    nobase = validate_config(configs / "nobase.toml", project)
+    assert not nobase.ok and nobase.problems[0].line == 3 and "models/gone" in nobase.problems[0].message
+    noacc = validate_config(configs / "noacc.toml", project)
+    assert [p.key for p in noacc.problems] == ["launch.accelerate_config"] and noacc.problems[0].line == 3
+    assert "ds.yaml is not a file" in noacc.problems[0].message
+
+    # The same words as `tunelab run`, which refuses each of them.
+    from tui.cli import main
+
+    for name in ("ti", "nobase", "noacc"):
+        assert main(["run", str(project), name]) == 2
+    (project / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+    assert validate_config(configs / "noacc.toml", project).ok
+
+
+@sync
+async def test_the_configs_list_marks_a_launch_refusal_with_a_cross(project):
+    (project / "configs" / "nobase.toml").write_text('method = "lora"\n[model]\nbase = "models/gone"\n')
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        assert [(s.path.name, s.ok) for s in pane.statuses] == [
+            ("bad.toml", False), ("lora.toml", True), ("nobase.toml", False)]
+        await pilot.press("down", "down")
+        view = str(pane.query_one("#config-view").render())
+        assert "nobase.toml: 1 problem(s)" in view and "models/gone" in view

@@ -3,8 +3,9 @@
 Prints the concepts with repeats and counts, the effective images and steps per epoch, every problem
 with its path and reason, and with CONFIG the fully resolved config and its validation errors.
 Exit status: 1 when the project cannot be trained as it is (invalid project.toml or config, a missing
-concept folder, unreadable metadata, a bad base model, no usable image; with --strict also any
-unreadable image or orphan caption), else 0. Bad images alone are not errors: a run skips them.
+concept folder, unreadable metadata, no usable image, anything `tunelab run` refuses beyond the schema —
+`engine.launch.prelaunch_check`: a bad base model, a textual-inversion placeholder already in the
+tokenizer, a missing accelerate config file; with --strict also any unreadable image or orphan caption), else 0. Bad images alone are not errors: a run skips them.
 It never writes the user's files; only the disposable header cache `.cache/scan.json` (--no-cache: not even that).
 """
 from __future__ import annotations
@@ -144,14 +145,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"    ... and {len(lines) - len(shown)} more (--all lists every one)", file=out)
 
     errors.extend(ds.errors)
-    if cfg is not None:
-        base_errors = _base_problems(cfg, project_dir)
-        errors.extend(base_errors)
-        if not base_errors:  # the placeholder of textual inversion / pivotal against the base's tokenizer
-            from engine.placeholder import located_problems
+    if cfg is not None:  # what `tunelab run` refuses beyond the schema: the same function
+        from engine.launch import prelaunch_check
 
-            errors.extend(str(p) for p in located_problems(cfg, project_dir, cpath, cpath.read_text(encoding="utf-8"),
-                                                           args.overrides))
+        errors.extend(str(p) for p in prelaunch_check(cfg, project_dir, cpath, cpath.read_text(encoding="utf-8"),
+                                                      args.overrides))
     if args.strict and (ds.problems or unreadable):
         errors.append(f"--strict: {len(ds.problems) + len(unreadable)} problem(s) listed above")
 
@@ -204,23 +202,6 @@ def _count_tokens(ds, cfg, project_dir: Path) -> str:
     over = count_tokens_exactly(ds, counter)
     return (f"counted with {why} ({folder}); {over} caption(s) over {CLIP_CONTENT_TOKENS}"
             + (" are cut off in training" if over else ""))
-
-
-def _base_problems(cfg, project_dir: Path) -> list[str]:
-    try:
-        from engine import basemodel
-    except ImportError:
-        return []
-    check = getattr(basemodel, "check_base", None)
-    if check is None:
-        return []
-    try:
-        result = check(cfg.model.base, project_dir, cfg.model.config or None)
-    except Exception as e:  # noqa: BLE001 - a broken check must not hide the rest of the report
-        return [f"model.base = {cfg.model.base!r}: {e}"]
-    if not result:
-        return []
-    return [str(r) for r in ([result] if isinstance(result, str) else result)]
 
 
 def _indent(text: str, by: str = "  ") -> str:

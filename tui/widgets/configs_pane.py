@@ -1,6 +1,8 @@
 """The Configs tab: the project's run configs, each validated, with its problems shown at the key.
 
-The list marks each config valid or not; the view shows the file with line numbers and every
+The list marks each config valid or not — valid means `tunelab run` would launch it: the schema, then
+`engine.launch.prelaunch_check` (the base model resolves, a textual-inversion placeholder is new to its
+tokenizer, an accelerate config file exists). The view shows the file with line numbers and every
 problem printed under the line it points at (`configs/lora.toml:14: train.learning_rate = -1: must be
 > 0`, the same words as `tunelab check`). `e` opens the config in $VISUAL/$EDITOR with the app
 suspended; `n` writes a new config from a method's defaults (`engine.config.default_config`).
@@ -26,6 +28,7 @@ from textual.widgets.option_list import Option
 
 from engine import atomic
 from engine.config import dump_config, default_config, load_run_config
+from engine.launch import prelaunch_check
 from engine.schema import ConfigError, Problem
 from tui import actions
 from tui.screens.error import ReportsWorkerErrors
@@ -63,6 +66,10 @@ def validate_config(path: Path, project_dir: Path) -> ConfigStatus:
         status.description = cfg.description
     except ConfigError as e:
         status.problems = [dataclasses.replace(p, file=rel if p.file == str(path) else p.file) for p in e.problems]
+        return status
+    # What `tunelab run` refuses beyond the schema (base model, placeholder, accelerate config): the
+    # same function, so a ✓ here means the config launches. It reads files: callers run it in a worker.
+    status.problems = prelaunch_check(cfg, project_dir, rel, status.text)
     return status
 
 
