@@ -1,6 +1,7 @@
 """`tunelab check`: the resolved dataset and config, every problem with its path and reason, and no writes."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -137,6 +138,24 @@ def test_check_refuses_what_run_refuses_a_missing_accelerate_config_with_its_lin
     assert main(["run", str(p), "lora"]) == 2 and "ds.yaml is not a file" in capsys.readouterr().err
     (p / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
     assert check(capsys, p, "lora")[0] == 0
+
+
+def test_dreambooth_with_an_instance_prompt_does_not_warn_about_captions_it_never_uses(tmp_path, capsys):
+    p = tmp_path / "sks"
+    for i in range(3):
+        write_image(p / "photos" / f"{i}.png", (64, 64), caption=None if i else "word " * 90)
+    (p / "configs").mkdir()
+    (p / "configs" / "db.toml").write_text('method = "dreambooth"\n[dreambooth]\ninstance_prompt = "a photo of sks dog"\n'
+                                           'class_prompt = "a photo of a dog"\n')
+    rc, out, _ = check(capsys, p, "db")
+    assert rc == 0
+    assert "no caption" not in out and "caption too long" not in out
+    assert out.count("dreambooth.instance_prompt 'a photo of sks dog' is the text of every instance image") == 1
+    assert re.search(r"^instance prompt tokens: ~?\d+ \((counted|estimated)", out, re.M) and "caption tokens" not in out
+    # Without the instance prompt the trainer uses the captions, and check warns about them as before.
+    rc, out, _ = check(capsys, p, "db", "--set", "dreambooth.instance_prompt=")
+    assert rc == 0 and "no caption: 2 image(s)" in out and "caption too long: 1 image(s)" in out
+    assert "instance_prompt" not in out.split("resolved config")[0]
 
 
 def test_an_invalid_project_file_is_an_error_naming_the_key(tmp_path, capsys):

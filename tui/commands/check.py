@@ -44,7 +44,8 @@ def resolve_config_path(arg: str, project_dir: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from engine.config import dump_config, load_run_config
-    from engine.project import FLAG_UNREADABLE, load_project_file, resolve_project, scan_project
+    from engine.project import (FLAG_NO_CAPTION, FLAG_TOO_LONG, FLAG_UNREADABLE, load_project_file, resolve_project,
+                                scan_project)
     from engine.schema import ConfigError
 
     out = sys.stdout
@@ -72,8 +73,16 @@ def run(args: argparse.Namespace) -> int:
     ds = scan_project(project_dir, resolution=resolution, use_cache=not args.no_cache, project=pf,
                       concepts=(cfg.data.concepts if cfg else None) or None)
 
-    tokens_note = _count_tokens(ds, cfg, project_dir) if cfg is not None else (
-        "estimated without a tokenizer (give a CONFIG to count with its model's tokenizer)")
+    instance_prompt = _instance_prompt(cfg)
+    if instance_prompt:
+        # engine.train.methods.dreambooth: the instance prompt is every instance image's text, so the
+        # captions' flags (missing, too long) say nothing about this run.
+        for i in ds.items:
+            i.flags = [f for f in i.flags if not f.startswith((FLAG_NO_CAPTION, FLAG_TOO_LONG))]
+        tokens_note = _count_prompt_tokens(instance_prompt, cfg, project_dir)
+    else:
+        tokens_note = _count_tokens(ds, cfg, project_dir) if cfg is not None else (
+            "estimated without a tokenizer (give a CONFIG to count with its model's tokenizer)")
 
     if cfg is not None and cfg.data.concepts:
         found = {c.name for c in ds.concepts} | {c.folder for c in ds.concepts}
@@ -111,7 +120,12 @@ def run(args: argparse.Namespace) -> int:
 
         shown = describe_base(cfg.model.base, project_dir)
         print(f"base model: {'unusable (see errors below)' if shown.startswith('unusable') else shown}", file=out)
-    print(f"caption tokens: {tokens_note}", file=out)
+    if instance_prompt:
+        print(f"captions: not used; dreambooth.instance_prompt {instance_prompt!r} is the text of every "
+              "instance image (empty it to train on the captions)", file=out)
+        print(f"instance prompt tokens: {tokens_note}", file=out)
+    else:
+        print(f"caption tokens: {tokens_note}", file=out)
 
     if cfg is not None:
         print(f"\nresolved config ({cpath}; every default filled in, sections of other methods left out):",
@@ -202,6 +216,32 @@ def _count_tokens(ds, cfg, project_dir: Path) -> str:
     over = count_tokens_exactly(ds, counter)
     return (f"counted with {why} ({folder}); {over} caption(s) over {CLIP_CONTENT_TOKENS}"
             + (" are cut off in training" if over else ""))
+
+
+def _instance_prompt(cfg) -> str:
+    """The text DreamBooth trains every instance image with in place of its caption ("": the captions)."""
+    if cfg is None or cfg.method != "dreambooth":
+        return ""
+    return cfg.dreambooth.instance_prompt  # the trainer's test: any non-empty text replaces the captions
+
+
+def _count_prompt_tokens(prompt: str, cfg, project_dir: Path) -> str:
+    """The instance prompt's tokens, exact with the base's tokenizer where it is on disk, else estimated."""
+    from engine.basemodel import tokenizer_folder
+    from engine.captions import estimate_tokens
+    from engine.tokencount import CLIP_CONTENT_TOKENS, TokenizerError, load_counter
+
+    folder, why = tokenizer_folder(cfg.model.base, project_dir, cfg.model.config or None)
+    shown = f"~{estimate_tokens(prompt)} (estimated: {why})"
+    n = estimate_tokens(prompt)
+    if folder is not None:
+        try:
+            n = load_counter(folder)([prompt])[0]
+            shown = f"{n} (counted with {why})"
+        except TokenizerError as e:
+            shown = f"~{n} (estimated: cannot read the tokenizer: {e})"
+    over = f"; over {CLIP_CONTENT_TOKENS}: the rest is cut off in training" if n > CLIP_CONTENT_TOKENS else ""
+    return shown + over
 
 
 def _indent(text: str, by: str = "  ") -> str:
