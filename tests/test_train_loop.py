@@ -412,3 +412,28 @@ def test_a_missing_or_broken_config_is_an_error_event_not_a_traceback(tmp_path):
     assert train(run.path) == 1
     assert "train.learning_rate" in events(run, "error")[0]["message"]
     assert train(tmp_path / "nowhere") == 1
+
+
+def test_captions_past_77_tokens_get_one_warning_at_start_with_the_real_count(tmp_path, capsys, tiny_base):
+    from engine.tokencount import load_counter
+
+    project = make_project(tmp_path, n=7, goals=False)
+    long = "a red circle and " * 30  # 120 words
+    for i in range(6):
+        (project / "images" / f"img{i:02d}.txt").write_text(long + f"number {i}\n")
+    cfg = tiny_config(**{"train.max_steps": 1, "train.epochs": 1})
+    cfg.sample.at_start = False
+    run = make_run(project, cfg)
+    assert train(run.path) == 0
+
+    (warning,) = [w for w in events(run, "warning") if w.get("reason") == "captions_truncated"]
+    exact = load_counter(tiny_base / "tokenizer")([long + "number 0"])[0]
+    assert exact > 75 and warning["count"] == 6
+    assert warning["items"][0] == {"path": "images/img00.png", "tokens": exact}
+    assert warning["message"].startswith(
+        f"6 caption(s) are longer than the text encoder reads and are truncated to 77 CLIP tokens")
+    assert f"images/img00.png ({exact} tokens)" in warning["message"] and "images/img04.png" in warning["message"]
+    assert "images/img05.png" not in warning["message"] and "images/img06.png" not in warning["message"]  # first 5
+    assert f"warning: 6 caption(s) are longer" in capsys.readouterr().out  # the train.log line
+    kinds = [e["kind"] for e in events(run)]
+    assert kinds.index("warning") < kinds.index("start")

@@ -244,6 +244,27 @@ class TrainingData:
         return batch
 
 
+def overlong_captions(examples: list[Example], tokenizer: Any) -> list[tuple[str, int]]:
+    """(file, caption tokens) of each example whose caption `tokenize` cuts off: more content tokens
+    than `tokenizer.model_max_length` minus the start and end tokens. Counted with the run's own
+    tokenizer, after the method changed the captions (instance prompt, placeholder tokens)."""
+    limit = tokenizer.model_max_length - 2
+    unique = sorted({e.caption for e in examples if e.caption})
+    if not unique:
+        return []
+    ids = tokenizer(unique, add_special_tokens=False, truncation=False).input_ids
+    counts = {c: len(i) for c, i in zip(unique, ids)}
+    return [(e.rel, counts[e.caption]) for e in examples if e.caption and counts[e.caption] > limit]
+
+
+def truncation_warning(over: list[tuple[str, int]], tokenizer: Any, shown: int = 5) -> str:
+    """One sentence for the `warning` event: how many, the first few files, what happens to them."""
+    names = ", ".join(f"{rel} ({n} tokens)" for rel, n in over[:shown]) + (" …" if len(over) > shown else "")
+    return (f"{len(over)} caption(s) are longer than the text encoder reads and are truncated to "
+            f"{tokenizer.model_max_length} CLIP tokens ({tokenizer.model_max_length - 2} of caption text; the "
+            f"words past that never reach the model): {names}; shorten them (tunelab check lists them all)")
+
+
 def tokenize(tokenizer: Any, captions: list[str]) -> torch.Tensor:
     return tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                      return_tensors="pt").input_ids

@@ -119,6 +119,10 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     validation = build_caches(cfg, accelerator, events, method, components, data, examples.validation,
                               project_dir / ".cache", weight_dtype)
     method.examples_ready(data.examples, events=events)  # positions are final: undecodable images are gone
+    over = datamod.overlong_captions(data.examples + examples.validation, components.tokenizer)
+    if over:  # the trainer truncates (`datamod.tokenize`); say so once, with the real tokenizer's counts
+        events.warning(datamod.truncation_warning(over, components.tokenizer), reason="captions_truncated",
+                       items=[{"path": rel, "tokens": n} for rel, n in over[:50]], count=len(over))
 
     # --- optimiser and schedule -------------------------------------------------------------
     from diffusers.optimization import get_scheduler
