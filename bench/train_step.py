@@ -11,7 +11,10 @@ each both *tuned* (cached latents/text on the device, bf16 autocast, channels_la
 and *naive* (VAE + text encode every step, fp32, default layout, per-tensor AdamW) in the same run;
 img/s, `torch.cuda.max_memory_allocated`, MFU = img/s x FLOPs per image / the device's bf16 peak;
 `--compile` adds regional torch.compile cases; then seconds per sample image (SD 1.5 UNet + VAE,
-DPM++ 20 steps, batch 1 and 8). `--gpu-smoke` runs the GPU code on the CPU with miniature models.
+DPM++ 20 steps, batch 1 and 8); then the real trainer (`engine.train.loop.train`, in a fresh process
+per case) on an SD 1.5-shaped diffusers folder with random weights written to a temp dir, LoRA and
+full at batch 8 and 32, bf16, 512 px: what a user's run gets, caches and all (`--no-trainer` skips it).
+`--gpu-smoke` runs the GPU code on the CPU with miniature models.
 
     python bench/train_step.py [--steps 12]                 # CPU
     python bench/train_step.py --techniques                  # CPU, one technique at a time
@@ -45,31 +48,51 @@ SD15_UNET = dict(
 
 
 def cpu_case(root: Path, name: str, *, method: str, cache: bool, steps: int, resolution: int, batch: int) -> dict:
-    from engine.train.loop import train
-    from tests.train_fixtures import events, make_project, make_run, tiny_config
+    """The real trainer on the tiny model (CPU mode)."""
+    return trainer_case(root, name, method=method, cache=cache, steps=steps, resolution=resolution, batch=batch)
 
-    project = make_project(root / name, n=8, size=resolution + 8, goals=False)
-    cfg = tiny_config(method, **{"data.resolution": resolution, "train.batch_size": batch, "train.epochs": 1000,
-                                 "train.log_every": steps, "data.cache_latents": cache, "data.cache_text": cache})
+
+def trainer_case(root: Path, name: str, *, method: str, cache: bool, steps: int, resolution: int, batch: int,
+                 base: str = "tiny", mixed_precision: str = "no", images: int = 8, peak: float | None = None) -> dict:
+    """Time `train_step` inside the real trainer (`engine.train.loop.train`): whatever the trainer does
+    (its caches, dtypes, memory layout, optimiser, no host syncs) is what is measured, on whatever
+    device accelerate picks. Also the loop's wall time per step, which shows a data path that cannot
+    keep up (it includes per-epoch work: epoch events, validation if any)."""
+    from engine.train.loop import train
+    from tests.train_fixtures import make_project, make_run, tiny_config
+
+    project = make_project(root / name, n=images, size=resolution + 8, goals=False)
+    cfg = tiny_config(method, **{"data.resolution": resolution, "train.batch_size": batch, "train.epochs": 100000,
+                                 "train.log_every": steps, "data.cache_latents": cache, "data.cache_text": cache,
+                                 "model.base": base, "train.mixed_precision": mixed_precision})
+    if base != "tiny":
+        cfg.lora.rank, cfg.lora.alpha = 16, 16.0
     cfg.sample.at_start = False
     cfg.save.last = False
     run = make_run(project, cfg)
     # The trainer's own loop with `train_step` timed: wall and process CPU seconds per step, after a
     # warm-up of `steps` steps. On a shared machine wall time swings with other load; CPU seconds per
     # image hardly move, so both are reported (img/s on idle cores ~ threads / cpu_s_per_image).
+    import torch
+
     from engine.train import loop
 
+    cuda = torch.cuda.is_available()
     timings: list[tuple[float, float]] = []
+    starts: list[float] = []
     real = loop.train_step
 
     def timed(s, micro_batches):
-        w, c = time.perf_counter(), time.process_time()
+        starts.append(time.perf_counter())
+        w, c = starts[-1], time.process_time()
         out = real(s, micro_batches)
         out.item()  # wait for the step (a no-op on CPU, a sync on GPU)
         timings.append((time.perf_counter() - w, time.process_time() - c))
         return out
 
     loop.train_step = timed
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.monotonic()
     try:
         assert train(run.path, stop_after_steps=4 * steps) == 0
@@ -79,12 +102,52 @@ def cpu_case(root: Path, name: str, *, method: str, cache: bool, steps: int, res
     wall = sorted(w for w, _ in measured)
     cpu = sorted(c for _, c in measured)
     med = len(measured) // 2
-    return dict(name=name, method=method, cache=cache, resolution=resolution, batch=batch,
-                steps_timed=len(measured), wall_s_per_step_median=round(wall[med], 4),
-                wall_s_per_step_best=round(wall[0], 4), img_s_median=round(batch / wall[med], 2),
-                img_s_best=round(batch / wall[0], 2), cpu_s_per_image=round(cpu[med] / batch, 4),
-                peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                wall_s=round(time.monotonic() - t0, 1))
+    loop_s = (starts[-1] - starts[steps]) / max(1, len(starts) - 1 - steps)
+    out = dict(name=name, method=method, cache=cache, resolution=resolution, batch=batch, base=base,
+               mixed_precision=mixed_precision, device="cuda" if cuda else "cpu",
+               steps_timed=len(measured), wall_s_per_step_median=round(wall[med], 4),
+               wall_s_per_step_best=round(wall[0], 4), img_s_median=round(batch / wall[med], 2),
+               img_s_best=round(batch / wall[0], 2), loop_img_s=round(batch / loop_s, 2),
+               cpu_s_per_image=round(cpu[med] / batch, 4),
+               peak_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+               wall_s=round(time.monotonic() - t0, 1))
+    if cuda:
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    if peak and resolution == 512:
+        out["mfu"] = round(batch / wall[med] * STEP_TFLOP[method] / peak, 4)
+    return out
+
+
+def build_sd15_random(root: Path, *, smoke: bool) -> Path:
+    """A diffusers folder shaped like SD 1.5 (UNet, VAE, CLIP-L text encoder from their public configs)
+    with random weights: no download. Tokenizer and scheduler come from the tiny model (its ids fit in
+    CLIP-L's vocabulary), so the trainer loads it like any user's base model."""
+    import shutil
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from engine.train.tiny import ensure_tiny
+
+    out = root / ("sd15-smoke" if smoke else "sd15-random")
+    if (out / "model_index.json").exists():
+        return out
+    tiny = ensure_tiny()
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for part in ("tokenizer", "scheduler"):
+        shutil.copytree(tiny / part, tmp / part)
+    shutil.copy(tiny / "model_index.json", tmp / "model_index.json")
+    ids = json.loads((tiny / "text_encoder" / "config.json").read_text())
+    torch.manual_seed(0)
+    unet, vae, text = (SMOKE_UNET, SMOKE_VAE, SMOKE_TEXT) if smoke else (SD15_UNET, SD15_VAE, SD15_TEXT)
+    UNet2DConditionModel(**unet).save_pretrained(tmp / "unet")
+    AutoencoderKL(**vae).save_pretrained(tmp / "vae")
+    CLIPTextModel(CLIPTextConfig(**text, **{k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
+                  ).save_pretrained(tmp / "text_encoder")
+    tmp.rename(out)
+    return out
 
 
 # Per-image FLOPs at 512 px (64x64 latents, 77 tokens) for the SD 1.5 UNet: forward 0.803 TFLOP;
@@ -431,6 +494,9 @@ def gpu_mode(args, results: dict, *, smoke: bool) -> list[dict]:
                                       dtype="fp32" if smoke else "bf16"))
         print(json.dumps(sampling[-1]), flush=True)
     results["sampling"] = sampling
+    # The real trainer on the SD 1.5-shaped random base: the number that says what a user gets.
+    if not args.no_trainer:
+        results["trainer"] = trainer_cases(args, smoke=smoke, peak=peak)
     # Tuned over naive, per method and batch: the honest speed-up of everything the trainer does.
     speedups = []
     for c in cases:
@@ -442,6 +508,34 @@ def gpu_mode(args, results: dict, *, smoke: bool) -> list[dict]:
                                      naive_img_s=base["img_s"], speedup=round(c["img_s"] / base["img_s"], 2)))
     results["speedup_tuned_over_naive"] = speedups
     return cases
+
+
+def trainer_cases(args, *, smoke: bool, peak: float | None) -> list[dict]:
+    """`trainer_case` on the SD 1.5-shaped random base, LoRA and full, each in a fresh process (its own
+    memory), bf16 on CUDA. A case that fails (out of memory, say) is recorded with its error."""
+    root = Path(tempfile.mkdtemp(prefix="tunelab-bench-gpu-"))
+    t0 = time.perf_counter()
+    base = build_sd15_random(root, smoke=smoke)
+    print(json.dumps({"built": str(base), "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
+    out = []
+    resolution = 32 if smoke else 512
+    for method in ("lora", "full"):
+        for batch in ((2,) if smoke else args.trainer_batches):
+            cmd = [sys.executable, __file__, "--trainer-case", method, str(batch), "--base", str(base),
+                   "--resolution", str(resolution), "--steps", str(2 if smoke else args.steps),
+                   "--mixed-precision", "no" if smoke else "bf16"]
+            if peak:
+                cmd += ["--peak", str(peak)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode == 0 and lines:
+                case = json.loads(lines[-1])
+            else:
+                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+                case = dict(method=method, batch=batch, error=" | ".join(tail))
+            out.append(case)
+            print(json.dumps(case), flush=True)
+    return out
 
 
 def cpu_techniques(results: dict, steps: int) -> list[dict]:
@@ -489,7 +583,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--case", choices=["lora-cached", "lora-uncached", "full-cached", "full-uncached", "sampling"],
                     help="CPU mode: run one case in this process and print its JSON line")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--no-trainer", action="store_true", help="GPU: skip the real-trainer cases")
+    ap.add_argument("--trainer-batches", type=int, nargs="+", default=[8, 32], help="GPU: real-trainer batch sizes")
+    ap.add_argument("--trainer-case", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
+    ap.add_argument("--base", help=argparse.SUPPRESS)
+    ap.add_argument("--mixed-precision", default="bf16", help=argparse.SUPPRESS)
+    ap.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.trainer_case:
+        method, batch = args.trainer_case[0], int(args.trainer_case[1])
+        root = Path(tempfile.mkdtemp(prefix="tunelab-bench-case-"))
+        print(json.dumps(trainer_case(root, f"trainer-{method}-{batch}", method=method, cache=True,
+                                      steps=args.steps, resolution=args.resolution, batch=batch, base=args.base,
+                                      mixed_precision=args.mixed_precision, images=max(8, 4 * batch),
+                                      peak=args.peak)))
+        return 0
     import torch
 
     results: dict = environment(torch)
