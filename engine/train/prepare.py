@@ -201,7 +201,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     )
     common = dict(step=position.step, total_steps=total_steps, epoch=position.epoch, epochs=epochs,
                   steps_per_epoch=steps_per_epoch, images=data.images_per_epoch, method=cfg.method,
-                  processes=accelerator.num_processes)
+                  processes=accelerator.num_processes, device=str(accelerator.device))
     if resume_from is not None:
         events.emit("resumed", checkpoint=str(resume_from.relative_to(run.path)), **common)
     events.emit("start", resumed_from_step=position.step if resume_from is not None else None,
