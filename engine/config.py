@@ -180,6 +180,10 @@ class LaunchConfig:
     main_process_port: int = opt(29500, help="Rank-0 port; passed to accelerate.", min=1, max=65535)
     accelerate_config: str = opt("", help="An accelerate config file (DeepSpeed/FSDP); passed as --config_file.")
     gpu_ids: str = opt("", help="GPU ids to use, e.g. `0,1` (empty: all).")
+    stop_timeout_s: float = opt(600.0, help="Seconds a stopping trainer gets to save its checkpoint and exit "
+                                "before the supervisor terminates its processes (SIGTERM, then SIGKILL); allow "
+                                "for the biggest checkpoint save (a full fine-tune's state is several GB).",
+                                min=10, max=604800)
 
 
 @dataclass

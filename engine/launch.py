@@ -7,7 +7,9 @@
   tells the caller whether the supervisor took the run's lock or refused.
 - `stop_run` asks for a graceful stop (`control/stop`) or forces one (SIGTERM, then SIGKILL, to the
   trainer's process tree); it never signals a pid whose start time differs from the one recorded, or one
-  recorded on another host or before a reboot. A `lost` run (supervisor gone) is settled here.
+  recorded on another host or before a reboot. A `lost` run (supervisor gone) is settled here. A graceful
+  stop that the trainer does not obey is escalated by the supervisor itself, after `launch.stop_timeout_s`
+  (see engine/supervisor.py), so nobody has to wait at a terminal; `stop_deadline` says when.
 - `resume_run` starts a new supervisor with `--resume` when there is a complete checkpoint to resume from.
 - `trainer_command` builds the `accelerate launch … -m engine.train RUN_DIR` command line.
 
@@ -559,6 +561,30 @@ def _mark_stop_requested(run_dir: RunDir, force: bool, by: str) -> None:
     run_dir.control_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir.control_dir / STOP_MARKER,
                       json.dumps({"t": time.time(), "by": by, "force": force}) + "\n")
+
+
+def stop_deadline(run_dir: RunDir, wait: float = 5.0, poll: float = 0.1) -> dict[str, Any] | None:
+    """What the supervisor will do about a stop it has seen: {"deadline_t": unix time of its SIGTERM,
+    "kill_after_s": seconds from there to SIGKILL, "timeout_s": the stop timeout}. Waits up to `wait`
+    seconds for the supervisor to notice the request; None if the run ended or no deadline appeared."""
+    end = time.monotonic() + wait
+    while True:
+        status = run_dir.read_status() or {}
+        if run_dir.state(status) not in ALIVE_STATES:
+            return None
+        deadline = status.get("stop_deadline_t")
+        if isinstance(deadline, (int, float)):
+            requested = status.get("stop_requested_t")
+            return {"deadline_t": float(deadline), "kill_after_s": float(status.get("stop_kill_after_s") or 0),
+                    "timeout_s": float(deadline) - float(requested) if isinstance(requested, (int, float)) else None}
+        if time.monotonic() >= end:
+            return None
+        time.sleep(poll)
+
+
+def wait_state(run_dir: RunDir, timeout: float, poll: float = 0.1) -> str:
+    """Wait until the shown state is no longer alive (lost counts as not alive); return it."""
+    return _wait_state(run_dir, timeout, poll)
 
 
 def _wait_state(run_dir: RunDir, timeout: float, poll: float = 0.1) -> str:

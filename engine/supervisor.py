@@ -3,12 +3,26 @@
 It owns the run's lifecycle record. It holds an exclusive flock on `lock` for as long as it lives (so a
 reader that finds the status alive but the lock free shows the run as `lost`), writes `status.json`
 atomically, and runs the trainer (`accelerate launch … -m engine.train RUN_DIR`) in its own session with
-output appended to `train.log`. It ignores SIGHUP; on SIGTERM/SIGINT it asks the trainer to stop
-gracefully and escalates to SIGTERM/SIGKILL of the trainer's processes after a grace period.
+output appended to `train.log`. It ignores SIGHUP; a SIGTERM/SIGINT to it is a stop request.
+
+It owns the stop's escalation (DESIGN.md: "if it does not exit in time, SIGTERM then SIGKILL to the whole
+process group"). From the moment it sees a stop request — `control/stop` or `control/stop-requested`
+(`tunelab stop`, the TUI), a SIGTERM/SIGINT to itself, the budget, the launcher killed by a signal — the
+trainer has `launch.stop_timeout_s` seconds (default 600: room for a full fine-tune's multi-GB save) to
+save its checkpoint and exit. Then the supervisor sends SIGTERM to the trainer's process group (and to
+each worker that has a session of its own), and SIGKILL `KILL_GRACE_S` later, only to processes whose
+start time still matches. A trainer that wrote its `stopped` or `finished` event but has not exited
+`EXIT_GRACE_S` later (hung in teardown) gets the same. Each signal is recorded in train.log and in
+status.json (`stop_escalation`); status.json also says when the stop was asked for and when the
+escalation is due (`stop_requested_t`, `stop_deadline_t`, `stop_kill_after_s`), so `tunelab stop` can
+tell the user. The run then ends `stopped` if a complete checkpoint from this attempt holds every step
+it trained (or it trained none), else `failed` with an error saying the trainer did not stop in time.
 
 Lifecycle written to status.json: starting → running → (stopping) → finished | failed | stopped.
 Outcome rules, judged on the events the trainer wrote during this attempt:
-  exit 0 and a `finished` event                      → finished
+  exit 0 and a `finished` event                      → finished (also when killed after that event)
+  the supervisor escalated a stop that was not obeyed → stopped if a complete checkpoint holds every
+                                                        step trained (or none was), else failed
   a `stopped` event, or a stop was requested          → stopped (killed on request is still stopped;
                                                         a crash with an `error` event is still failed)
   anything else                                       → failed, with `error` = cause + the last `error`
@@ -23,20 +37,23 @@ attempt: state, started, ended, exit_code, error, trainer_pid), elapsed_prior_s 
 attempts), host, boot_id, supervisor_pid/_start, trainer_pid/_pgid/_start (start = field 22 of
 /proc/PID/stat, checked before any signal), command (the trainer's argv), started/ended (ISO, UTC)
 and started_t/ended_t (unix), exit_code (negative: killed by that signal), signal, error (one-line
-cause, then the log tail for a crash), stop_reason; supervisor_lost when `tunelab stop` settled it.
+cause, then the log tail for a crash), stop_reason, stop_requested_t/stop_deadline_t/stop_kill_after_s
+(once a stop was asked for), stop_escalation (list of {signal, t, why}); supervisor_lost when `tunelab
+stop` settled it.
 
 Exit status: 0 finished, 1 failed, 2 stopped, 3 another supervisor holds the lock, 4 refused to start
 (not a run dir; already started without --resume; nothing to resume; the previous trainer still runs).
 
 When `accelerate launch` dies of a signal while the trainer still runs (a SIGTERM to the trainer's
 process group kills the launcher at once), that counts as a stop request: the trainer gets the stop
-grace to save and exit before any leftover is terminated, and the run ends `stopped`.
+timeout to save and exit before what is left is terminated, and the run ends `stopped`.
 
 `budget.max_hours` (counted over all attempts of the run) is enforced here: when it is reached the
 trainer is asked to stop, as if by `tunelab stop`.
 
-Environment: TUNELAB_STOP_GRACE_S (default 120): seconds between a SIGTERM/SIGINT to the supervisor and
-escalating to SIGTERM (then SIGKILL) of the trainer's processes.
+Environment (tests, debugging): TUNELAB_STOP_TIMEOUT_S overrides `launch.stop_timeout_s` (the older
+name TUNELAB_STOP_GRACE_S is read too); TUNELAB_STOP_KILL_GRACE_S overrides KILL_GRACE_S and
+TUNELAB_STOP_EXIT_GRACE_S overrides EXIT_GRACE_S.
 """
 from __future__ import annotations
 
@@ -58,6 +75,23 @@ TREE_SNAPSHOT_S = 2.0
 LOCK_WAIT_S = 2.0
 LOG_TAIL_LINES = 20
 EXIT_CODES = {"finished": 0, "failed": 1, "stopped": 2}
+# Seconds between the escalation's SIGTERM and its SIGKILL: a trainer that handles SIGTERM saves (without
+# samples) and exits; one that is hung in a step or a collective never will.
+KILL_GRACE_S = 60.0
+# Seconds a trainer may take to exit after writing its `stopped`/`finished` event before it is terminated.
+EXIT_GRACE_S = 60.0
+
+
+def _env_seconds(*names: str) -> float | None:
+    """The first of the environment variables `names` that is set, as seconds (a bad value is ignored)."""
+    for name in names:
+        raw = os.environ.get(name, "").strip()
+        if raw:
+            try:
+                return max(0.0, float(raw))
+            except ValueError:
+                say(f"ignoring {name}={raw!r}: not a number of seconds")
+    return None
 
 
 def say(msg: str) -> None:
@@ -84,14 +118,27 @@ class Supervisor:
         self.trainer: subprocess.Popen | None = None
         self.tree: dict[int, launch.Proc] = {}
         self.term_requested_at: float | None = None
-        self.escalated = False
         self.stop_reason: str | None = None
-        self.grace = float(os.environ.get("TUNELAB_STOP_GRACE_S", "120"))
+        # The stop and its escalation (monotonic times; None: not yet).
+        self.stop_timeout = 600.0  # launch.stop_timeout_s, read with the frozen config
+        env_kill = _env_seconds("TUNELAB_STOP_KILL_GRACE_S")
+        env_exit = _env_seconds("TUNELAB_STOP_EXIT_GRACE_S")
+        self.kill_grace = KILL_GRACE_S if env_kill is None else env_kill
+        self.exit_grace = EXIT_GRACE_S if env_exit is None else env_exit
+        self.stop_at: float | None = None
+        self.ended_at: float | None = None  # when the trainer's stopped/finished event was read
+        self.term_sent_at: float | None = None
+        self.kill_sent_at: float | None = None
+        self.escalation_why = ""
         self.max_seconds = 0.0
         self.events: EventTail | None = None
         self.last_error_event: str | None = None
         self.saw_finished = False
         self.saw_stopped = False
+        self.stopped_step = 0
+        self.trained_steps = False  # a progress event in this attempt
+        self.max_step = 0
+        self.saved: list[tuple[int, str]] = []  # (step, path) of this attempt's checkpoint events
 
     # --- handshake with start_supervisor -------------------------------------------------------
     def answer(self, text: str) -> None:
@@ -163,7 +210,7 @@ class Supervisor:
     def on_term(self, signum: int, frame: Any) -> None:
         if self.term_requested_at is None:
             self.term_requested_at = time.monotonic()
-            self.stop_reason = f"supervisor got {launch.signal_name(signum)}"
+            self.stop_reason = self.stop_reason or f"supervisor got {launch.signal_name(signum)}"
 
     # --- main ---------------------------------------------------------------------------------------
     def main(self) -> int:
@@ -220,6 +267,8 @@ class Supervisor:
         cmd = launch.trainer_command(self.run, cfg, resume=self.resume)
         env = launch.trainer_env(self.run, cfg)
         self.max_seconds = float(cfg.budget.max_hours) * 3600.0
+        env_timeout = _env_seconds("TUNELAB_STOP_TIMEOUT_S", "TUNELAB_STOP_GRACE_S")
+        self.stop_timeout = float(cfg.launch.stop_timeout_s) if env_timeout is None else env_timeout
         # Only events from this attempt decide its outcome.
         try:
             offset = self.run.events_path.stat().st_size
@@ -252,6 +301,7 @@ class Supervisor:
                 live.update({p.pid: p for p in launch.process_tree(pid)})
                 self.tree = live or self.tree
             self.watch_requests()
+            self.escalate_if_due()
             time.sleep(POLL_S)
         self.read_events()
         if rc < 0:
@@ -262,26 +312,82 @@ class Supervisor:
         return state
 
     def watch_requests(self) -> None:
-        marker = self.run.control_dir / launch.STOP_MARKER
-        if self.status["state"] == "running" and marker.exists():
-            self.stop_reason = self.stop_reason or "stop requested"
-            self.write(state="stopping")
-        if self.status["state"] == "running" and self.max_seconds > 0:
+        """Notice a stop request (whoever made it) or the budget running out; each starts the stop clock."""
+        if self.stop_at is not None:
+            return
+        control = self.run.control_dir
+        if (control / launch.STOP_MARKER).exists() or (control / "stop").exists():
+            self.note_stop("stop requested", ask_trainer=False)  # the requester dropped control/stop
+        elif self.term_requested_at is not None:
+            self.note_stop(self.stop_reason or "signal", ask_trainer=True)
+        elif self.max_seconds > 0:
             elapsed = self.status["elapsed_prior_s"] + time.time() - self.status["started_t"]
             if elapsed >= self.max_seconds:
                 say(f"budget reached ({self.max_seconds / 3600:g} h); asking the trainer to stop")
-                self.stop_reason = "budget reached"
-                self.request_stop(by="budget")
-                self.write(state="stopping", stop_reason=self.stop_reason)
-        if self.term_requested_at is not None:
-            if self.status["state"] != "stopping":
-                say(f"{self.stop_reason}; asking the trainer to stop (grace {self.grace:g} s)")
-                self.request_stop(by=self.stop_reason or "signal")
-                self.write(state="stopping", stop_reason=self.stop_reason)
-            if not self.escalated and time.monotonic() - self.term_requested_at >= self.grace:
-                say("the trainer did not stop in time; terminating it")
-                self.escalated = True
-                self.kill_tree(grace=10.0)
+                self.note_stop("budget reached", ask_trainer=True)
+
+    def note_stop(self, reason: str, *, ask_trainer: bool) -> None:
+        """A stop was asked for: the trainer has `stop_timeout` seconds from now to save and exit."""
+        if ask_trainer:
+            self.request_stop(by=self.stop_reason or reason)
+        if self.stop_at is not None:
+            return
+        self.stop_at = time.monotonic()
+        self.stop_reason = self.stop_reason or reason
+        now = time.time()
+        say(f"{self.stop_reason}: the trainer has {self.stop_timeout:g} s (launch.stop_timeout_s) to save a "
+            f"checkpoint and exit; then its processes get SIGTERM, and SIGKILL {self.kill_grace:g} s later")
+        self.write(state="stopping", stop_reason=self.stop_reason, stop_requested_t=round(now, 3),
+                   stop_deadline_t=round(now + self.stop_timeout, 3), stop_kill_after_s=self.kill_grace)
+
+    def escalation_due(self) -> tuple[float, str] | None:
+        """When the trainer is to be terminated, and why: the stop timeout after a stop request, or the
+        exit grace after its last event; None while neither applies."""
+        due: list[tuple[float, str]] = []
+        if self.stop_at is not None:
+            due.append((self.stop_at + self.stop_timeout,
+                        f"the trainer did not stop within {self.stop_timeout:g} s of the stop request "
+                        f"(launch.stop_timeout_s)"))
+        if self.ended_at is not None:
+            kind = "finished" if self.saw_finished else "stopped"
+            due.append((self.ended_at + self.exit_grace,
+                        f"the trainer wrote its `{kind}` event but had not exited {self.exit_grace:g} s later"))
+        return min(due) if due else None
+
+    def escalate_if_due(self) -> None:
+        """SIGTERM to the trainer's processes once the stop is overdue, SIGKILL `kill_grace` later."""
+        now = time.monotonic()
+        if self.term_sent_at is None:
+            due = self.escalation_due()
+            if due is None or now < due[0]:
+                return
+            procs = self.live_procs()
+            if not procs:
+                return
+            self.term_sent_at = now
+            self.escalation_why = due[1]
+            self.signal_escalation(procs, signal.SIGTERM, f"{due[1]}; sending SIGTERM to its "
+                                   f"{len(procs)} process(es), SIGKILL in {self.kill_grace:g} s if they live on")
+        elif self.kill_sent_at is None and now >= self.term_sent_at + self.kill_grace:
+            self.kill_sent_at = now
+            procs = self.live_procs()
+            if procs:
+                self.signal_escalation(procs, signal.SIGKILL, f"{len(procs)} trainer process(es) still alive "
+                                       f"{self.kill_grace:g} s after SIGTERM; sending SIGKILL")
+
+    def signal_escalation(self, procs: list[launch.Proc], sig: int, message: str) -> None:
+        say(message)
+        launch.signal_procs(procs, sig)  # a pid whose start time changed is skipped
+        record = {"signal": launch.signal_name(sig), "t": round(time.time(), 3), "why": message}
+        self.write(stop_escalation=list(self.status.get("stop_escalation") or []) + [record])
+
+    def live_procs(self) -> list[launch.Proc]:
+        """The trainer and every process of its tree still alive (the supervisor's other children too)."""
+        procs = list(self.tree.values())
+        if self.trainer is not None:
+            procs += launch.process_tree(self.trainer.pid)
+        procs += launch.process_tree(os.getpid(), include_root=False)
+        return launch.alive({p.pid: p for p in procs if p.pid != os.getpid()}.values())
 
     def request_stop(self, by: str) -> None:
         launch._mark_stop_requested(self.run, force=False, by=by)
@@ -293,17 +399,17 @@ class Supervisor:
             kind = ev.get("kind")
             if kind == "error":
                 self.last_error_event = str(ev.get("message") or ev.get("error") or "error")
-            elif kind == "finished":
-                self.saw_finished = True
-            elif kind == "stopped":
-                self.saw_stopped = True
-
-    def kill_tree(self, grace: float) -> None:
-        procs = list(self.tree.values())
-        if self.trainer is not None:
-            procs += launch.process_tree(self.trainer.pid)
-        procs += launch.process_tree(os.getpid(), include_root=False)
-        launch.terminate_procs(list({p.pid: p for p in procs}.values()), grace)
+            elif kind == "progress":
+                self.trained_steps = True
+                self.max_step = max(self.max_step, _int(ev.get("step")))
+            elif kind == "checkpoint" and ev.get("path"):
+                self.saved.append((_int(ev.get("step")), str(ev["path"])))
+            elif kind in ("finished", "stopped"):
+                self.saw_finished = self.saw_finished or kind == "finished"
+                self.saw_stopped = self.saw_stopped or kind == "stopped"
+                self.stopped_step = max(self.stopped_step, _int(ev.get("step")))
+                if self.ended_at is None:
+                    self.ended_at = time.monotonic()
 
     def reap_orphans(self) -> None:
         """As subreaper, collect exited orphans (never the trainer: Popen waits for that one)."""
@@ -327,26 +433,30 @@ class Supervisor:
         """The launcher died of a signal while the trainer may live on: a SIGTERM to the trainer's process
         group (a scheduler's or a user's `kill -TERM -PGID`) kills `accelerate launch` at once, while the
         trainer takes it as a stop and is still saving. Treat it as a stop request (so a trainer that
-        missed the signal stops too) and give the trainer the stop grace to finish before anything left
-        is terminated; the run then ends `stopped` with its checkpoint, like any stop."""
-        left = [p for p in launch.alive(list(self.tree.values()) + launch.process_tree(os.getpid(), include_root=False))
-                if p.pid != os.getpid()]
-        if not left or self.escalated:
+        missed the signal stops too) and keep waiting for what is left, under the same stop timeout and
+        escalation as any stop; the run then ends `stopped` with its checkpoint, like any stop."""
+        left = self.live_procs()
+        if not left:
             return
-        cause = launch.describe_exit(rc)
-        say(f"accelerate launch was {cause}; the trainer still runs: asking it to stop and waiting up to "
-            f"{self.grace:g} s for its checkpoint")
-        self.stop_reason = self.stop_reason or f"launcher {cause}"
-        self.request_stop(by=self.stop_reason)
-        self.write(state="stopping", stop_reason=self.stop_reason)
-        deadline = time.monotonic() + self.grace
-        while time.monotonic() < deadline:
+        if self.term_sent_at is None:  # not the escalation's own SIGTERM
+            cause = launch.describe_exit(rc)
+            say(f"accelerate launch was {cause}; the trainer still runs: asking it to stop and waiting for "
+                f"its checkpoint")
+            self.stop_reason = self.stop_reason or f"launcher {cause}"
+            self.note_stop(self.stop_reason, ask_trainer=True)
+        last_scan = time.monotonic()
+        while left:
             self.read_events()
             self.reap_orphans()
-            left = launch.alive(left)
-            if not left:
-                break
+            self.escalate_if_due()
+            if self.kill_sent_at is not None and time.monotonic() - self.kill_sent_at > 10.0:
+                break  # unkillable (uninterruptible sleep): cleanup_leftovers says so
             time.sleep(POLL_S)
+            if time.monotonic() - last_scan >= TREE_SNAPSHOT_S:
+                last_scan = time.monotonic()
+                left = self.live_procs()  # workers forked meanwhile count too
+            else:
+                left = launch.alive(left)
         self.read_events()
 
     def cleanup_leftovers(self) -> None:
@@ -362,8 +472,10 @@ class Supervisor:
     def outcome(self, rc: int) -> tuple[str, str | None]:
         cause = launch.describe_exit(rc)
         stop_asked = (self.run.control_dir / launch.STOP_MARKER).exists() or self.stop_reason is not None
-        if rc == 0 and self.saw_finished:
-            return "finished", None
+        if self.saw_finished and (rc == 0 or self.term_sent_at is not None):
+            return "finished", None  # killed only after it had finished: nothing is missing
+        if self.term_sent_at is not None and not (rc > 0 and self.last_error_event):
+            return self.escalated_outcome(rc, cause)
         if self.saw_stopped and rc == 0:
             return "stopped", None
         if (self.saw_stopped or stop_asked) and not (rc > 0 and self.last_error_event):
@@ -375,6 +487,32 @@ class Supervisor:
             return "failed", "the trainer exited with code 0 without a `finished` event"
         tail = self.log_tail()
         return "failed", cause + (f"; last lines of train.log:\n{tail}" if tail else "")
+
+    def escalated_outcome(self, rc: int, cause: str) -> tuple[str, str | None]:
+        """The supervisor terminated a trainer that did not stop in time: `stopped` when nothing trained
+        is lost (a complete checkpoint holds the last step, or no step was trained), else `failed`."""
+        signals = "SIGTERM, then SIGKILL" if self.kill_sent_at is not None else "SIGTERM"
+        why = f"{self.escalation_why}; the supervisor sent {signals}"
+        if self.saw_stopped and rc == 0:
+            return "stopped", f"{why}, and it then stopped"
+        kept = self.stop_checkpoint()
+        if kept:
+            return "stopped", f"{why} ({cause}); its checkpoint {kept} is complete"
+        if not self.trained_steps:
+            return "stopped", f"{why} ({cause}) before it trained a step: nothing was lost"
+        latest = self.run.latest_complete_checkpoint()
+        since = (f"`tunelab resume` continues from checkpoints/{latest.path.name} (step {latest.step})"
+                 if latest is not None else "there is no complete checkpoint to resume from")
+        return "failed", (f"{why} ({cause}); no complete checkpoint holds its last steps (it had trained to "
+                          f"step {self.max_step}); {since}")
+
+    def stop_checkpoint(self) -> str | None:
+        """A complete checkpoint of this attempt that holds every step it trained, if there is one."""
+        need = max(self.max_step, self.stopped_step)
+        for step, path in reversed(self.saved):
+            if step >= need and (self.run.path / path / "COMPLETE").is_file():
+                return path
+        return None
 
     def log_tail(self) -> str:
         try:
@@ -398,6 +536,13 @@ class Supervisor:
             changes["stop_reason"] = self.stop_reason
         self.write(**changes)
         say(f"run {state}" + (f": {error.splitlines()[0]}" if error else ""))
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def main(argv: list[str] | None = None) -> int:

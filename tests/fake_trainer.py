@@ -36,6 +36,8 @@ Environment variables (all optional):
   TUNELAB_FAKE_HANG_AT          at this global step: hang (no polling, no events) until killed
   TUNELAB_FAKE_IGNORE_STOP=1    never read control/stop (only a forced stop ends it)
   TUNELAB_FAKE_IGNORE_SIGTERM=1 ignore SIGTERM (only SIGKILL ends it)
+  TUNELAB_FAKE_HANG_AFTER_STOP=1 after a stop's checkpoint and `stopped` event, hang instead of exiting
+                                (a trainer stuck in teardown)
   TUNELAB_FAKE_EXIT_CODE        exit with this code instead of writing `finished` at the end
 """
 from __future__ import annotations
@@ -186,6 +188,10 @@ class FakeTrainer:
                     rel = f"checkpoints/{ck.path.name}" if ck else None
                 self.event("stopped", epoch=self.completed_epochs(step), step=step, reason="request", checkpoint=rel)
                 print(f"stopped at step {step}", flush=True)
+                if os.environ.get("TUNELAB_FAKE_HANG_AFTER_STOP") == "1":
+                    print("hanging after the stop", flush=True)
+                    while True:
+                        time.sleep(3600)
                 return 0
             if self.run.take_request("save-now"):
                 self.save_checkpoint(step)

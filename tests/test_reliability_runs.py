@@ -289,7 +289,7 @@ class TrainerRun:
         monkeypatch.setenv("PYTHONPATH", str(hooks))
         monkeypatch.setenv("TUNELAB_TRAINER_MODULE", "hooked_trainer")
         monkeypatch.setenv("TUNELAB_NO_ACCELERATE", "1")
-        monkeypatch.setenv("TUNELAB_STOP_GRACE_S", "30")
+        monkeypatch.setenv("TUNELAB_STOP_TIMEOUT_S", "60")
         self.project = make_project(root, n=4, goals=False)
         cfg = tiny_config(**{"train.epochs": 3, "train.batch_size": 1})  # 4 steps per epoch, 12 in all
         cfg.save.every_n_epochs = 1

@@ -221,6 +221,67 @@ def test_sigterm_to_the_supervisor_stops_the_run_gracefully(runs):
     assert events(rd, "stopped") and rd.read_status()["stop_reason"] == "supervisor got SIGTERM"
 
 
+def test_a_stop_the_trainer_does_not_obey_is_escalated_by_the_supervisor_and_ends_failed(runs, monkeypatch):
+    """Nobody waits at a terminal: the supervisor itself sends SIGTERM once launch.stop_timeout_s has passed,
+    SIGKILL after its grace, and says so in status.json and train.log."""
+    monkeypatch.setenv("TUNELAB_STOP_TIMEOUT_S", "1")
+    monkeypatch.setenv("TUNELAB_STOP_KILL_GRACE_S", "1")
+    rd = runs.start("[train]\nepochs = 50\n", ignore_stop=1, ignore_sigterm=1, save_every=1000)
+    wait_for(lambda: progressed(rd, 2), what="step 2")
+    trainer = rd.read_status()
+    launch.stop_run(rd, timeout=0)  # ask, and walk away
+    plan = launch.stop_deadline(rd)
+    assert plan is not None and plan["timeout_s"] == pytest.approx(1) and plan["kill_after_s"] == 1
+    assert wait_state(rd, {"stopped", "failed", "finished"}, timeout=30) == "failed"
+    st = rd.read_status()
+    assert [e["signal"] for e in st["stop_escalation"]] == ["SIGTERM", "SIGKILL"]
+    assert st["exit_code"] == -signal.SIGKILL and st["stop_reason"] == "stop requested"
+    assert st["error"].startswith("the trainer did not stop within 1 s of the stop request (launch.stop_timeout_s); "
+                                  "the supervisor sent SIGTERM, then SIGKILL (killed by signal 9 (SIGKILL)); "
+                                  "no complete checkpoint holds its last steps"), st["error"]
+    assert st["error"].endswith("there is no complete checkpoint to resume from")
+    assert not launch.is_same_process(trainer["trainer_pid"], trainer["trainer_start"])
+    log = rd.log_path.read_text()
+    assert "did not stop within 1 s of the stop request" in log and "sending SIGKILL" in log
+
+
+def test_a_trainer_hung_after_its_stop_checkpoint_is_terminated_and_the_run_ends_stopped(runs, monkeypatch):
+    monkeypatch.setenv("TUNELAB_STOP_EXIT_GRACE_S", "0.5")  # the stop timeout stays at its 600 s default
+    rd = runs.start("[train]\nepochs = 50\n", hang_after_stop=1, save_every=1000)
+    wait_for(lambda: progressed(rd, 2), what="step 2")
+    assert launch.stop_run(rd, timeout=20) == "stopped"
+    st = rd.read_status()
+    (stopped,) = events(rd, "stopped")
+    ck = rd.latest_complete_checkpoint()
+    assert ck is not None and ck.step == stopped["step"]
+    assert [e["signal"] for e in st["stop_escalation"]] == ["SIGTERM"] and st["exit_code"] == -signal.SIGTERM
+    assert st["error"] == (f"the trainer wrote its `stopped` event but had not exited 0.5 s later; the supervisor "
+                           f"sent SIGTERM (killed by signal 15 (SIGTERM)); its checkpoint "
+                           f"checkpoints/{ck.path.name} is complete")
+    assert st["stop_deadline_t"] - st["stop_requested_t"] == pytest.approx(600)
+
+
+def test_tunelab_stop_says_when_the_supervisor_will_terminate_the_trainer_and_waits_for_the_outcome(
+        runs, monkeypatch, capsys):
+    from tui.cli import main as tunelab
+
+    monkeypatch.setenv("TUNELAB_STOP_TIMEOUT_S", "3")
+    monkeypatch.setenv("TUNELAB_STOP_KILL_GRACE_S", "1")
+    rd = runs.start("[train]\nepochs = 50\n", ignore_stop=1, save_every=1000)
+    wait_for(lambda: progressed(rd, 1), what="step 1")
+    assert tunelab(["stop", str(rd.path), "--timeout", "0.2"]) == 1  # the user does not wait
+    out = capsys.readouterr()
+    assert "the supervisor sends it SIGTERM, and SIGKILL 1 s later" in out.out
+    assert "(launch.stop_timeout_s = 3 s)" in out.out
+    assert "still stopping after 0.2 s; the supervisor terminates it at " in out.err
+    assert "`tunelab stop --force" in out.err
+    assert tunelab(["stop", str(rd.path)]) == 0  # a second stop reports the same deadline, and waits
+    out = capsys.readouterr()
+    assert "the supervisor sends it SIGTERM" in out.out
+    assert out.out.splitlines()[-1].startswith(f"{rd.run_id}: failed (the trainer did not stop within 3 s")
+    assert rd.read_status()["stop_escalation"][0]["signal"] == "SIGTERM"
+
+
 def test_the_budget_stops_the_run_with_a_checkpoint(runs):
     rd = runs.start("[train]\nepochs = 50\n[budget]\nmax_hours = 0.0002\n")  # 0.72 s
     assert wait_state(rd, {"stopped", "failed", "finished"}) == "stopped"
