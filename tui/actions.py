@@ -140,7 +140,8 @@ ACTIONS += (
     Action("runs.force_stop", "K", "force_stop", "Force stop", "runs",
            help="Kill the selected run without a final checkpoint (asks first); settles a lost run"),
     Action("runs.resume", "r", "resume", "Resume", "runs",
-           help="Resume the selected run from its newest complete checkpoint"),
+           help="Resume the selected run from its newest complete checkpoint (a finished or budget-stopped "
+                "run asks for more epochs or hours first)"),
     Action("runs.delete", "delete,D", "delete", "Delete", "runs",
            help="Delete the selected run's folder (asks first; never while it is alive)"),
     Action("monitor.back", "escape,q", "back", "Back", "monitor", help="Back to the runs"),

@@ -188,9 +188,14 @@ def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
         return EXIT_OK
     while True:
         if pos.epoch_complete:
-            if pos.epoch >= s.epochs or pos.step >= s.total_steps:
+            if pos.in_epoch < s.steps_per_epoch and pos.step < s.total_steps:
+                # An epoch that train.max_steps cut short, resumed with a later target: finish it first,
+                # as a run planned with that target would have.
+                pos.epoch_complete = False
+            elif pos.epoch >= s.epochs or pos.step >= s.total_steps:
                 break
-            pos.epoch, pos.in_epoch, pos.epoch_complete = pos.epoch + 1, 0, False
+            else:
+                pos.epoch, pos.in_epoch, pos.epoch_complete = pos.epoch + 1, 0, False
         plan = datamod.epoch_plan(s.data.repeats, pos.epoch, cfg.train.seed, rank=acc.process_index,
                                   world=acc.num_processes, batch_size=cfg.train.batch_size)
         steps = [plan[i:i + accumulation] for i in range(0, len(plan), accumulation)]

@@ -138,6 +138,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
                                  num_training_steps=total_steps)
 
     position = Position()
+    length_change: dict[str, Any] | None = None
     progress_state: dict[str, Any] = {}
     sampled: set[str] = set()
     if resume_from is not None:
@@ -148,6 +149,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         ckpt.optimizer_from_files(optimizer, state.optimizer_tensors, state.optimizer_meta)
         lr_scheduler.load_state_dict(state.scheduler)
         p = state.progress
+        length_change = retarget_schedule(cfg, lr_scheduler, optimizer, p.get("total_steps"), total_steps)
         position = Position(step=p["step"], epoch=p["epoch"], in_epoch=p["in_epoch"],
                             epoch_complete=p["epoch_complete"])
         sampled = set(p.get("sampled", []))
@@ -203,13 +205,45 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
                   steps_per_epoch=steps_per_epoch, images=data.images_per_epoch, method=cfg.method,
                   processes=accelerator.num_processes, device=str(accelerator.device))
     if resume_from is not None:
-        events.emit("resumed", checkpoint=str(resume_from.relative_to(run.path)), **common)
+        from engine.resume import changes_since_last_attempt, describe_changes
+
+        changes = changes_since_last_attempt(run)
+        extra: dict[str, Any] = {}
+        if changes:
+            extra["config_changes"] = [{"key": k, "before": a, "after": b} for k, a, b in changes]
+            events.say(f"resumed with changes: {describe_changes(changes)}")
+        if length_change:
+            extra.update(length_change)
+            events.say(length_change["lr_schedule"])
+        events.emit("resumed", checkpoint=str(resume_from.relative_to(run.path)), **common, **extra)
     events.emit("start", resumed_from_step=position.step if resume_from is not None else None,
                 validation_images=len(examples.validation), cache=data.cache_report, **common)
     events.say(f"{'resuming' if resume_from else 'training'} {cfg.method} on {data.images_per_epoch} images/epoch "
                f"({len(examples.train)} files), {steps_per_epoch} steps/epoch, {total_steps} steps, "
                f"{accelerator.num_processes} process(es), base {components.source}")
     return session
+
+
+def retarget_schedule(cfg: RunConfig, lr_scheduler: Any, optimizer: Any, before: Any, total_steps: int) -> dict[str, Any] | None:
+    """A run resumed with another length (`tunelab resume --set train.epochs=…`): the LR schedule goes on as
+    if the run had been planned with the new length from the start. `get_scheduler` was built for the new
+    total and the checkpoint's state gave it the step; the optimiser's learning rates, though, are the old
+    curve's at that step, so they are set to the new curve's. A constant schedule (after warmup) keeps its
+    rate; cosine and linear move to the new curve (a finished cosine run's rate rises from ~0 again).
+    Returns what the `resumed` event says about it, or None when the length did not change."""
+    if not isinstance(before, int) or before == total_steps:
+        return None
+    step = lr_scheduler.last_epoch
+    old = [g["lr"] for g in optimizer.param_groups]
+    for g, base, fn in zip(optimizer.param_groups, lr_scheduler.base_lrs, lr_scheduler.lr_lambdas):
+        g["lr"] = base * fn(step)
+    lr_scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]  # what get_last_lr() reports
+    name = cfg.train.scheduler
+    how = ("unchanged (constant schedule)" if name == "constant" else
+           f"recomputed: the {name} schedule now spans {total_steps} steps, so the learning rate at step {step} "
+           f"goes from {old[0]:.3g} to {optimizer.param_groups[0]['lr']:.3g}")
+    return {"total_steps_before": before, "lr_before": old[0], "lr_now": optimizer.param_groups[0]["lr"],
+            "lr_schedule": f"training length changed from {before} to {total_steps} steps; learning rate {how}"}
 
 
 def make_optimizer(cfg: RunConfig, events: EventWriter, groups: list[dict[str, Any]], device: torch.device) -> Any:

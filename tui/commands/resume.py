@@ -1,19 +1,37 @@
-"""`tunelab resume RUN`: continue a stopped or failed run from its newest complete checkpoint."""
+"""`tunelab resume RUN [--set key=value]…`: continue a run from its newest complete checkpoint, optionally
+training longer, with another time budget, or saving and sampling differently (engine/resume.py)."""
 from __future__ import annotations
 
 import argparse
 import sys
 
-HELP = "resume a run from its newest complete checkpoint"
+HELP = "resume a run from its newest complete checkpoint (optionally --set epochs, budget, save, sample)"
 
 EPILOG = """\
 RUN is a run directory or a run id (a unique prefix is enough) under ./projects/*/runs/.
 A new supervisor continues the same run directory: the same step count, loss curve and sample columns.
-Refused while the run is alive or lost (settle a lost run with `tunelab stop --force RUN`), when it has
-finished, and when it has no complete checkpoint.
+Refused while the run is alive or lost (settle a lost run with `tunelab stop --force RUN`) and when it
+has no complete checkpoint.
 
-exit codes: 0 resumed (running detached); 1 refused; 2 no such run.
-With --wait, as `tunelab run --wait`: 0 finished, 1 failed or lost, 3 stopped, 130 interrupted.
+--set changes the run's config before resuming, for the keys that keep the checkpoint exact:
+  train.epochs, train.max_steps    train longer (or shorter, but beyond the checkpoint)
+  budget.*                         e.g. budget.max_hours=4 for a run stopped by its budget (hours count
+                                   over all attempts)
+  save.*, sample.*                 what is saved and sampled from now on (sample.prompts: append only)
+Other keys are refused (start a new run for them). A finished run can be resumed when the new
+train.epochs / train.max_steps lie beyond its last checkpoint:
+
+  tunelab resume RUN --set train.epochs=60            # it finished at 30: train on to 60
+
+The config the last attempt ran with is kept as config.attempt-N.toml; config.toml gets the new values
+and a comment naming them. LR schedule: the run goes on as if it had been planned with the new length
+from the start. A constant schedule is unchanged; cosine and linear are recomputed for the new total,
+so the learning rate at the resumed step moves to the new curve's value (for a finished cosine run it
+rises from about 0 back up). The trainer's `resumed` event gives both values and the changes.
+
+exit codes: 0 resumed (running detached); 1 refused; 2 no such run, or a --set that resume does not take
+(nothing changed). With --wait, as `tunelab run --wait`: 0 finished, 1 failed or lost, 3 stopped,
+130 interrupted.
 """
 
 
@@ -21,13 +39,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = EPILOG
     parser.add_argument("run_dir", metavar="RUN", help="run directory or run id")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a config key before resuming (repeatable; keys: train.epochs, "
+                             "train.max_steps, budget.*, save.*, sample.*)")
     parser.add_argument("--wait", action="store_true",
                         help="follow the resumed run until it ends (exit codes as for `tunelab run --wait`)")
 
 
 def run(args: argparse.Namespace) -> int:
     from engine import launch
+    from engine.resume import ResumeInputError, describe_changes, resume_with_changes
     from engine.runinfo import find_run
+    from engine.schema import ConfigError
 
     try:
         run_dir = find_run(args.run_dir)
@@ -39,12 +62,23 @@ def run(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         offset = 0
     try:
-        launch.resume_run(run_dir)
+        _pid, plan = resume_with_changes(run_dir, args.overrides)
+    except ConfigError as e:
+        print(f"error: the run's config with these --set values is invalid (nothing changed):\n{e}", file=sys.stderr)
+        return 2
+    except ResumeInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except launch.LaunchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     ck = run_dir.latest_complete_checkpoint()
     print(f"{run_dir.path}: resuming from {ck.path.name if ck else '?'}", flush=True)
+    if plan is not None and plan.changes:
+        line = f"changed: {describe_changes(plan.changes)}"
+        if plan.total_steps is not None and plan.total_steps != plan.total_steps_before:
+            line += f" ({plan.total_steps_before} → {plan.total_steps} steps)"
+        print(line, flush=True)
     if args.wait:
         from tui.commands.run import follow
 

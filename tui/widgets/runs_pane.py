@@ -552,20 +552,36 @@ class RunsPane(Vertical):
         self.call_from_thread(self.poll_now)
 
     def action_resume(self) -> None:
+        """A finished run, or one its time budget stopped, would end again at once: a small dialog asks
+        for more epochs or hours first (`tunelab resume --set`); any other run resumes as it is."""
         run = self._selected_or_say()
-        if run is not None:
-            self._resume(run)
+        if run is None:
+            return
+        summary = self.rows[run.run_id].summary if run.run_id in self.rows else None
+        budget = summary is not None and summary.state == "stopped" and (summary.stop_reason or "").startswith("budget")
+        if summary is None or not (summary.state == "finished" or budget) or not summary.epochs:
+            self._resume(run, [])
+            return
+        from tui.screens.resume_changes import ResumeChangesScreen
+
+        def answered(overrides: list[str] | None) -> None:
+            if overrides:
+                self._resume(run, overrides)
+
+        self.app.push_screen(ResumeChangesScreen(run.run_id, why="finished" if summary.state == "finished" else "budget",
+                                                 epochs=summary.epochs, max_hours=summary.max_hours or 0.0), answered)
 
     @work(thread=True, group="runs-action", exit_on_error=False)
-    def _resume(self, run: RunDir) -> None:
-        from engine.launch import resume_run
+    def _resume(self, run: RunDir, overrides: list[str]) -> None:
+        from engine.resume import describe_changes, resume_with_changes
 
         try:
-            resume_run(run)
-        except Exception as e:  # noqa: BLE001 - LaunchError says why (alive, finished, no checkpoint)
+            _pid, plan = resume_with_changes(run, overrides)
+        except Exception as e:  # noqa: BLE001 - LaunchError/ConfigError say why (alive, finished, a bad value)
             self.post_message(self.ActionDone(f"Cannot resume: {e}", ok=False))
             return
-        self.post_message(self.ActionDone(f"Resumed {run.run_id}"))
+        changed = f" ({describe_changes(plan.changes)})" if plan is not None and plan.changes else ""
+        self.post_message(self.ActionDone(f"Resumed {run.run_id}{changed}"))
         self.call_from_thread(self.poll_now)
 
     def action_delete(self) -> None:

@@ -45,9 +45,15 @@ class PivotalMethod(Method):
     def trains_text_encoder(self) -> bool:
         return True
 
+    switched_at: int | None = None  # the step the LoRA phase began, once it has (kept in the checkpoint)
+
     def switch_step(self, total_steps: int) -> int:
         """Optimiser steps trained as textual inversion: `ti_fraction` of them, rounded, and at least one
-        for each phase when there are two steps or more."""
+        for each phase when there are two steps or more. Once the switch has happened it stays where it
+        was, also when a resume changes the run's length (`tunelab resume --set train.epochs=…`): the
+        phase never goes back to textual inversion."""
+        if self.switched_at is not None:
+            return self.switched_at
         if total_steps < 2:
             return total_steps
         return min(total_steps - 1, max(1, round(self.cfg.pivotal.ti_fraction * total_steps)))
@@ -81,6 +87,8 @@ class PivotalMethod(Method):
     def begin_step(self, step: int, *, total_steps: int, events: Any) -> None:
         switch = self.switch_step(total_steps)
         self.phase = TI_PHASE if step < switch else LORA_PHASE
+        if self.phase == LORA_PHASE:
+            self.switched_at = switch
         first, self._announced = not self._announced, True
         frozen = not self.cfg.pivotal.train_embeddings_after_switch
         lora_message = (f"the embedding of {self.tokens.token!r} is {'frozen' if frozen else 'still training'}")
@@ -124,4 +132,12 @@ class PivotalMethod(Method):
         return self.lora.export(folder, info) + self.tokens.export(folder, info)
 
     def method_state(self) -> dict[str, Any]:
-        return {**super().method_state(), "phase": self.phase}
+        state = {**super().method_state(), "phase": self.phase}
+        if self.switched_at is not None:
+            state["switched_at"] = self.switched_at
+        return state
+
+    def load_method_state(self, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+        super().load_method_state(state, tensors)
+        if isinstance(state.get("switched_at"), int):
+            self.switched_at = state["switched_at"]
