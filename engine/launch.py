@@ -703,7 +703,8 @@ def resume_check(run_dir: RunDir) -> str | None:
         return (f"run {run_dir.run_id} is lost (its supervisor died; the trainer may still be running); "
                 f"settle it first with `tunelab stop --force {run_dir.run_id}`")
     if state == "finished":
-        return f"run {run_dir.run_id} already finished; start a new run to train further"
+        return (f"run {run_dir.run_id} already finished; to train it further: tunelab resume {run_dir.run_id} "
+                "--set train.epochs=N (N beyond its last checkpoint)")
     if run_dir.latest_complete_checkpoint() is None:
         return (f"run {run_dir.run_id} has no complete checkpoint, so there is nothing to resume from; "
                 f"start a new run instead (tunelab run)")
