@@ -260,7 +260,12 @@ def make_project(root: Path, config: str = "[train]\nepochs = 2\n", name: str = 
     return project
 
 
-def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+# Waits are on conditions; the timeout is only a backstop, generous because CI runs `-n 2` on 2 cores
+# (a condition that holds returns at once, so only a failing test pays for it).
+DEFAULT_WAIT_S = 60.0
+
+
+def wait_for(predicate, timeout: float = DEFAULT_WAIT_S, interval: float = 0.05, what: str = "condition"):
     """Poll until `predicate()` is truthy; return its value, or raise AssertionError after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -272,7 +277,7 @@ def wait_for(predicate, timeout: float = 15.0, interval: float = 0.05, what: str
         time.sleep(interval)
 
 
-def wait_state(run_dir: RunDir, states, timeout: float = 15.0) -> str:
+def wait_state(run_dir: RunDir, states, timeout: float = DEFAULT_WAIT_S) -> str:
     """Wait until the run's shown state is one of `states` (a string or a collection); return it."""
     wanted = {states} if isinstance(states, str) else set(states)
     last = []

@@ -6,14 +6,21 @@ import pytest
 from textual.widgets import TabbedContent
 
 from tests.test_tui_runs import write_run
-from tests.test_tui_support import make_project, sync, wait_for
+from tests.test_tui_support import make_project, sync
+from tests.test_tui_support import wait_for as wait_for_app
 from tui.app import make_app
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(180)
 
 
 def screen_name(app) -> str:
     return type(app.screen).__name__
+
+
+async def wait_for(pilot, condition) -> None:
+    """Wait on the condition, with room for a machine loaded by other tests (CI runs `-n 2` on 2 cores):
+    a condition that holds costs nothing, so the timeout is only a backstop."""
+    await wait_for_app(pilot, condition, timeout=60)
 
 
 @sync
@@ -35,6 +42,7 @@ async def test_a_20x10_terminal_without_colour_and_back_keeps_every_screen_worki
         pane = app.screen.query_one("DatasetPane")
         await wait_for(pilot, lambda: pane.dataset is not None)
         table = pane.table
+        await wait_for(pilot, lambda: app.focused is table)  # the tab switch put the keys on the table
         start = table.cursor
         await pilot.press("down", "down")
         await wait_for(pilot, lambda: table.cursor == start + 2)  # still answering keys at 20x10
@@ -44,7 +52,7 @@ async def test_a_20x10_terminal_without_colour_and_back_keeps_every_screen_worki
         await pilot.press("3")
         await wait_for(pilot, lambda: tabs.active == "runs")
         runs_table = app.screen.query_one("#runs-table")
-        await wait_for(pilot, lambda: runs_table.row_count == 1)
+        await wait_for(pilot, lambda: runs_table.row_count == 1 and app.focused is runs_table)
         await pilot.press("enter")  # the run's monitor: log, loss plot, numbers
         await wait_for(pilot, lambda: screen_name(app) == "MonitorScreen")
         await pilot.resize_terminal(20, 10)

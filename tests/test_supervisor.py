@@ -18,7 +18,7 @@ from engine.rundir import RunDir
 from engine.schema import ConfigError
 from tests.fake_trainer import FAST_ENV, kill_run_processes, make_project, wait_for, wait_state
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = pytest.mark.timeout(180)
 
 
 class Runs:
@@ -88,7 +88,7 @@ def test_a_started_run_finishes_with_a_complete_record(runs):
 
 
 def test_a_run_outlives_its_callers_exit_and_a_sighup_to_the_callers_process_group(runs, tmp_path):
-    project = make_project(tmp_path, "[train]\nepochs = 2\n")
+    project = make_project(tmp_path, "[train]\nepochs = 6\n")  # 24 steps of 0.15 s: still going at the SIGHUP
     caller = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time\n"
@@ -107,9 +107,10 @@ def test_a_run_outlives_its_callers_exit_and_a_sighup_to_the_callers_process_gro
     st = rd.read_status()
     assert os.getsid(st["supervisor_pid"]) != os.getsid(caller.pid)
     os.killpg(caller.pid, signal.SIGHUP)  # what a closing terminal / dropped SSH link does
-    assert caller.wait(5) == -signal.SIGHUP
-    assert rd.state() in ("running", "stopping")
-    assert wait_state(rd, {"finished", "failed", "lost"}) == "finished"
+    assert caller.wait(15) == -signal.SIGHUP
+    hung_up_at = time.time()
+    assert wait_state(rd, {"finished", "failed", "lost"}, timeout=40) == "finished"
+    assert any(e["t"] > hung_up_at for e in events(rd, "progress"))  # it trained on after the SIGHUP
 
 
 def test_stop_saves_a_checkpoint_and_ends_stopped(runs):
@@ -130,7 +131,7 @@ def test_force_stop_kills_a_trainer_that_ignores_stop_and_sigterm(runs):
     trainer = rd.read_status()["trainer_pid"]
     t0 = time.monotonic()
     assert launch.stop_run(rd, force=True, timeout=10, kill_after=0.5) == "stopped"
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 10  # not the stop timeout (600 s): it was killed
     st = rd.read_status()
     assert st["signal"] == signal.SIGKILL and "stopped on request" in st["error"]
     assert not launch.is_same_process(trainer, st["trainer_start"])
@@ -141,8 +142,8 @@ def test_a_trainer_killed_by_sigkill_ends_failed_with_the_cause_within_seconds(r
     wait_for(lambda: progressed(rd, 1), what="step 1")
     os.killpg(rd.read_status()["trainer_pgid"], signal.SIGKILL)
     t0 = time.monotonic()
-    assert wait_state(rd, {"failed", "stopped", "finished"}, timeout=5) == "failed"
-    assert time.monotonic() - t0 < 3
+    assert wait_state(rd, {"failed", "stopped", "finished"}, timeout=10) == "failed"
+    assert time.monotonic() - t0 < 5  # "within a few seconds" (the supervisor polls every 0.2 s)
     st = rd.read_status()
     assert st["error"].startswith("killed by signal 9 (SIGKILL)")
     assert st["exit_code"] == -9
@@ -159,7 +160,7 @@ def test_a_killed_supervisor_shows_lost_and_force_stop_then_resume_recovers(runs
     wait_for(rd.latest_complete_checkpoint, what="a complete checkpoint")
     st = rd.read_status()
     os.kill(st["supervisor_pid"], signal.SIGKILL)
-    assert wait_state(rd, "lost", timeout=5) == "lost"
+    assert wait_state(rd, "lost", timeout=30) == "lost"
     assert launch.is_same_process(st["trainer_pid"], st["trainer_start"])  # still training, unsupervised
     with pytest.raises(launch.LaunchError, match="lost"):
         launch.resume_run(rd)
@@ -175,7 +176,7 @@ def test_a_killed_supervisor_shows_lost_and_force_stop_then_resume_recovers(runs
     resume_from = rd.latest_complete_checkpoint().step
     runs.fake(step_s=0.002)
     launch.resume_run(rd)
-    assert wait_state(rd, {"finished", "failed"}, timeout=20) == "finished"
+    assert wait_state(rd, {"finished", "failed"}, timeout=60) == "finished"
     st = rd.read_status()
     assert st["attempt"] == 2 and st["history"][0]["state"] == "stopped" and st["resumed"]
     steps = [e["step"] for e in events(rd, "progress")]

@@ -76,7 +76,9 @@ class ProjectScreen(Screen[None]):
 
     def _focus_tab(self, tab: str) -> None:
         target = {"dataset": "#dataset-table", "configs": "#configs-list", "runs": "#runs-table"}.get(tab)
-        if target:
+        # Focus arrives through messages: when keys outpace it (2 then 3 on a loaded machine), a late one
+        # must not focus a hidden tab's widget, which would switch the tab back.
+        if target and self.query_one(TabbedContent).active == tab:
             for widget in self.query(target):
                 widget.focus()
 
