@@ -56,3 +56,57 @@ def test_colours_through_a_pipe_say_what_the_terminal_would_get():
     assert data["colours"] == "truecolor" and "not a terminal" in data["colours_how"]
     r = doctor(TERM="xterm-256color", COLORTERM="")
     assert "colours       256  (from TERM/COLORTERM" in r.stdout
+
+
+DOCTOR_CHILD = ("import json, sys\nfrom tui.commands import doctor\n"
+                "sys.stderr.write(json.dumps(doctor.report()) + '\\n')\n")
+
+
+def doctor_on_a_terminal(reply: bytes | None, delay: float, tmp_path, **env: str) -> dict:
+    """`doctor.report()` on a pseudo-terminal that answers `reply` to the DA1 query after `delay` s."""
+    import pty
+    import select
+    import time
+
+    master, slave = pty.openpty()
+    full_env = {k: v for k, v in os.environ.items() if k != "TUNELAB_IMAGES"}
+    full_env.update(TUNELAB_NO_GPU="1", TUNELAB_SETTINGS=str(tmp_path / "none.toml"), **env)
+    proc = subprocess.Popen([sys.executable, "-c", DOCTOR_CHILD], stdin=slave, stdout=slave, stderr=subprocess.PIPE,
+                            cwd=REPO, env=full_env)
+    os.close(slave)
+    received, answer_at = b"", None
+    try:
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline:
+            if select.select([master], [], [], 0.02)[0]:
+                try:
+                    received += os.read(master, 4096)
+                except OSError:
+                    break
+            if reply is not None and answer_at is None and b"\x1b[c" in received:
+                answer_at = time.monotonic() + delay
+            if answer_at is not None and time.monotonic() >= answer_at:
+                os.write(master, reply)
+                answer_at = float("inf")
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0, err.decode()
+    return json.loads(err.decode().strip().splitlines()[-1])
+
+
+def test_doctor_asks_the_terminal_with_the_tuis_probe_and_waits_for_a_slow_link(tmp_path):
+    # 0.5 s round trip: textual-image's 0.1 s probe would have said half blocks on this kitty terminal.
+    data = doctor_on_a_terminal(b"\x1b_Gi=31;OK\x1b\\\x1b[6;18;9t\x1b[?62;22c", 0.5, tmp_path)
+    assert data["images"] == "kitty"
+    assert data["images_how"].startswith("asked the terminal: it answered in 0.") and "cells 9x18 px" in data["images_how"]
+    sixel = doctor_on_a_terminal(b"\x1b[?62;4;22c", 0.5, tmp_path)
+    assert sixel["images"] == "sixel"
+
+
+def test_doctor_reports_the_settings_files_mode_as_the_tui_uses_it(tmp_path):
+    settings = tmp_path / "settings.toml"
+    settings.write_text('images = "none"\n')
+    r = doctor("--json", TUNELAB_SETTINGS=str(settings))
+    data = json.loads(r.stdout)
+    assert data["images"] == "none" and data["images_how"] == f"from the settings file {settings}"

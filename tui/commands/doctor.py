@@ -1,8 +1,8 @@
 """`tunelab doctor`: what this machine and terminal give tunelab — image mode, colours, GPU, accelerate, disk.
 
-Nothing here may hang or fail on a bare SSH box: the terminal graphics probe (textual-image asks the
-terminal with an escape sequence) runs only on a TTY, in a thread with a deadline, and is skipped when
-`TUNELAB_IMAGES` names a mode; GPU readings go through NVML and say "none" without one; package
+Nothing here may hang or fail on a bare SSH box: the terminal graphics probe is the TUI's own
+(`tui.graphics_probe`), run only on a TTY with a deadline and skipped when `TUNELAB_IMAGES` or the
+settings file names a mode, so doctor reports the mode the TUI will use; GPU readings go through NVML and say "none" without one; package
 versions come from installed metadata, so torch is never imported.
 """
 from __future__ import annotations
@@ -12,13 +12,11 @@ import json
 import os
 import shutil
 import sys
-import threading
 from importlib import metadata
 from pathlib import Path
 
 HELP = "report terminal graphics, colours, GPU, accelerate and disk"
 IMAGE_MODES = ("auto", "kitty", "sixel", "halfblock", "none")
-PROBE_TIMEOUT_S = 2.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,36 +24,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--projects-dir", default="projects", help="whose free disk to report (default ./projects)")
 
 
-def detect_image_mode(timeout: float = PROBE_TIMEOUT_S) -> tuple[str, str]:
-    """(mode, how it was decided). `TUNELAB_IMAGES` wins; else textual-image asks the terminal."""
+def detect_image_mode(timeout: float | None = None) -> tuple[str, str]:
+    """(mode, how it was decided), decided as the TUI decides it (tui/commands/open_tui.py):
+    `TUNELAB_IMAGES`, else the settings file, else `auto`, which asks the terminal with the TUI's own
+    probe (`tui.graphics_probe`: waits for the DA1 reply as long as the link needs, at most 2 s), so
+    what doctor says is what the TUI will draw with."""
+    from tui import graphics_probe
+    from tui.app import load_settings, settings_path
+    from tui.widgets.image_preview import requested_mode
+
     env = os.environ.get("TUNELAB_IMAGES", "").strip().lower()
-    if env:
-        if env not in IMAGE_MODES:
-            return "invalid", f"TUNELAB_IMAGES={env!r} is not one of {', '.join(IMAGE_MODES)}"
-        if env != "auto":
-            return env, "from TUNELAB_IMAGES"
-    out, inp = sys.__stdout__, sys.__stdin__
-    if not (out and inp and out.isatty() and inp.isatty()):
-        return "halfblock", "not a terminal, so not asked (the TUI falls back to half blocks)"
-    result: dict[str, str] = {}
-
-    def probe() -> None:
-        try:
-            from textual_image import renderable  # importing it queries the terminal (sixel, then kitty)
-
-            result["mode"] = {renderable.SixelImage: "sixel", renderable.TGPImage: "kitty"}.get(
-                renderable.Image, "halfblock")
-        except Exception as e:  # noqa: BLE001 - a probe must never take doctor down
-            result["error"] = f"{type(e).__name__}: {e}"
-
-    t = threading.Thread(target=probe, daemon=True, name="image-probe")
-    t.start()
-    t.join(timeout)
-    if t.is_alive():
-        return "halfblock", f"the terminal did not answer within {timeout:g} s; set TUNELAB_IMAGES to choose"
-    if "error" in result:
-        return "halfblock", f"probe failed ({result['error']})"
-    return result["mode"], "asked the terminal (textual-image)"
+    if env and env not in IMAGE_MODES:
+        return "invalid", f"TUNELAB_IMAGES={env!r} is not one of {', '.join(IMAGE_MODES)}"
+    settings, problem = load_settings()
+    note = f"; settings file: {problem}" if problem else ""
+    mode = requested_mode(None, settings)
+    if mode != "auto":
+        return mode, ("from TUNELAB_IMAGES" if env else f"from the settings file {settings_path()}") + note
+    result = graphics_probe.probe(graphics_probe.DEFAULT_TIMEOUT if timeout is None else timeout)
+    if result.answered:
+        cell = f", cells {result.cell[0]}x{result.cell[1]} px" if result.cell else ""
+        return result.mode, f"asked the terminal: it answered in {result.seconds:.2f} s{cell}" + note
+    if result.reason == "not a terminal":
+        return "halfblock", "not a terminal, so not asked (the TUI falls back to half blocks)" + note
+    return result.mode, result.reason + note
 
 
 def colour_system() -> tuple[str, str]:
