@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TUNELAB_CACHE", str(REPO / ".cache" / "tunelab-test"))
+# The caption editor counts exactly once a config's base has its tokenizer on disk; the tiny model is
+# built by whichever test needs it first, so TUI tests and snapshots keep the estimate unless they ask.
+os.environ.setdefault("TUNELAB_CAPTION_TOKENS", "estimate")
 
 
 @pytest.fixture(scope="session")

@@ -331,3 +331,37 @@ async def test_brackets_in_file_names_and_captions_are_shown_as_text(project):
         await pilot.press("ctrl+k")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
         assert path.read_text() == "a cat [/] with [b]brackets[/b] MINE"
+
+
+@sync
+async def test_the_token_count_is_exact_with_the_base_models_tokenizer(project, tiny_base, monkeypatch):
+    from engine.tokencount import load_counter
+
+    monkeypatch.setenv("TUNELAB_CAPTION_TOKENS", "exact")
+    counter = load_counter(tiny_base / "tokenizer")  # configs/lora.toml trains on the tiny base
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        status = editor.query_one("#caption-status")
+        await wait_for(pilot, lambda: editor.counter is not None)
+        exact = counter(["a photo of a ginger cat, sitting"])[0]
+        assert f"{exact + 2}/77 tokens · saved" in str(status.render()) and "~" not in str(status.render())
+        area = editor.text_area
+        long = " supercalifragilistic" * 20
+        area.insert(long, area.document.end)
+        await pilot.pause()
+        n = counter(["a photo of a ginger cat, sitting" + long])[0]
+        assert n > 75 and f"{n + 2}/77 tokens — over: CLIP cuts the rest" in str(status.render())
+
+
+@sync
+async def test_without_a_tokenizer_on_disk_the_count_stays_an_estimate(project, monkeypatch):
+    monkeypatch.setenv("TUNELAB_CAPTION_TOKENS", "exact")
+    monkeypatch.setenv("TUNELAB_CACHE", str(project.parent / "no-tiny-built"))  # the tiny base is not built
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/tiny.png")
+        await app.workers.wait_for_complete()  # the look for a tokenizer has ended
+        assert editor._counter_asked > 0 and editor.counter is None and "~5/77 tokens" in str(editor.query_one("#caption-status").render())

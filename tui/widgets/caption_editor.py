@@ -15,14 +15,24 @@ nothing — that is what this prevents.
 
 Captions are compared the way training reads them (`decode_caption`: BOM, CRLF and line breaks
 normalised), so an editor that only changes line endings does not cause a conflict.
+
+The token count under the caption is exact (`12/77 tokens`) when a run config's base model has its
+tokenizer on disk (`project_token_counter`: the first valid config in configs/ whose tokenizer
+`tunelab check` would count with), loaded once per project in a worker and then cheap per keystroke
+(the `tokenizers` library, a small cache). Until then, or without one (a `tiny` base not built yet, a
+single-file base without `model.config`), it is the estimate that errs high, marked `~12/77`.
+`TUNELAB_CAPTION_TOKENS=estimate` keeps the estimate (the test suite sets it, so what it shows does
+not depend on whether the tiny model has been built).
 """
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
@@ -34,6 +44,34 @@ from tui import actions
 
 CLIP_WINDOW = 77          # CLIP's text window, start and end tokens included
 CLIP_CONTENT_TOKENS = 75  # what is left for the caption's own words
+TOKENIZER_RETRY_S = 30.0  # a project without a tokenizer on disk is looked at again after this long
+
+
+def project_token_counter(project_dir: Path) -> tuple[Any, str]:
+    """(an `engine.tokencount.TokenCounter`, which base it counts for) from the first valid config in
+    the project's configs/ whose base model has its tokenizer on disk; (None, why) otherwise. Reads files:
+    call it in a worker."""
+    from engine.basemodel import tokenizer_folder
+    from engine.config import load_run_config
+    from engine.schema import ConfigError
+    from engine.tokencount import TokenizerError, load_counter
+
+    if os.environ.get("TUNELAB_CAPTION_TOKENS", "").strip().lower() == "estimate":
+        return None, "TUNELAB_CAPTION_TOKENS=estimate"
+    why = "no run config in configs/"
+    for path in sorted((project_dir / "configs").glob("*.toml")):
+        try:
+            cfg = load_run_config(path)
+        except (ConfigError, OSError, ValueError):
+            continue
+        folder, why = tokenizer_folder(cfg.model.base, project_dir, cfg.model.config or None)
+        if folder is None:
+            continue
+        try:
+            return load_counter(folder), cfg.model.base
+        except TokenizerError as e:
+            why = str(e)
+    return None, why
 
 
 @dataclass(frozen=True)
@@ -72,6 +110,13 @@ def origin_of(concept: Any | None) -> CaptionOrigin:
         return CaptionOrigin()
     detail = concept.template if concept.caption == "template" else (concept.text if concept.caption == "fixed" else "")
     return CaptionOrigin(concept.caption, concept.label, detail, concept.trigger)
+
+
+def project_of(item: Item) -> Path | None:
+    """The project folder of an item (its path without its project-relative part)."""
+    depth = len(Path(item.rel).parts)
+    path = Path(item.path)
+    return path.parents[depth - 1] if 0 < depth <= len(path.parents) else None
 
 
 def normalise(text: str) -> str:
@@ -122,6 +167,13 @@ class CaptionEditor(Vertical):
     class Done(Message):
         """The user left the editor (escape)."""
 
+    class TokenizerReady(Message):
+        """A worker found (or did not find) the project's tokenizer for exact token counts."""
+
+        def __init__(self, project_dir: Path, counter: Any, source: str) -> None:
+            super().__init__()
+            self.project_dir, self.counter, self.source = project_dir, counter, source
+
     class ConflictRaised(Message):
         """The caption on disk changed while there were unsaved edits; the choice dialog is open."""
 
@@ -140,6 +192,11 @@ class CaptionEditor(Vertical):
         self.stale = False  # a conflict was put off: the file on disk differs from `base`
         self._after_conflict: list[Callable[[], None]] = []
         self._cursor_blink = cursor_blink
+        self.counter: Any = None          # engine.tokencount.TokenCounter for exact counts, once loaded
+        self.counter_source = ""          # the base model it counts for
+        self._counter_project: Path | None = None
+        self._counter_asked = 0.0         # monotonic time of the last look for a tokenizer
+        self._counts: dict[str, int] = {}  # caption → exact count (typing back and forth repeats texts)
 
     def compose(self) -> ComposeResult:
         yield Static("caption", id="caption-title", markup=False)
@@ -195,6 +252,8 @@ class CaptionEditor(Vertical):
             return
         self.item = item
         self.origin = origin
+        if item is not None:
+            self._want_counter(project_of(item))
         area = self.text_area
         note = self.query_one("#caption-note", Static)
         note.set_class(False, "-readonly")
@@ -347,6 +406,44 @@ class CaptionEditor(Vertical):
         for then in pending:
             then()
 
+    # --- exact token counts --------------------------------------------------------------------
+    def _want_counter(self, project_dir: Path | None) -> None:
+        """Look for the project's tokenizer in a worker: once per project, again later if there was none."""
+        if project_dir is None:
+            return
+        now = time.monotonic()
+        if project_dir == self._counter_project and (self.counter is not None or now - self._counter_asked
+                                                     < TOKENIZER_RETRY_S):
+            return
+        if project_dir != self._counter_project:
+            self.counter, self.counter_source, self._counts = None, "", {}
+        self._counter_project, self._counter_asked = project_dir, now
+        self._find_counter(project_dir)
+
+    @work(thread=True, exclusive=True, group="caption-tokenizer", exit_on_error=False)
+    def _find_counter(self, project_dir: Path) -> None:
+        counter, source = project_token_counter(project_dir)
+        self.post_message(self.TokenizerReady(project_dir, counter, source))
+
+    @on(TokenizerReady)
+    def _tokenizer_ready(self, event: TokenizerReady) -> None:
+        event.stop()
+        if event.project_dir != self._counter_project or event.counter is None:
+            return
+        self.counter, self.counter_source, self._counts = event.counter, event.source, {}
+        self._update_status()
+
+    def count_tokens(self, text: str) -> tuple[int, bool]:
+        """(content tokens, exact): the tokenizer's count when loaded, else the estimate."""
+        if self.counter is None:
+            return estimate_tokens(text), False
+        n = self._counts.get(text)
+        if n is None:
+            if len(self._counts) > 256:
+                self._counts.clear()
+            n = self._counts[text] = self.counter([text])[0]
+        return n, True
+
     # --- status ------------------------------------------------------------------------------
     def _update_status(self) -> None:
         status = self.query_one("#caption-status", Static)
@@ -357,7 +454,7 @@ class CaptionEditor(Vertical):
         text = normalise(self.text)
         if self.origin.trigger and not self.readonly and text:
             text = with_trigger(text, self.origin.trigger)  # what training reads
-        n = estimate_tokens(text)
+        n, exact = self.count_tokens(text)
         if self.readonly:
             state = "from project.toml"
         else:
@@ -369,7 +466,8 @@ class CaptionEditor(Vertical):
             status.set_class(True, "-over")
         # CLIP reads 77 tokens, two of them its start and end markers: 75 for the caption's words.
         over = " — over: CLIP cuts the rest" if n > CLIP_CONTENT_TOKENS else ""
-        status.update(f"~{n + 2}/{CLIP_WINDOW} tokens{over} · {state}", layout=False)  # one line: no re-layout
+        count = f"{n + 2}/{CLIP_WINDOW}" if exact else f"~{n + 2}/{CLIP_WINDOW}"
+        status.update(f"{count} tokens{over} · {state}", layout=False)  # one line: no re-layout
 
     @on(TextArea.Changed, "#caption-text")
     def _changed(self, event: TextArea.Changed) -> None:
