@@ -2,6 +2,8 @@
 
 Rows are the sample prompts grouped by goal kind (accuracy, flexibility, preservation, then other);
 columns are the run's sample folders (`samples/e0005-s00001200/`), oldest first, epoch 0 ("base") first.
+A pivotal run's columns carry the phase they were trained in (`TI` or `LoRA`, from its `phase` events:
+a checkpoint after step N is LoRA when N is past the step the LoRA phase began at).
 Each cell is one image for one seed: `samples/<column>/p<prompt>-s<seed>.png`.
 
 Prompt text, kind, seeds, guidance and steps come from each folder's `samples.json`, which the trainer
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,15 +45,24 @@ class SheetPrompt:
     negative_prompt: str = ""
 
 
+PHASE_TAGS = {"textual_inversion": "TI", "lora": "LoRA"}  # pivotal tuning's phases, as column headers say them
+PHASE_LEGEND = "TI: textual-inversion phase, LoRA: LoRA phase"
+
+
 @dataclass(frozen=True)
 class SheetColumn:
     name: str
     epoch: int
     step: int
+    phase: str = ""  # pivotal tuning: the phase this checkpoint's last step trained in ("" for other runs, base)
 
     @property
     def label(self) -> str:
-        return column_label(self.epoch, self.step)
+        return column_label(self.epoch, self.step) + (f" · {self.phase_tag}" if self.phase_tag else "")
+
+    @property
+    def phase_tag(self) -> str:
+        return PHASE_TAGS.get(self.phase, self.phase)
 
 
 def column_label(epoch: int, step: int) -> str:
@@ -130,10 +142,51 @@ def _prompts_from_json(data: dict[str, Any]) -> list[SheetPrompt]:
     return out
 
 
+class _PhaseFollower:
+    """Where a pivotal run switched from textual inversion to LoRA, from its `phase` events, read
+    incrementally (by byte offset), so a sheet reloaded every second reads only what was appended."""
+
+    def __init__(self, path: Path):
+        from engine.rundir import EventTail
+
+        self.tail = EventTail(path)
+        self.seen = False           # any phase event at all (a pivotal run)
+        self.switch: int | None = None  # steps trained as textual inversion, once the LoRA phase began
+
+    def update(self) -> None:
+        for ev in self.tail.read_new():
+            if ev.get("kind") != "phase":
+                continue
+            self.seen = True
+            if ev.get("phase") == "lora" and isinstance(ev.get("step"), int):
+                self.switch = ev["step"]
+
+    def phase_at(self, step: int) -> str:
+        """The phase of a checkpoint saved after `step` steps: steps 1…switch were textual inversion."""
+        if not self.seen or step <= 0:
+            return ""
+        return "lora" if self.switch is not None and step > self.switch else "textual_inversion"
+
+
+_PHASES: dict[Path, _PhaseFollower] = {}
+_PHASES_LOCK = threading.Lock()
+
+
+def column_phases(run_dir: RunDir) -> _PhaseFollower:
+    with _PHASES_LOCK:
+        follower = _PHASES.get(run_dir.events_path)
+        if follower is None:
+            follower = _PHASES[run_dir.events_path] = _PhaseFollower(run_dir.events_path)
+        follower.update()
+        return follower
+
+
 def load_sheet(run_dir: RunDir | str | os.PathLike, seed: int | None = None) -> Sheet:
-    """Scan a run's sample folders. Cheap: one listdir per folder and one small JSON read per folder."""
+    """Scan a run's sample folders. Cheap: one listdir per folder and one small JSON read per folder
+    (and what was appended to events.jsonl since the last call, for pivotal runs' phases)."""
     run_dir = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    columns = [SheetColumn(name, epoch, step) for name, epoch, step in run_dir.sample_columns()]
+    phases = column_phases(run_dir)
+    columns = [SheetColumn(name, epoch, step, phases.phase_at(step)) for name, epoch, step in run_dir.sample_columns()]
     prompts: dict[int, SheetPrompt] = {}
     seeds: set[int] = set()
     files: dict[str, set[str]] = {}
@@ -227,14 +280,16 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
     font, small, bold = _font(14), _font(12), _font(16)
     cell, gap = layout.cell, layout.gap
     title = f"{sheet.run_dir.run_id}  ·  seed {sheet.seed if sheet.seed is not None else '-'}"
-    draw.text((gap, 6), title, fill=FOREGROUND, font=bold)
+    if any(col.phase for col in sheet.columns):
+        title += f"  ·  {PHASE_LEGEND}"
+    draw.text((gap, 6), _clip(draw, title, bold, width - 2 * gap), fill=FOREGROUND, font=bold)
 
     def col_x(c: int) -> int:
         return layout.label_width + gap + c * (cell + gap)
 
     top = layout.title_height
     for c, col in enumerate(sheet.columns):
-        first, second = column_header(col.epoch, col.step)
+        first, second = column_header(col.epoch, col.step, col.phase_tag)
         first += "  · best" if best == col.name else ""  # PIL's default font has no ★ (drawn as a box)
         for i, line in enumerate((first, second)):
             draw.text((col_x(c), top + 1 + 13 * i), _clip(draw, line, small, cell + gap - 2),
@@ -269,9 +324,10 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
     return img
 
 
-def column_header(epoch: int, step: int) -> tuple[str, str]:
-    """The PNG's column heading, two lines so it fits a cell: `epoch 5` / `step 1200` (`epoch 0` / `base`)."""
-    return f"epoch {epoch}", "base" if epoch == 0 else f"step {step}"
+def column_header(epoch: int, step: int, phase: str = "") -> tuple[str, str]:
+    """The PNG's column heading, two lines so it fits a cell: `epoch 5` / `step 1200` (`epoch 0` / `base`);
+    a pivotal run's phase after the step (`step 1200 · LoRA`)."""
+    return f"epoch {epoch}", "base" if epoch == 0 else f"step {step}" + (f" · {phase}" if phase else "")
 
 
 def _clip(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int) -> str:

@@ -137,3 +137,51 @@ def test_tunelab_grid_seed_all_writes_one_sheet_per_seed(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "tui.cli", "grid", str(run.path), "--seed", "x"], cwd=tmp_path,
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "'x': a seed number or `all`" in bad.stderr
+
+
+def pivotal_events(run: RunDir, switch: int, resumed_at: int | None = None) -> None:
+    """The `phase` events a pivotal run writes (a resumed attempt repeats the phase it resumes in)."""
+    lines = [{"t": 1, "kind": "phase", "phase": "textual_inversion", "step": 0, "until_step": switch},
+             {"t": 2, "kind": "progress", "step": 1},
+             {"t": 3, "kind": "phase", "phase": "lora", "step": switch, "embeddings_frozen": True}]
+    if resumed_at is not None:
+        lines.append({"t": 4, "kind": "phase", "phase": "lora", "step": switch, "resumed_at": resumed_at})
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.events_path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+
+
+def test_a_pivotal_runs_columns_say_which_phase_trained_them_in_grid_and_png(tmp_path):
+    from engine.contact_sheet import column_header, render_sheet
+
+    run = RunDir(tmp_path / "runs" / "20260101-000000-piv")
+    make_samples(run, columns=((0, 0), (1, 10), (2, 20), (3, 30)), seeds=(42,))
+    pivotal_events(run, switch=20)  # steps 1-20 textual inversion, then LoRA
+    sheet = load_sheet(run)
+    assert [c.phase for c in sheet.columns] == ["", "textual_inversion", "textual_inversion", "lora"]
+    assert [c.label for c in sheet.columns] == ["base", "epoch 1 · step 10 · TI", "epoch 2 · step 20 · TI",
+                                                "epoch 3 · step 30 · LoRA"]
+    assert column_header(3, 30, "LoRA") == ("epoch 3", "step 30 · LoRA")
+    assert render_sheet(sheet).size == SheetLayout().size(4, 4, 3)
+
+    # Still in textual inversion (no LoRA phase event yet): every trained column is TI.
+    other = RunDir(tmp_path / "runs" / "20260101-000001-piv")
+    make_samples(other, columns=((0, 0), (1, 10)), seeds=(42,))
+    other.events_path.write_text(json.dumps({"t": 1, "kind": "phase", "phase": "textual_inversion", "step": 0,
+                                             "until_step": 40}) + "\n")
+    assert [c.phase for c in load_sheet(other).columns] == ["", "textual_inversion"]
+    # A run with no phase events (any other method) has no phase marks.
+    plain = RunDir(tmp_path / "runs" / "20260101-000002-lora")
+    make_samples(plain, columns=((0, 0), (1, 10)), seeds=(42,))
+    assert [c.label for c in load_sheet(plain).columns] == ["base", "epoch 1 · step 10"]
+
+
+def test_phases_are_followed_as_the_events_grow(tmp_path):
+    run = RunDir(tmp_path / "runs" / "20260101-000000-piv")
+    make_samples(run, columns=((0, 0), (1, 10)), seeds=(42,))
+    run.events_path.write_text(json.dumps({"t": 1, "kind": "phase", "phase": "textual_inversion", "step": 0,
+                                           "until_step": 10}) + "\n")
+    assert [c.phase for c in load_sheet(run).columns] == ["", "textual_inversion"]
+    make_samples(run, columns=((2, 20),), seeds=(42,))
+    with open(run.events_path, "a") as f:
+        f.write(json.dumps({"t": 2, "kind": "phase", "phase": "lora", "step": 10}) + "\n")
+    assert [c.phase for c in load_sheet(run).columns] == ["", "textual_inversion", "lora"]

@@ -174,3 +174,21 @@ async def test_page_down_shows_the_next_prompts_and_page_up_the_first_again(tmp_
         assert grid.page.row0 == 2 and grid.cursor == (3, 1)
         await pilot.press("pageup")
         assert grid.page.row0 == 0 and grid.cursor == (1, 1)
+
+
+@sync
+async def test_a_pivotal_runs_column_headers_mark_the_phase(tmp_path):
+    from tests.test_contact_sheet import pivotal_events
+
+    project = make_project(tmp_path)
+    run = RunDir(project / "runs" / "20260101-000000-piv")
+    make_samples(run, columns=((0, 0), (1, 10), (2, 20)), seeds=(42,))
+    pivotal_events(run, switch=10)
+    app = CompareApp(project)
+    async with app.run_test(size=(120, 50)) as pilot:
+        grid = app.query_one(ContactGrid)
+        await until(pilot, lambda: filled_cells(app) == 12, what="the grid")
+        heads = [grid._head_text(c).plain.replace(" ★", "") for c in range(3)]
+        assert heads == ["base\nstep 0", "epoch 1\nstep 10 · TI", "epoch 2\nstep 20 · LoRA"]
+        on_screen = "".join(seg.text for seg in grid.render_line(1))  # the headers' second line, as drawn
+        assert "step 10 · TI" in on_screen and "step 20 · LoRA" in on_screen

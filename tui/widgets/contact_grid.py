@@ -36,6 +36,7 @@ from textual.widgets import Static
 from engine.contact_sheet import Sheet
 
 CELL_W = 16  # terminal columns per cell
+PHASE_STYLES = {"textual_inversion": "bold magenta", "lora": "bold cyan"}
 CELL_H = 8  # terminal rows per cell image
 LABEL_W = 30
 HEADER_H = 2
@@ -539,6 +540,10 @@ class ContactGrid(Widget, can_focus=True):
         if col.name == self.best:
             text.append(" ★", style="yellow")
         text.append(f"\nstep {col.step}", style="dim")
+        if col.phase_tag:  # pivotal tuning: which phase trained up to this checkpoint
+            sep = " · " if len(f"step {col.step} · {col.phase_tag}") <= CELL_W else " "
+            text.append(sep, style="dim")
+            text.append(col.phase_tag, style=PHASE_STYLES.get(col.phase, "bold"))
         if c == self.cursor[1]:
             text.stylize("reverse")
         return text
