@@ -132,3 +132,55 @@ def test_concept_folders_that_escape_the_project_are_refused(sandbox, tmp_path):
     assert [str(p) for p in ds.problems] == ["`touch pwned2`: concept folder not found"]
     assert listing(tmp_path, skip=project) == before
     assert not list(tmp_path.rglob("pwned*"))
+
+
+def test_the_tuis_new_project_and_new_config_dialogs_refuse_names_that_escape(tmp_path):
+    """The same names typed into the TUI's dialogs: an error in the dialog, nothing written anywhere."""
+    import asyncio
+
+    from tests.test_tui_support import make_project as tui_project
+    from tests.test_tui_support import wait_for
+    from tui.app import make_app
+
+    projects = tmp_path / "work" / "projects"
+    project = tui_project(projects)
+    before = listing(tmp_path)
+
+    async def body() -> None:
+        app = make_app(projects, images="none", watch=False, animations=False)
+        async with app.run_test(size=(140, 40)) as pilot:
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen" and app.screen.summaries, 60)
+            for name in ["../evil", "/tmp/evil"]:
+                await pilot.press("n")
+                await wait_for(pilot, lambda: type(app.screen).__name__ == "NewProjectScreen", 60)
+                await pilot.press(*name, "enter")
+                error = app.screen.query_one("#new-project-error")
+                await wait_for(pilot, lambda: str(error.render()).strip(), 60)
+                assert "'..' is not allowed" in str(error.render()) or "a name, not a path" in str(error.render())
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen", 60)
+            await pilot.press("enter")
+            await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen", 60)
+            await pilot.press("2")
+            await wait_for(pilot, lambda: app.focused is not None and app.focused.id == "configs-list", 60)
+            for name in ["../../evil", "/tmp/evil", "$(touch pwned)"]:
+                await pilot.press("n")
+                await wait_for(pilot, lambda: type(app.screen).__name__ == "NewConfigScreen", 60)
+                field = app.screen.query_one("#new-config-name")
+                field.value = ""
+                field.focus()  # the method list has the keys first
+                await wait_for(pilot, lambda: app.focused is field, 60)
+                await pilot.press(*name, "enter")
+                error = app.screen.query_one("#new-config-error")
+                await wait_for(pilot, lambda: "use letters, digits" in str(error.render()), 60)
+                await pilot.press("escape")
+                await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen", 60)
+
+    asyncio.run(body())
+
+    def written(files: dict[str, int]) -> dict[str, int]:  # the project's own scan cache may appear
+        return {k: v for k, v in files.items() if "/.cache" not in k and k != "work/projects/pets"}
+
+    assert written(listing(tmp_path)) == written(before), "a dialog wrote something"
+    assert not list(tmp_path.rglob("pwned")) and not list(tmp_path.rglob("evil*"))
+    assert not Path("/tmp/evil").exists() and not Path("/tmp/evil.toml").exists()

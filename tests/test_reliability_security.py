@@ -1,5 +1,5 @@
-"""Security properties checked on the source tree and on real processes: no shell, no pickles, and
-files created with the user's umask (docs/reliability.md)."""
+"""Security properties checked on the source tree and on real processes: no shell, no pickles, no
+network listener, and files created with the user's umask (docs/reliability.md)."""
 from __future__ import annotations
 
 import ast
@@ -104,6 +104,39 @@ def test_model_weights_load_from_safetensors_only():
             if not (isinstance(flag, ast.Constant) and flag.value is True):
                 bad.append(where(path, call))
     assert not bad, "weights loaded without use_safetensors=True:\n" + "\n".join(bad)
+
+
+SERVER_MODULES = ("http.server", "socketserver", "xmlrpc.server", "aiohttp", "textual_serve", "flask",
+                  "fastapi", "uvicorn", "tornado", "websockets")
+
+
+def test_tunelab_offers_no_network_listener():
+    """No `textual serve`, web UI or socket server: the product listens on nothing. (Multi-GPU and
+    multi-node rendezvous is accelerate's own, on `launch.main_process_port`.) The one socket tunelab
+    opens is the port probe in engine/launch.py, which binds and closes without listening."""
+    bad = []
+    for path in python_files():
+        if path.parts[len(REPO.parts)] not in ("engine", "tui"):
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            if any(n == m or n.startswith(m + ".") for n in names for m in SERVER_MODULES):
+                bad.append(f"{path.relative_to(REPO)}:{node.lineno}: imports {names}")
+            if isinstance(node, ast.Call) and dotted(node.func).endswith((".listen", ".serve_forever",
+                                                                          "start_server", ".run_server")):
+                bad.append(where(path, node))
+            if isinstance(node, ast.Call) and dotted(node.func).endswith(".bind") \
+                    and path.relative_to(REPO) != Path("engine/launch.py"):
+                bad.append(where(path, node))
+    assert not bad, "network listeners:\n" + "\n".join(bad)
+    from tui.cli import COMMANDS
+
+    assert not any("serve" in name for name in COMMANDS)
 
 
 UMASK_PROBE = """
