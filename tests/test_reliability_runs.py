@@ -258,6 +258,7 @@ from engine.train import checkpoint as ckpt, loop
 
 STEP_S = float(os.environ.get("RELIABILITY_STEP_S") or 0)
 SAVE_S = float(os.environ.get("RELIABILITY_SAVE_S") or 0)
+SAVE_FROM = int(os.environ.get("RELIABILITY_SAVE_FROM_STEP") or 0)  # only saves at this step or later pause
 
 if STEP_S:
     real_step = loop.train_step
@@ -271,8 +272,9 @@ if SAVE_S:
     real_write_state = ckpt.write_state
     def slow_write_state(folder, **kw):
         files = real_write_state(folder, **kw)
-        (folder / "SAVING").write_text(str(os.getpid()))
-        time.sleep(SAVE_S)
+        if int(kw["progress"]["step"]) >= SAVE_FROM:
+            (folder / "SAVING").write_text(str(os.getpid()))
+            time.sleep(SAVE_S)
         return files
     ckpt.write_state = slow_write_state
 
@@ -306,9 +308,10 @@ class TrainerRun:
         self.tail = EventTail(self.run.events_path)
         self.seen: list[dict] = []
 
-    def hooks(self, step_s: float = 0.0, save_s: float = 0.0) -> None:
+    def hooks(self, step_s: float = 0.0, save_s: float = 0.0, save_from_step: int = 0) -> None:
         self.mp.setenv("RELIABILITY_STEP_S", str(step_s))
         self.mp.setenv("RELIABILITY_SAVE_S", str(save_s))
+        self.mp.setenv("RELIABILITY_SAVE_FROM_STEP", str(save_from_step))
 
     def events(self, kind: str | None = None, since: float = 0.0) -> list[dict]:
         self.seen += self.tail.read_new()
@@ -406,5 +409,47 @@ def test_the_real_trainer_survives_stop_a_kill_mid_epoch_and_a_kill_mid_save(tmp
         assert read_state(rd.latest_complete_checkpoint().path).progress["step"] == 12
         st = rd.read_status()
         assert st["attempt"] == 4 and [h["state"] for h in st["history"]] == ["stopped", "failed", "failed"]
+    finally:
+        kill_run_processes(rd)
+
+
+@pytest.mark.slow
+def test_a_real_trainer_stuck_in_a_save_past_the_stop_timeout_is_terminated_and_the_run_resumes(
+        tmp_path, monkeypatch, tiny_base):
+    """Stop escalation with the real trainer: it is stuck inside a checkpoint save (a hung disk, a save
+    bigger than launch.stop_timeout_s allows), so it never reads the stop; the supervisor sends SIGTERM
+    (the trainer only notes it: the save goes on), then SIGKILL. The run ends `failed`, saying so, the
+    partial save is never used, and resume continues from the last complete checkpoint."""
+    from tui.cli import main as tunelab
+
+    t = TrainerRun(tmp_path, monkeypatch)
+    rd = t.run
+    monkeypatch.setenv("TUNELAB_STOP_TIMEOUT_S", "2")
+    monkeypatch.setenv("TUNELAB_STOP_KILL_GRACE_S", "2")
+    try:
+        t.hooks(save_s=600, save_from_step=8)  # the epoch-1 save (step 4) is quick, epoch 2's hangs
+        launch.start_supervisor(rd)
+        assert t.wait_event("checkpoint", 0)["step"] == 4
+        partial = wait_for(lambda: next(iter(rd.checkpoints_dir.glob("*/SAVING")), None), 120,
+                           what="the epoch-2 save under way").parent
+        asked = time.monotonic()
+        assert tunelab(["stop", str(rd.path)]) == 0  # waits for the supervisor's outcome
+        assert time.monotonic() - asked < 30
+        st = rd.read_status()
+        assert st["state"] == "failed" and [e["signal"] for e in st["stop_escalation"]] == ["SIGTERM", "SIGKILL"]
+        assert st["error"].startswith("the trainer did not stop within 2 s of the stop request "
+                                      "(launch.stop_timeout_s); the supervisor sent SIGTERM, then SIGKILL"), st["error"]
+        assert "`tunelab resume` continues from checkpoints/e0001-s00000004 (step 4)" in st["error"]
+        log = rd.log_path.read_text()
+        assert "did not stop within 2 s of the stop request" in log and "sending SIGKILL" in log
+        assert not (partial / "COMPLETE").exists() and rd.latest_complete_checkpoint().step == 4
+
+        t.hooks()
+        launch.resume_run(rd)
+        began = t.attempt_started()
+        assert wait_state(rd, {"finished", "failed"}, timeout=180) == "finished", rd.log_path.read_text()[-3000:]
+        assert t.events("resumed", began)[0]["step"] == 4
+        assert progress_steps(t.events(since=began)) == list(range(5, 13))
+        assert not partial.exists()
     finally:
         kill_run_processes(rd)
