@@ -56,9 +56,9 @@ async def test_a_20x10_terminal_without_colour_and_back_keeps_every_screen_worki
         await pilot.press("enter")  # the run's monitor: log, loss plot, numbers
         await wait_for(pilot, lambda: screen_name(app) == "MonitorScreen")
         await pilot.resize_terminal(20, 10)
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: app.screen.size == (20, 10))  # laid out (and drawn) at 20x10
         await pilot.resize_terminal(120, 40)
-        await pilot.pause(0.3)
+        await wait_for(pilot, lambda: app.screen.size == (120, 40))
         await pilot.press("escape")
         await wait_for(pilot, lambda: screen_name(app) == "ProjectScreen")
 
@@ -68,7 +68,7 @@ async def test_a_20x10_terminal_without_colour_and_back_keeps_every_screen_worki
         await pilot.press("escape")
         await wait_for(pilot, lambda: screen_name(app) == "ProjectScreen")
         await pilot.resize_terminal(1, 1)  # absurdly small, for a moment
-        await pilot.pause(0.2)
+        await wait_for(pilot, lambda: app.screen.size == (1, 1))
         await pilot.resize_terminal(120, 40)
         await pilot.press("4")
         await wait_for(pilot, lambda: tabs.active == "compare")
