@@ -90,16 +90,6 @@ def prelaunch_problems(cfg: Any, project_dir: str | os.PathLike) -> list[tuple[s
     return tokenizer_problems(cfg.textual_inversion, vocab, lambda text: counter([text])[0])
 
 
-def raise_prelaunch_problems(cfg: Any, project_dir: str | os.PathLike, path: str | os.PathLike, source: str,
-                             overrides: Iterable[str] = ()) -> None:
-    """`prelaunch_problems` as a `ConfigError` naming the config file and each key's line (or --set)."""
-    problems = located_problems(cfg, project_dir, path, source, overrides)
-    if problems:
-        from engine.schema import ConfigError
-
-        raise ConfigError(problems)
-
-
 def located_problems(cfg: Any, project_dir: str | os.PathLike, path: str | os.PathLike, source: str,
                      overrides: Iterable[str] = ()) -> list[Any]:
     """`prelaunch_problems` as `engine.schema.Problem`s with the config file and line of each key."""
