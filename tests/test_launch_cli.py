@@ -57,14 +57,11 @@ def cli(tmp_path):
 
 
 def test_run_prints_the_run_dir_and_returns_while_the_run_goes_on(cli):
-    t0 = time.monotonic()
-    proc = cli("run", "p", "x", step_s=0.2)
-    took = time.monotonic() - t0
+    proc = cli("run", "p", "x", step_s=0.5)
     assert proc.returncode == 0, proc.stderr
     rd = cli.created[0]
     assert re.fullmatch(r"projects/p/runs/\d{8}-\d{6}-x", proc.stdout.strip())
     assert rd.state() in ("starting", "running")  # the command returned; the run did not end with it
-    assert took < 5
     assert wait_state(rd, {"finished", "failed"}) == "finished"
 
 
