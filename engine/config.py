@@ -21,13 +21,18 @@ from engine.schema import ConfigError, Problem, from_dict, load_toml, opt, parse
 Method = Literal["lora", "full", "dreambooth", "textual_inversion", "pivotal"]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
 GOAL_KINDS = ("accuracy", "flexibility", "preservation")
+# What a config that names no base trains: SD 1.5 from the local Hugging Face cache (where
+# `huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5` puts it). Never the tiny model:
+# a run on a GPU box must not quietly train a toy.
+DEFAULT_BASE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 
 @dataclass
 class ModelConfig:
-    base: str = opt("tiny", help="The base model: a diffusers folder, a single-file checkpoint (.safetensors), "
-                    "a hub id already in the local Hugging Face cache, or `tiny` (the built-in tiny test model). "
-                    "Relative paths are relative to the project folder.")
+    base: str = opt(DEFAULT_BASE, help="The base model: a diffusers folder, a single-file checkpoint (.safetensors), "
+                    "a hub id already in the local Hugging Face cache (default: SD 1.5), or `tiny` (the built-in "
+                    "tiny model: no download, trains on a CPU in minutes, for trying tunelab out). Relative paths "
+                    "are relative to the project folder.")
     config: str = opt("", help="For a single-file base: a diffusers folder or cached hub id holding the component "
                       "configs (empty: the diffusers defaults for SD 1.x).")
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = opt(
@@ -65,7 +70,9 @@ class TrainConfig:
     optimizer: Literal["adamw", "adamw8bit"] = opt("adamw", help="`adamw8bit` needs bitsandbytes installed.")
     weight_decay: float = opt(1e-2, help="AdamW weight decay.", min=0, max=1)
     max_grad_norm: float = opt(1.0, help="Gradient clipping norm (0: off).", min=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = opt("no", help="Mixed precision (bf16 on recent GPUs).")
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = opt(
+        "auto", help="Mixed precision. `auto`: bf16 on a GPU that has it, fp16 on an older GPU, `no` on a CPU "
+        "(the start event says which).")
     gradient_checkpointing: bool = opt(False, help="Trade compute for memory in the UNet.")
     seed: int = opt(42, help="Seed for data order, noise and timesteps.", min=0)
     ema: bool = opt(False, help="Keep an exponential moving average of trained weights (full fine-tune); "

@@ -280,6 +280,8 @@ def trainer_command(run_dir: RunDir, cfg: Any, *, resume: bool = False) -> list[
     if os.environ.get("TUNELAB_NO_ACCELERATE") == "1":
         return [sys.executable] + tail
     mp = getattr(getattr(cfg, "train", None), "mixed_precision", "no") or "no"
+    if mp == "auto":
+        mp = "no"  # the trainer decides on its machine (engine.train.prepare.resolve_mixed_precision)
     launch = cfg.launch
     if getattr(launch, "accelerate_config", ""):
         # Relative to the project, like every path in a run config (the supervisor's cwd is the caller's).

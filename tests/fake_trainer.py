@@ -252,10 +252,13 @@ FAST_ENV = {"TUNELAB_TRAINER_MODULE": "tests.fake_trainer", "TUNELAB_NO_ACCELERA
 
 
 def make_project(root: Path, config: str = "[train]\nepochs = 2\n", name: str = "p") -> Path:
-    """A minimal project: `root/name/project.toml` and `configs/x.toml` holding `config`."""
+    """A minimal project: `root/name/project.toml` and `configs/x.toml` holding `config` (on the tiny
+    base unless `config` names one: the default base, SD 1.5, is not on this machine)."""
     project = Path(root) / name
     (project / "configs").mkdir(parents=True, exist_ok=True)
     (project / "project.toml").write_text(f'name = "{name}"\n')
+    if "[model]" not in config:
+        config += '\n[model]\nbase = "tiny"\n'  # at the end: the lines tests point at stay where they are
     (project / "configs" / "x.toml").write_text(config)
     return project
 

@@ -74,6 +74,8 @@ def project_with_config(tmp_path: Path, config: str) -> Path:
         write_image(p / "photos" / f"{i}.png", (64, 64) if i else (32, 32), caption="sks dog")
     (p / "project.toml").write_text('[goals]\naccuracy = ["sks dog"]\n[[concepts]]\nfolder = "photos"\nrepeats = 3\n')
     (p / "configs").mkdir()
+    if "[model]" not in config:
+        config += '\n[model]\nbase = "tiny"\n'  # the default base (SD 1.5) is not on this machine
     (p / "configs" / "lora.toml").write_text(config)
     return p
 
@@ -146,7 +148,7 @@ def test_dreambooth_with_an_instance_prompt_does_not_warn_about_captions_it_neve
         write_image(p / "photos" / f"{i}.png", (64, 64), caption=None if i else "word " * 90)
     (p / "configs").mkdir()
     (p / "configs" / "db.toml").write_text('method = "dreambooth"\n[dreambooth]\ninstance_prompt = "a photo of sks dog"\n'
-                                           'class_prompt = "a photo of a dog"\n')
+                                           'class_prompt = "a photo of a dog"\n[model]\nbase = "tiny"\n')
     rc, out, _ = check(capsys, p, "db")
     assert rc == 0
     assert "no caption" not in out and "caption too long" not in out
@@ -192,3 +194,12 @@ def test_a_mistyped_command_gets_a_did_you_mean_instead_of_a_tui_on_a_new_folder
     _, err = capsys.readouterr()
     assert "did you mean `tunelab check`?" in err and not (tmp_path / "chek").exists()
     assert main(["--version"]) == 0 and capsys.readouterr()[0].startswith("tunelab ")
+
+
+def test_a_config_naming_no_base_means_sd15_from_the_cache_never_the_tiny_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty Hugging Face cache
+    p = project_with_config(tmp_path, '[model]\nprediction_type = "auto"\n[train]\nepochs = 1\n')
+    rc, _, err = check(capsys, p, "lora")
+    assert rc == 1
+    assert "model.base = 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in err
+    assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "tiny" in err

@@ -31,3 +31,12 @@ def test_a_cuda_run_trains_in_mixed_precision_and_exports(tmp_path, method, prec
     checkpoints = [e["path"] for e in events(run, "checkpoint")]
     assert checkpoints and (run.path / checkpoints[-1] / "COMPLETE").exists()
     assert events(run, "sample"), "no samples were rendered on the GPU"
+
+
+def test_auto_precision_picks_a_half_type_on_the_gpu(tmp_path):
+    from engine.train.loop import train
+
+    project = make_project(tmp_path, n=2)
+    run = make_run(project, tiny_config("lora", **{"train.epochs": 1}))  # mixed_precision: the default, auto
+    assert train(run.path) == 0
+    assert events(run, "start")[0]["mixed_precision"] in ("bf16", "fp16")

@@ -49,7 +49,8 @@ def cli(tmp_path):
     tunelab.spawn = spawn
     tunelab.created = created
     tunelab.root = tmp_path
-    tunelab.config = lambda text: (tmp_path / "projects" / "p" / "configs" / "x.toml").write_text(text)
+    tunelab.config = lambda text: (tmp_path / "projects" / "p" / "configs" / "x.toml").write_text(
+        text if "[model]" in text else text + '\n[model]\nbase = "tiny"\n')
     yield tunelab
     for rd in created:
         kill_run_processes(rd)

@@ -84,7 +84,7 @@ def test_config_names_with_dots_and_metacharacters_are_not_found_or_used_literal
     assert not (project / "runs").exists() or not any((project / "runs").iterdir())
     # A config file whose name holds every metacharacter runs, and its run lands inside the project.
     odd = "a b;$(touch pwned)'q\""
-    (project / "configs" / f"{odd}.toml").write_text("[train]\nepochs = 1\n")
+    (project / "configs" / f"{odd}.toml").write_text('[train]\nepochs = 1\n[model]\nbase = "tiny"\n')
     assert tunelab(["run", "p", odd]) == 0, capsys.readouterr().err
     (run,) = list_runs(project)
     assert run.path.parent == project / "runs" and run.run_id.endswith("-a_b_touch_pwned_q")

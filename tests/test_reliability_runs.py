@@ -39,7 +39,7 @@ def tui_project(root: Path, name: str, epochs: int) -> Path:
     project = root / "projects" / name
     (project / "configs").mkdir(parents=True)
     (project / "project.toml").write_text(f'name = "{name}"\n')
-    (project / "configs" / "hupcfg.toml").write_text(f"[train]\nepochs = {epochs}\n")
+    (project / "configs" / "hupcfg.toml").write_text(f'[train]\nepochs = {epochs}\n[model]\nbase = "tiny"\n')
     for i in range(2):
         write_image(project / "images" / f"img{i}.png", caption="a small test image")
     return project

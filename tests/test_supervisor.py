@@ -82,7 +82,7 @@ def test_a_started_run_finishes_with_a_complete_record(runs):
     assert st["trainer_pgid"] == st["trainer_pid"]  # the trainer leads its own process group
     assert [c.path.name for c in rd.checkpoints(complete_only=True)] == ["e0001-s00000004", "e0002-s00000008"]
     assert [c[0] for c in rd.sample_columns()] == ["e0000-s00000000", "e0001-s00000004", "e0002-s00000008"]
-    assert (rd.path / "config.source.toml").read_text() == "[train]\nepochs = 2\n"
+    assert (rd.path / "config.source.toml").read_text() == (rd.project_dir / "configs" / "x.toml").read_text()
     assert 'method = "lora"' in rd.config_path.read_text()  # resolved: defaults filled in
     wait_for(lambda: not rd.lock_held(), 5, what="the supervisor to exit and release the lock")
 
@@ -328,7 +328,7 @@ def test_create_run_refuses_an_invalid_config_and_creates_nothing(tmp_path):
     assert "x.toml:2: train.learning_rate = -1: must be > 0" in text and "epochz" in text
     with pytest.raises(launch.LaunchError, match="not found"):
         launch.create_run(project, "missing")
-    (project / "configs" / "x.toml").write_text("")
+    (project / "configs" / "x.toml").write_text('[model]\nbase = "tiny"\n')
     (project / "project.toml").write_text("nmae = 3\n")
     with pytest.raises(ConfigError, match=r"project.toml:1: nmae: unknown key; did you mean 'name'"):
         launch.create_run(project, "x")

@@ -35,6 +35,7 @@ def test_a_lora_run_writes_progress_checkpoints_samples_and_finishes(tmp_path):
     assert kinds[-1] == "finished"
     start = events(run, "start")[0]
     assert start["total_steps"] == 4 and start["steps_per_epoch"] == 2 and start["resumed_from_step"] is None
+    assert start["device"] == "cpu" and start["mixed_precision"] == "no"  # `auto` on a CPU
     progress = events(run, "progress")
     assert [p["step"] for p in progress] == [1, 2, 3, 4]
     for p in progress:
@@ -437,3 +438,16 @@ def test_captions_past_77_tokens_get_one_warning_at_start_with_the_real_count(tm
     assert f"warning: 6 caption(s) are longer" in capsys.readouterr().out  # the train.log line
     kinds = [e["kind"] for e in events(run)]
     assert kinds.index("warning") < kinds.index("start")
+
+
+def test_auto_mixed_precision_is_bf16_on_a_gpu_that_has_it_and_off_on_a_cpu(monkeypatch):
+    import torch
+
+    from engine.train.prepare import resolve_mixed_precision
+
+    assert resolve_mixed_precision("auto", cuda=False) == "no"
+    assert resolve_mixed_precision("fp16", cuda=False) == "fp16"  # an explicit choice is the user's
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert resolve_mixed_precision("auto", cuda=True) == "bf16"
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert resolve_mixed_precision("auto", cuda=True) == "fp16"

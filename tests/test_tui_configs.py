@@ -62,6 +62,7 @@ async def test_new_config_from_a_methods_template(project):
         await wait_for(pilot, lambda: any(s.path.name == "full.toml" for s in pane.statuses))
         cfg = load_run_config(project / "configs/full.toml")
         assert cfg.method == "full" and cfg.train.ema and cfg.train.learning_rate == 1e-5
+        assert cfg.model.base == "tiny"  # the project's base, not the schema's SD 1.5 (not on this machine)
         assert pane.selected.path.name == "full.toml" and pane.selected.ok
 
 
@@ -72,7 +73,7 @@ async def test_edit_runs_the_editor_with_the_app_suspended(project, monkeypatch)
 
     def fake_call(cmd, *a, **k):
         calls.append(cmd)
-        (project / "configs/bad.toml").write_text('method = "lora"\n')
+        (project / "configs/bad.toml").write_text('method = "lora"\n[model]\nbase = "tiny"\n')
         return 0
 
     import contextlib
@@ -133,7 +134,8 @@ def test_a_config_that_tunelab_run_refuses_is_not_marked_valid(project, tiny_bas
     (configs / "ti.toml").write_text('method = "textual_inversion"\n[model]\nbase = "tiny"\n'
                                      '[textual_inversion]\nplaceholder_token = "circle"\ninitializer_token = "circle"\n')
     (configs / "nobase.toml").write_text('method = "lora"\n[model]\nbase = "models/gone"\n')
-    (configs / "noacc.toml").write_text('method = "lora"\n[launch]\naccelerate_config = "ds.yaml"\n')
+    (configs / "noacc.toml").write_text('method = "lora"\n[launch]\naccelerate_config = "ds.yaml"\n'
+                                        '[model]\nbase = "tiny"\n')
 
     ti = validate_config(configs / "ti.toml", project)
     assert not ti.ok

@@ -56,8 +56,10 @@ def make_project(root: Path, name: str = "pets", n_extra: int = 0) -> Path:
     (p / "metadata.csv").write_text(
         "file_name,name,kind\n" + "".join(f"images/{s[0]}.png,{s[0].split('_')[0]} {s[0][-1]},{s[0].split('_')[0]}\n"
                                           for s in specs) + "images/broken.png,broken,none\n")
-    (p / "configs" / "lora.toml").write_text('method = "lora"\ndescription = "first try"\n\n[train]\nepochs = 5\n')
-    (p / "configs" / "bad.toml").write_text('method = "lora"\n\n[train]\nlearning_rate = -1\nepochs = 3\nepoch = 4\n')
+    (p / "configs" / "lora.toml").write_text('method = "lora"\ndescription = "first try"\n\n[train]\nepochs = 5\n'
+                                             '\n[model]\nbase = "tiny"\n')
+    (p / "configs" / "bad.toml").write_text('method = "lora"\n\n[train]\nlearning_rate = -1\nepochs = 3\nepoch = 4\n'
+                                            '\n[model]\nbase = "tiny"\n')
     set_times(p)
     return p
 

@@ -116,6 +116,7 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     # A second run in the same process (tests, benchmarks) may use another mixed precision; the
     # process-wide PartialState (the process group) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
+    cfg.train.mixed_precision = resolve_mixed_precision(cfg.train.mixed_precision)
     accelerator = Accelerator(mixed_precision=cfg.train.mixed_precision)
     events = EventWriter(run.events_path, accelerator.is_main_process, rank=accelerator.process_index)
     # SIGTERM: while preparing, stop at once (nothing to save); from the loop on, a graceful stop.
@@ -604,4 +605,4 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-from engine.train.prepare import prepare  # noqa: E402  (prepare builds a Session; kept in its own module)
+from engine.train.prepare import prepare, resolve_mixed_precision  # noqa: E402  (prepare builds a Session; kept in its own module)

@@ -22,6 +22,18 @@ from engine.train.events import EventWriter, Progress
 from engine.train.loop import Position, Session, TrainingAborted
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_mixed_precision(value: str, cuda: bool | None = None) -> str:
+    """`train.mixed_precision = "auto"` made concrete for this machine: bf16 on a GPU that has it, fp16 on
+    an older GPU, no on a CPU (bf16 autocast there is slower, and fp16 unsupported). Other values pass."""
+    if value != "auto":
+        return value
+    if cuda is None:
+        cuda = torch.cuda.is_available() and os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("1", "true")
+    if not cuda:
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}
 
 
@@ -203,7 +215,8 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     )
     common = dict(step=position.step, total_steps=total_steps, epoch=position.epoch, epochs=epochs,
                   steps_per_epoch=steps_per_epoch, images=data.images_per_epoch, method=cfg.method,
-                  processes=accelerator.num_processes, device=str(accelerator.device))
+                  processes=accelerator.num_processes, device=str(accelerator.device),
+                  mixed_precision=cfg.train.mixed_precision)
     if resume_from is not None:
         from engine.resume import changes_since_last_attempt, describe_changes
 

@@ -51,6 +51,9 @@ preservation = []
 
 CONFIG_HEADER = """# A run config for `tunelab run {name} lora`. Reference: docs/config.md.
 # Every key is optional; these are the defaults. Delete what you do not change.
+# model.base: SD 1.5 from the local Hugging Face cache by default (tunelab never downloads); or a
+# diffusers folder, a single .safetensors checkpoint, another cached hub id, or "tiny" (the built-in
+# tiny model: trains on a CPU in minutes, to try tunelab out).
 
 """
 

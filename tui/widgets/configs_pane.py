@@ -42,6 +42,7 @@ class ConfigStatus:
     problems: list[Problem] = field(default_factory=list)
     method: str = ""
     description: str = ""
+    base: str = ""  # model.base, once the config loads
 
     @property
     def ok(self) -> bool:
@@ -64,6 +65,7 @@ def validate_config(path: Path, project_dir: Path) -> ConfigStatus:
         cfg = load_run_config(path)
         status.method = cfg.method
         status.description = cfg.description
+        status.base = cfg.model.base
     except ConfigError as e:
         status.problems = [dataclasses.replace(p, file=rel if p.file == str(path) else p.file) for p in e.problems]
         return status
@@ -255,6 +257,11 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
         header = (f"# A {method} run config: `tunelab run {self.project_dir.name} {name}`. Reference: docs/config.md.\n"
                   "# Every key is optional; these are the defaults for the method. Delete what you do not change.\n\n")
         cfg = default_config(method)
+        # The base the project already trains on (its valid configs'), not the schema's default: a new
+        # config in a project of the tiny model, or of a local SD folder, should launch as it is.
+        bases = [s.base for s in self.statuses if s.ok and s.base]
+        if bases:
+            cfg.model.base = max(set(bases), key=bases.count)
         for key, value in settings.items():
             section, field_name = key.split(".", 1)
             setattr(getattr(cfg, section), field_name, value)
