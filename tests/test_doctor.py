@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.fake_terminal import run_on_a_slow_terminal
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,36 +67,10 @@ DOCTOR_CHILD = ("import json, sys\nfrom tui.commands import doctor\n"
 
 def doctor_on_a_terminal(reply: bytes | None, delay: float, tmp_path, **env: str) -> dict:
     """`doctor.report()` on a pseudo-terminal that answers `reply` to the DA1 query after `delay` s."""
-    import pty
-    import select
-    import time
-
-    master, slave = pty.openpty()
     full_env = {k: v for k, v in os.environ.items() if k != "TUNELAB_IMAGES"}
     full_env.update(TUNELAB_NO_GPU="1", TUNELAB_SETTINGS=str(tmp_path / "none.toml"), **env)
-    proc = subprocess.Popen([sys.executable, "-c", DOCTOR_CHILD], stdin=slave, stdout=slave, stderr=subprocess.PIPE,
-                            cwd=REPO, env=full_env)
-    os.close(slave)
-    received, answer_at = b"", None
-    try:
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            if select.select([master], [], [], 0.02)[0]:
-                try:
-                    received += os.read(master, 4096)
-                except OSError:
-                    break
-            if reply is not None and answer_at is None and b"\x1b[c" in received:
-                answer_at = time.monotonic() + delay
-            if answer_at is not None and time.monotonic() >= answer_at:
-                os.write(master, reply)
-                answer_at = float("inf")
-        _, err = proc.communicate(timeout=60)
-    finally:
-        os.close(master)
-    assert proc.returncode == 0, err.decode()
-    return json.loads(err.decode().strip().splitlines()[-1])
-
+    err, _ = run_on_a_slow_terminal([sys.executable, "-c", DOCTOR_CHILD], reply, delay, env=full_env, cwd=REPO)
+    return json.loads(err.strip().splitlines()[-1])
 
 def test_doctor_asks_the_terminal_with_the_tuis_probe_and_waits_for_a_slow_link(tmp_path):
     # 0.5 s round trip: textual-image's 0.1 s probe would have said half blocks on this kitty terminal.

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import os
-import pty
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from tests.fake_terminal import run_on_a_slow_terminal
 
 from tui.widgets.image_preview import requested_mode
 
@@ -43,34 +44,9 @@ CHILD = textwrap.dedent("""
 def fake_terminal(mode: str, reply: bytes | None, delay: float = 0.0, timeout: float = 2.0) -> tuple[list[str], bytes]:
     """Run prepare_image_mode(mode) on a pseudo-terminal that answers `reply` to the DA1 query after
     `delay` seconds (None: never answers). Returns the child's report and what it wrote to the terminal."""
-    import select
-    import time
-
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, mode, str(timeout)], stdin=slave, stdout=slave,
-                            stderr=subprocess.PIPE, cwd=os.getcwd(), env={**os.environ, "TUNELAB_IMAGES": ""})
-    os.close(slave)
-    received, answered_at = b"", None
-    try:
-        deadline = time.monotonic() + 60
-        while proc.poll() is None and time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.02)
-            if ready:
-                try:
-                    received += os.read(master, 4096)
-                except OSError:
-                    break
-            if reply is not None and answered_at is None and b"\x1b[c" in received:
-                answered_at = time.monotonic() + delay
-            if answered_at is not None and time.monotonic() >= answered_at:
-                os.write(master, reply)
-                answered_at = float("inf")
-        _, err = proc.communicate(timeout=60)
-    finally:
-        os.close(master)
-    assert proc.returncode == 0, err.decode()
-    return err.decode().strip().splitlines()[-1].split(), received
-
+    err, received = run_on_a_slow_terminal([sys.executable, "-c", CHILD, mode, str(timeout)], reply, delay,
+                                           env={**os.environ, "TUNELAB_IMAGES": ""}, cwd=os.getcwd())
+    return err.strip().splitlines()[-1].split(), received
 
 KITTY = b"\x1b_Gi=31;OK\x1b\\\x1b[6;18;9t\x1b[?62;22c"
 SIXEL = b"\x1b[6;20;10t\x1b[?62;4;22c"

@@ -108,6 +108,14 @@ def fake_env(monkeypatch):
         kill_run_processes(rd)
 
 
+def start_fake_run(project: Path, fake_env: list[RunDir], config: str = "x") -> RunDir:
+    """Launch `config` of `project` with the fake trainer (`fake_env` kills it after the test)."""
+    rd = launch.create_run(project, config)
+    fake_env.append(rd)
+    launch.start_supervisor(rd)
+    return rd
+
+
 def test_lost_is_shown_for_a_running_status_nobody_holds(tmp_path):
     project = make_project(tmp_path)
     write_run(project, "20260101-000000-a", state="running", done_epochs=1)
@@ -178,9 +186,7 @@ def test_live_progress_stop_resume_and_a_second_tui_sees_the_same(tmp_path, fake
     monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.15")
     monkeypatch.setenv("TUNELAB_FAKE_STEPS_PER_EPOCH", "4")
     project = make_project(tmp_path, "[train]\nepochs = 6\n")
-    rd = launch.create_run(project, "x")
-    fake_env.append(rd)
-    launch.start_supervisor(rd)
+    rd = start_fake_run(project, fake_env)
 
     @sync
     async def body():
@@ -309,9 +315,7 @@ def test_force_stop_asks_first_then_kills_a_run_that_ignores_stop(tmp_path, fake
     monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.2")
     monkeypatch.setenv("TUNELAB_FAKE_IGNORE_STOP", "1")
     project = make_project(tmp_path, "[train]\nepochs = 50\n")
-    rd = launch.create_run(project, "x")
-    fake_env.append(rd)
-    launch.start_supervisor(rd)
+    rd = start_fake_run(project, fake_env)
 
     @sync
     async def body():
