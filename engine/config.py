@@ -302,9 +302,26 @@ def apply_override(data: dict[str, Any], item: str) -> str:
     return key
 
 
-def dump_config(cfg: RunConfig) -> str:
-    """The fully resolved config as TOML (every default filled in), as frozen into a run directory."""
-    return tomli_w.dumps(to_dict(cfg))
+METHOD_SECTIONS = ("lora", "full", "dreambooth", "textual_inversion", "pivotal")
+
+
+def used_method_sections(cfg: RunConfig) -> set[str]:
+    """The per-method sections that `cfg.method` reads (DreamBooth trains LoRA or full weights; pivotal
+    is textual inversion, then LoRA)."""
+    if cfg.method == "dreambooth":
+        return {"dreambooth", cfg.dreambooth.weights}
+    return {"pivotal": {"pivotal", "textual_inversion", "lora"}}.get(cfg.method, {cfg.method})
+
+
+def dump_config(cfg: RunConfig, *, used_sections_only: bool = False) -> str:
+    """The fully resolved config as TOML (every default filled in), as frozen into a run directory.
+    `used_sections_only` leaves out the sections of methods this config does not use (for people:
+    new-config templates, `tunelab check`)."""
+    data = to_dict(cfg)
+    if used_sections_only:
+        for section in set(METHOD_SECTIONS) - used_method_sections(cfg):
+            data.pop(section, None)
+    return tomli_w.dumps(data)
 
 
 def default_config(method: str = "lora") -> RunConfig:

@@ -25,6 +25,8 @@ def test_a_bare_name_creates_a_project_under_projects_with_a_valid_project_file_
     text = (p / "project.toml").read_text()
     assert "# The subject as trained" in text and "# [[concepts]]" in text
     assert load_run_config(p / "configs" / "lora.toml") == default_config("lora")
+    config_text = (p / "configs" / "lora.toml").read_text()
+    assert "[lora]" in config_text and "[dreambooth]" not in config_text and "[pivotal]" not in config_text
     assert (p / "images").is_dir()
 
 

@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg is not None:
         print(f"\nresolved config ({cpath}; every default filled in, sections of other methods left out):",
               file=out)
-        out.write(_indent(_method_sections(dump_config(cfg), cfg)) + "\n")
+        out.write(_indent(dump_config(cfg, used_sections_only=True)) + "\n")
 
     # Problems: things that are not items, then unreadable items (all listed), then warnings (grouped).
     unreadable = [i for i in ds.items if not i.usable]
@@ -175,29 +175,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nok: {usable} usable image(s)" + (f", {len(ds.problems) + len(unreadable)} problem(s) skipped"
                                               if ds.problems or unreadable else ""), file=out)
     return 0
-
-
-METHOD_SECTIONS = {"lora", "full", "dreambooth", "textual_inversion", "pivotal"}
-
-
-def used_sections(cfg) -> set[str]:
-    """The per-method sections that `cfg.method` reads."""
-    m = cfg.method
-    if m == "dreambooth":
-        return {"dreambooth", cfg.dreambooth.weights}
-    return {"pivotal": {"pivotal", "textual_inversion", "lora"}}.get(m, {m})
-
-
-def _method_sections(text: str, cfg) -> str:
-    """The dumped TOML without the sections of methods this config does not use."""
-    drop = METHOD_SECTIONS - used_sections(cfg)
-    out, skipping = [], False
-    for line in text.splitlines():
-        if line.startswith("["):
-            skipping = line.strip("[] ").split(".")[0] in drop
-        if not skipping:
-            out.append(line)
-    return "\n".join(out).rstrip("\n") + "\n"
 
 
 def _count_tokens(ds, cfg, project_dir: Path) -> str:

@@ -50,7 +50,8 @@ preservation = []
 '''
 
 CONFIG_HEADER = """# A run config for `tunelab run {name} lora`. Reference: docs/config.md.
-# Every key is optional; these are the defaults. Delete what you do not change.
+# Every key is optional; these are the defaults (other methods' sections left out: docs/config.md has
+# them). Delete what you do not change.
 # model.base: SD 1.5 from the local Hugging Face cache by default (tunelab never downloads); or a
 # diffusers folder, a single .safetensors checkpoint, another cached hub id, or "tiny" (the built-in
 # tiny model: trains on a CPU in minutes, to try tunelab out).
@@ -146,7 +147,7 @@ def create_project(path: Path, source: Path | None = None, link: bool = False) -
         project_text += "\n# From the kohya-style folders of --from (<repeats>_<name>):\n" + "".join(
             "\n[[concepts]]\n" + tomli_w.dumps(c) for c in concepts)
     atomic.write_text(path / "project.toml", project_text)
-    atomic.write_text(path / "configs" / "lora.toml", CONFIG_HEADER.format(name=name) + dump_config(default_config("lora")))
+    atomic.write_text(path / "configs" / "lora.toml", CONFIG_HEADER.format(name=name) + dump_config(default_config("lora"), used_sections_only=True))
     n_images = n_other = 0
     for f in files:
         dest = images_dir / f.relative_to(source)

@@ -255,7 +255,8 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
             self.app.notify(f"{path.name} exists already; nothing written", severity="error")
             return
         header = (f"# A {method} run config: `tunelab run {self.project_dir.name} {name}`. Reference: docs/config.md.\n"
-                  "# Every key is optional; these are the defaults for the method. Delete what you do not change.\n\n")
+                  "# Every key is optional; these are the defaults for the method (other methods' sections left out).\n"
+                  "# Delete what you do not change.\n\n")
         cfg = default_config(method)
         # The base the project already trains on (its valid configs'), not the schema's default: a new
         # config in a project of the tiny model, or of a local SD folder, should launch as it is.
@@ -266,7 +267,7 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
             section, field_name = key.split(".", 1)
             setattr(getattr(cfg, section), field_name, value)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_text(path, header + dump_config(cfg))
+        atomic.write_text(path, header + dump_config(cfg, used_sections_only=True))
         self.app.notify(f"created configs/{path.name}", timeout=3)
         self._select_after = path.name
         self.action_validate()
