@@ -5,6 +5,7 @@ import errno
 import json
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -153,6 +154,28 @@ def test_a_stop_before_the_first_step_ends_at_once_without_a_checkpoint(tmp_path
     assert train(run.path) == 0
     assert [e["kind"] for e in events(run)] == ["stopped"] and events(run, "stopped")[0]["reason"] == "signal"
     assert not run.checkpoints()
+
+    # A request that arrives while a long preparation runs (a big cache, class images) ends it at the
+    # next batch, not after the whole cache is filled.
+    from engine.train import cache as cachemod
+
+    run = make_run(make_project(tmp_path / "c", n=8), tiny_config())
+    monkeypatch.setattr(datamod, "load_examples", real)
+    monkeypatch.setattr(cachemod, "ENCODE_BATCH", 1)
+    encode, calls = cachemod.LatentCache.encode, []
+
+    def slow_encode(self, examples):
+        calls.append(1)
+        if len(calls) == 1:
+            run.request("stop")
+        time.sleep(0.7)  # the watch looks every 0.5 s
+        return encode(self, examples)
+
+    monkeypatch.setattr(cachemod.LatentCache, "encode", slow_encode)
+    assert train(run.path) == 0
+    assert len(calls) < 8, "the whole cache was filled before the stop was seen"
+    assert [e["kind"] for e in events(run)] == ["stopped"] and events(run, "stopped")[0]["reason"] == "request"
+    assert not (run.control_dir / "stop").exists()  # consumed: a resume does not stop at once
 
 
 @pytest.mark.slow

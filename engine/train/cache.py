@@ -25,6 +25,7 @@ from safetensors.torch import load, save
 
 from engine import atomic
 from engine.train.data import DECODE_ERRORS, Example, decode_error_reason, load_image, tokenize
+from engine.train.interrupt import raise_if_stop_requested
 
 CACHE_VERSION = "1"
 ENCODE_BATCH = 8
@@ -85,6 +86,7 @@ class LatentCache:
                 missing.append(i)
         computed = 0
         for start in range(0, len(missing), ENCODE_BATCH):
+            raise_if_stop_requested()
             chunk = missing[start:start + ENCODE_BATCH]
             params, errors = self.encode([examples[i] for i in chunk])
             for i, p, err in zip(chunk, params, errors):
@@ -165,6 +167,7 @@ class TextCache:
             except Exception:  # noqa: BLE001 - missing or bad entries are recomputed
                 missing.append(i)
         for start in range(0, len(missing), 64):
+            raise_if_stop_requested()
             chunk = missing[start:start + 64]
             embs = self.encode([captions[i] for i in chunk])
             for i, e in zip(chunk, embs):

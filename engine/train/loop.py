@@ -29,6 +29,7 @@ import torch
 from engine.config import RunConfig, load_run_config
 from engine.schema import ConfigError
 from engine.rundir import RunDir, checkpoint_name
+from engine.train.interrupt import StopBeforeTraining, StopRequestWatch
 from engine.train import checkpoint as ckpt
 from engine.train import data as datamod
 from engine.train.events import EventWriter, Progress, progress_line
@@ -39,11 +40,6 @@ EXIT_ERROR = 1
 
 class TrainingAborted(Exception):
     """Training cannot go on; the message is already in an `error` event."""
-
-
-class StopBeforeTraining(BaseException):
-    """SIGTERM while preparing (loading, caching): there is nothing to save, so stop at once. A
-    BaseException, so that no `except Exception` on the way (a cache read) swallows it."""
 
 
 def _raise_stop(*_: Any) -> None:
@@ -121,13 +117,18 @@ def train(run_dir: str | os.PathLike, *, resume: bool = False, stop_after_steps:
     events = EventWriter(run.events_path, accelerator.is_main_process, rank=accelerator.process_index)
     # SIGTERM: while preparing, stop at once (nothing to save); from the loop on, a graceful stop.
     previous_handler = signal.signal(signal.SIGTERM, _raise_stop) if _main_thread() else None
+    watch = StopRequestWatch(run.control_dir)
     try:
-        s = prepare(run, cfg, accelerator, events, resume=resume)
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, lambda *_: setattr(s, "signal_stop", True))
+        with watch:
+            s = prepare(run, cfg, accelerator, events, resume=resume)
+            if previous_handler is not None:
+                signal.signal(signal.SIGTERM, lambda *_: setattr(s, "signal_stop", True))
         return loop(s, stop_after_steps=stop_after_steps)
     except StopBeforeTraining:
-        stopped_before_training(run, events, resume=resume, reason="signal")
+        requested = watch.fired
+        if requested and accelerator.is_main_process:
+            run.take_request("stop")
+        stopped_before_training(run, events, resume=resume, reason="request" if requested else "signal")
         return EXIT_OK
     except TrainingAborted:
         return EXIT_ERROR

@@ -19,6 +19,7 @@ from engine.rundir import RunDir
 from engine.train import checkpoint as ckpt
 from engine.train import data as datamod
 from engine.train.events import EventWriter, Progress
+from engine.train.interrupt import raise_if_stop_requested
 from engine.train.loop import Position, Session, TrainingAborted
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -77,6 +78,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     # --- data -------------------------------------------------------------------------------
     project_dir = run.project_dir
     examples = datamod.load_examples(project_dir, cfg)
+    raise_if_stop_requested()
     if examples.skipped:
         events.warning(f"{len(examples.skipped)} unusable image(s) skipped: "
                        + ", ".join(f"{s['path']} ({s['reason']})" for s in examples.skipped[:10])
@@ -101,6 +103,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         events.error(str(e))  # the message names the key and the value
         raise TrainingAborted() from None
     try:
+        raise_if_stop_requested()
         method = make_method(cfg, components, accelerator, weight_dtype)
         method.prepare_data(examples, project_dir=project_dir, events=events)
         method.setup()  # a ValueError here names the setting (lora.target_modules, …)

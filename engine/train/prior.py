@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from engine import atomic
+from engine.train.interrupt import raise_if_stop_requested
 
 PRIOR_VERSION = "2"  # 2: drawn with the dreambooth.class_* settings, not [sample]
 SCHEDULER = "dpm++"
@@ -104,6 +105,7 @@ def _draw(cfg: Any, components: Any, folder: Path, indices: list[int], accelerat
     started, done = time.monotonic(), 0
     try:
         for start in range(0, len(indices), batch):
+            raise_if_stop_requested()
             chunk = indices[start:start + batch]
             generators = [torch.Generator(device=device).manual_seed(SEED_BASE + i) for i in chunk]
             with torch.no_grad(), accelerator.autocast():
