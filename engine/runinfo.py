@@ -59,6 +59,7 @@ class RunSummary:
     warnings: int = 0
     last_warning: str | None = None
     stop_reason: str | None = None  # why a stopped/stopping run stops: "budget", "request", "signal", …
+    stop_deadline_t: float | None = None  # stopping: when the supervisor SIGTERMs a trainer still running
     errors: list[str] = field(default_factory=list)
     last_event_t: float | None = None
     phase: str | None = None  # what the run does besides stepping: "class images 3/100", "pivotal: lora"
@@ -166,6 +167,7 @@ class RunWatcher:
             last_warning=self._last_warning,
             stop_reason=(status.get("stop_reason") or self._stopped_reason) if state in ("stopping", "stopped")
             else None,
+            stop_deadline_t=_float(status.get("stop_deadline_t")) if state == "stopping" else None,
             errors=list(self._errors[-5:]),
             last_event_t=self._last_t,
             phase=self._phase,
@@ -309,6 +311,11 @@ def fmt_stop_reason(summary: RunSummary) -> str:
     name the limit."""
     reason = summary.stop_reason or ""
     if reason.startswith("budget"):
-        return (f"budget.max_hours = {summary.max_hours:g} h reached" if summary.max_hours
+        text = (f"budget.max_hours = {summary.max_hours:g} h reached" if summary.max_hours
                 else "budget.max_hours reached")
-    return {"request": "stop requested", "signal": "stopped by a signal"}.get(reason, reason)
+    else:
+        text = {"request": "stop requested", "signal": "stopped by a signal"}.get(reason, reason)
+    if summary.state == "stopping" and summary.stop_deadline_t:
+        at = time.strftime("%H:%M:%S", time.localtime(summary.stop_deadline_t))
+        text += f"; if the trainer has not exited by {at}, the supervisor ends it (SIGTERM, then SIGKILL)"
+    return text

@@ -217,3 +217,27 @@ async def test_a_run_stopped_by_its_budget_says_so_with_the_trainers_warning(tmp
         shown = "\n".join("".join(seg.text for seg in stats.render_line(y)) for y in range(stats.size.height))
         assert "stopped: budget.max_hours = 0.5 h reached" in shown and "budget 30m00s" in shown
         assert "warning: budget.max_hours = 0.5 reached after 0.50 h" in shown
+
+
+def test_a_stopping_run_says_when_the_supervisor_will_end_its_trainer(tmp_path):
+    import fcntl
+    import os
+    import time
+
+    from engine.runinfo import RunWatcher
+    from tui.screens.monitor import notes
+
+    project = make_project(tmp_path)
+    run = write_run(project, "20260101-000000-x", state="running")
+    deadline = time.time() + 600
+    run.update_status(state="stopping", stop_reason="request", stop_deadline_t=deadline)
+    fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # standing in for the supervisor: a stopping run, not a lost one
+    try:
+        summary = RunWatcher(run).refresh(time.time())
+    finally:
+        os.close(fd)
+    assert summary.state == "stopping"
+    at = time.strftime("%H:%M:%S", time.localtime(deadline))
+    (label, text, _), = [n for n in notes(summary) if n[0] == "stopping:"]
+    assert text.startswith("stop requested") and f"has not exited by {at}, the supervisor ends it" in text

@@ -113,6 +113,10 @@ def print_details(s) -> None:
         print(f"per epoch:   {fmt_duration(s.epoch_seconds)}{per}")
     if s.warnings:
         print(f"warnings:    {s.warnings}")
+    if s.state == "stopping":
+        from engine.runinfo import fmt_stop_reason
+
+        print(f"stopping:    {fmt_stop_reason(s)}")
     if s.state == "lost":
         print("lost:        the supervisor is gone; `tunelab stop --force RUN` settles it, then `tunelab resume RUN`")
     if s.error:

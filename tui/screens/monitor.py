@@ -59,7 +59,7 @@ def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]
 def notes(s: RunSummary) -> list[tuple[str, str, str]]:
     """Lines under the numbers: why the run stopped, its error, its newest warning (label, text, style)."""
     out = []
-    if s.state in ("stopping", "stopped") and s.stop_reason:
+    if s.state in ("stopping", "stopped") and (s.stop_reason or s.stop_deadline_t):
         out.append((s.state + ":", fmt_stop_reason(s), "magenta"))
     error = s.error or (s.errors[-1] if s.errors else "")
     if error:
