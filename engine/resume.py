@@ -54,6 +54,23 @@ def allowed_key(key: str) -> bool:
     return key in LENGTH_KEYS or (key.split(".", 1)[0] in SECTIONS and "." in key and not key.endswith("."))
 
 
+def known_keys() -> set[str]:
+    """Every run-config key, dotted (`train.epochs`)."""
+    from engine.config import RunConfig, to_dict
+
+    return set(flatten(to_dict(RunConfig())))
+
+
+def unknown_key_message(key: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known_keys()), n=1, cutoff=0.6)
+    hint = ""
+    if close:
+        hint = f" (did you mean {close[0]}?" + (")" if allowed_key(close[0]) else " It cannot change on resume.)")
+    return f"--set {key}: no such run-config key{hint}; resume can change: {ALLOWED}"
+
+
 def override_key(item: str) -> str:
     return item.split("=", 1)[0].strip()
 
@@ -130,7 +147,11 @@ def plan_resume(run_dir: RunDir | str | os.PathLike, overrides: Iterable[str]) -
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     overrides = list(overrides)
-    refused = [override_key(o) for o in overrides if not allowed_key(override_key(o))]
+    keys = [override_key(o) for o in overrides]
+    unknown = [k for k in keys if k not in known_keys()]
+    if unknown:
+        raise ResumeInputError("; ".join(unknown_key_message(k) for k in unknown))
+    refused = [k for k in keys if not allowed_key(k)]
     if refused:
         raise ResumeInputError(
             f"--set {', '.join(refused)}: cannot change on resume (the checkpoint's model, optimiser and data "

@@ -93,6 +93,9 @@ def test_a_finished_run_without_a_later_target_is_refused_saying_how(tmp_path):
                                                r"resume can change: train.epochs, train.max_steps, budget\.\*, "
                                                r"save\.\*, sample\.\*"):
         plan_resume(run, ["model.base=other", "train.learning_rate=1", "train.epochs=3"])
+    with pytest.raises(ResumeInputError, match=r"--set train.epoch: no such run-config key \(did you mean "
+                                               r"train.epochs\?\); resume can change: train.epochs"):
+        plan_resume(run, ["train.epoch=3"])
     with pytest.raises(ConfigError, match=r"train.epochs = 0: must be between 1 and 100000"):
         plan_resume(run, ["train.epochs=0"])
     with pytest.raises(ResumeInputError, match=r"may only be extended on resume .*start the list with the "
