@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 from textual.app import App, ComposeResult
-from textual.widgets import DataTable, Footer
+from textual.widgets import DataTable, Footer, OptionList
 
 from engine import launch
 from engine.rundir import RunDir, checkpoint_name
 from tests.fake_trainer import FAST_ENV, kill_run_processes, make_project, wait_state
-from tui.widgets.runs_pane import COLUMNS, ConfirmModal, ProblemsModal, RunRow, RunsPane, plan_layout
+from tui.widgets.runs_pane import COLUMNS, ConfigPicker, ConfirmModal, ProblemsModal, RunRow, RunsPane, plan_layout
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -164,7 +164,7 @@ def test_delete_asks_first_and_refuses_a_lost_run(tmp_path):
 
 
 def test_launch_shows_the_check_errors_in_a_modal_and_launches_nothing(tmp_path):
-    project = make_project(tmp_path, "[train]\nepochs = -1\n")
+    project = make_project(tmp_path, 'description = "too few epochs"\n[train]\nepochs = -1\n')
 
     @sync
     async def body():
@@ -173,7 +173,9 @@ def test_launch_shows_the_check_errors_in_a_modal_and_launches_nothing(tmp_path)
             await pilot.pause()
             app.query_one(DataTable).focus()
             await pilot.press("n")
-            await pilot.pause()
+            await until(pilot, lambda: isinstance(app.screen, ConfigPicker), what="the config picker")
+            option = app.screen.query_one(OptionList).get_option_at_index(0)
+            assert str(option.prompt) == "x  lora · too few epochs"  # each config with its method and description
             await pilot.press("enter")  # the only config, x
             await until(pilot, lambda: isinstance(app.screen, ProblemsModal), timeout=30, what="modal")
             body_text = str(app.screen.body)

@@ -278,14 +278,21 @@ class ConfigPicker(ModalScreen[str | None]):
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, names: list[str]) -> None:
+    def __init__(self, names: list[str], about: dict[str, str] | None = None) -> None:
         super().__init__()
         self.names = names
+        self.about = about or {}  # name -> "method · description"
 
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Launch which config? (the check runs first)")
-            yield OptionList(*self.names, id="configs")
+            options = []
+            for name in self.names:
+                text = Text(name, style="bold")
+                if self.about.get(name):
+                    text.append(f"  {self.about[name]}", style="dim")
+                options.append(text)
+            yield OptionList(*options, id="configs")
 
     @on(OptionList.OptionSelected)
     def _chosen(self, event: OptionList.OptionSelected) -> None:
@@ -473,7 +480,28 @@ class RunsPane(Vertical):
         self.action_open_monitor()
 
     def action_launch(self) -> None:
-        names = sorted(p.stem for p in (self.project_dir / "configs").glob("*.toml"))
+        self._list_configs()
+
+    @work(thread=True, exclusive=True, group="runs-configs", exit_on_error=False)
+    def _list_configs(self) -> None:
+        """The project's configs with their method and description (read off the UI thread)."""
+        import tomllib
+
+        names, about = [], {}
+        for path in sorted((self.project_dir / "configs").glob("*.toml")):
+            names.append(path.stem)
+            try:
+                data = tomllib.loads(path.read_text(encoding="utf-8", errors="replace"))
+            except (OSError, tomllib.TOMLDecodeError):
+                about[path.stem] = "(not valid TOML: the check will say where)"
+                continue
+            words = [str(data.get("method", "lora"))]
+            if data.get("description"):
+                words.append(str(data["description"]))
+            about[path.stem] = " · ".join(words)
+        self.app.call_from_thread(self._pick_config, names, about)
+
+    def _pick_config(self, names: list[str], about: dict[str, str]) -> None:
         if not names:
             self.notify(f"No configs in {self.project_dir / 'configs'}; create one in the Configs tab.",
                         severity="warning")
@@ -484,7 +512,7 @@ class RunsPane(Vertical):
                 self.notify(f"Checking {name}…")
                 self._launch(name)
 
-        self.app.push_screen(ConfigPicker(names), chosen)
+        self.app.push_screen(ConfigPicker(names, about), chosen)
 
     @work(thread=True, group="runs-action", exit_on_error=False)
     def _launch(self, config: str) -> None:
