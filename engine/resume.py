@@ -94,11 +94,15 @@ def config_changes(before: Any, after: Any) -> list[tuple[str, Any, Any]]:
 
 
 def show(value: Any) -> str:
-    """A value as it is written in TOML (`60`, `[1, 2]`, `"a dog"`)."""
+    """A value as it is written in TOML, on one line (`60`, `[1, 2]`, `"a dog"`, `{ text = "a dog" }`)."""
     import tomli_w
 
     if value is None:
         return "(unset)"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(show(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {show(v)}" for k, v in value.items()) + " }" if value else "{}"
     return tomli_w.dumps({"v": value}).split("=", 1)[1].strip()
 
 
@@ -234,10 +238,26 @@ def write_changed_config(plan: ResumePlan) -> Path:
     old_text = run.config_path.read_text(encoding="utf-8")
     atomic.write_text(kept, old_text)
     header = [line for line in _leading_comments(old_text)]
-    header.append(f"# Resumed with changes for attempt {attempt + 1} (attempt {attempt}'s config: {kept.name}): "
-                  + describe_changes(plan.changes))
-    atomic.write_text(run.config_path, "\n".join(header) + "\n" + dump_config(plan.cfg))
+    note = (f"Resumed with changes for attempt {attempt + 1} (attempt {attempt}'s config: {kept.name}): "
+            + describe_changes(plan.changes))
+    header += ["# " + line for line in note.splitlines()]  # a comment, whatever a value holds
+    text = "\n".join(header) + "\n" + dump_config(plan.cfg)
+    check_written_config(text, plan.cfg, run.config_path)
+    atomic.write_text(run.config_path, text)
     return kept
+
+
+def check_written_config(text: str, cfg: Any, path: Path) -> None:
+    """The new config.toml must read back as exactly the planned config before it replaces the old one:
+    the trainer reads it at start, and a file it cannot read would fail the resumed attempt."""
+    from engine.config import parse_run_config
+
+    try:
+        again = parse_run_config(text, str(path))
+    except Exception as e:  # noqa: BLE001 - any failure here is a bug in writing it: refuse, touching nothing
+        raise ResumeInputError(f"the changed config would not read back ({e}); nothing was changed") from e
+    if again != cfg:
+        raise ResumeInputError("the changed config would not read back as planned; nothing was changed")
 
 
 def _leading_comments(text: str) -> list[str]:

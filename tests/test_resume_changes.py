@@ -194,3 +194,19 @@ def test_the_runs_tab_asks_for_more_epochs_before_resuming_a_finished_run(tmp_pa
         assert [e["step"] for e in events(rd, "finished")] == [4, 8]
     finally:
         kill_run_processes(rd)
+
+
+def test_list_and_table_values_changed_on_resume_write_a_config_the_trainer_reads_back(tmp_path):
+    from engine.config import SamplePrompt
+
+    cfg = cosine(**{"train.epochs": 2, "save.epochs": [1, 2], "sample.prompts": [SamplePrompt(text="a red circle")]})
+    run = finished_run(tmp_path, cfg)
+    plan = plan_resume(run, ["train.epochs=3", "save.epochs=[1, 2, 3]",
+                             'sample.prompts=[{text = "a red circle"}, {text = "a blue square", seeds = [7]}]'])
+    write_changed_config(plan)
+    again = load_run_config(run.config_path)  # what the resumed trainer reads first
+    assert again == plan.cfg and again.save.epochs == [1, 2, 3] and again.sample.prompts[1].seeds == [7]
+    header = [line for line in run.config_path.read_text().splitlines() if not line.startswith("#")][0]
+    assert header.startswith("method = "), "every line of the change note is a comment"
+    note = next(line for line in run.config_path.read_text().splitlines() if "Resumed with changes" in line)
+    assert "save.epochs: [1, 2] → [1, 2, 3]" in note
