@@ -197,9 +197,11 @@ class Plan:
             out.extend(difflib.unified_diff(old, new, a, b, lineterm="", n=0))
         return "\n".join(out) + ("\n" if out else "")
 
-    def summary(self) -> str:
+    def summary(self, applied: bool = False) -> str:
+        """One line: how many captions the plan changes (`applied`: changed) and how many it skipped."""
         created = sum(1 for c in self.changes if c.old is None)
-        s = f"{self.operation}: {len(self.changes)} caption(s) to change ({created} new)"
+        verb = "changed" if applied else "to change"
+        s = f"{self.operation}: {len(self.changes)} caption(s) {verb} ({created} new)"
         if self.skipped:
             reasons: dict[str, int] = {}
             for _, r in self.skipped:

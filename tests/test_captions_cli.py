@@ -80,10 +80,11 @@ def test_images_without_a_metadata_row_are_named_and_skip_missing_captions_the_r
 
 
 def test_prefix_twice_changes_nothing_the_second_time(project, capsys):
-    caption(capsys, project, "prefix", "sks")
-    assert read(project / "images" / "001.txt") == "sks, a green creature"
     rc, out, _ = caption(capsys, project, "prefix", "sks")
-    assert rc == 0 and "0 caption(s) to change" in out
+    assert read(project / "images" / "001.txt") == "sks, a green creature"
+    assert " caption(s) changed (0 new)" in out and "to change" not in out  # applied: it says what it did
+    rc, out, _ = caption(capsys, project, "prefix", "sks")
+    assert rc == 0 and "0 caption(s) changed" in out
 
 
 def test_a_bad_regex_is_a_clear_error(project, capsys):

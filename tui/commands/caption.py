@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
         print("dry run: nothing written")
     else:
         C.apply_plan(plan, project_dir)
-        print(plan.summary())
+        print(plan.summary(applied=True))
         if plan.changes:
             print(f"undo with: tunelab caption {args.project} --undo")
     if non_sidecar:
