@@ -469,6 +469,9 @@ def gpu_mode(args, results: dict, *, smoke: bool) -> list[dict]:
     batches = (1, 2) if smoke else tuple(args.batches)
     steps = 2 if smoke else args.steps
     cases = []
+    if args.trainer_only:
+        results["trainer"] = trainer_cases(args, smoke=smoke, peak=peak)
+        return cases
     for method in ("lora", "full"):
         for naive in (False, True):
             for b in batches:
@@ -584,6 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU mode: run one case in this process and print its JSON line")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--no-trainer", action="store_true", help="GPU: skip the real-trainer cases")
+    ap.add_argument("--trainer-only", action="store_true", help="GPU: only the real-trainer cases (a second, "
+                    "shorter command when one device call must stay under a time limit)")
     ap.add_argument("--trainer-batches", type=int, nargs="+", default=[8, 32], help="GPU: real-trainer batch sizes")
     ap.add_argument("--trainer-case", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
