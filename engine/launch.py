@@ -444,32 +444,24 @@ def base_model_problems(cfg: Any, project_dir: Path, path: str | os.PathLike, so
                         overrides: Iterable[str]) -> list[Any]:
     """A `model.base` (or `model.config`) that names nothing loadable, at the key's line, with the accepted forms."""
     from engine.basemodel import check_base
-    from engine.schema import Problem, key_lines
+    from engine.schema import Problem, key_line
 
-    found = check_base(cfg.model.base, project_dir, cfg.model.config or None)
-    if not found:
-        return []
-    lines = key_lines(source)
-    overridden = {o.split("=", 1)[0].strip() for o in overrides}
-    problems = []
-    for message in found:
-        key = "model.config" if message.startswith("model.config") else "model.base"
-        line = 0 if key in overridden else lines.get(key, lines.get("model"))
-        problems.append(Problem(str(path), line, "", message))
-    return problems
+    overrides = list(overrides)
+    return [Problem(str(path), key_line(source, "model.config" if message.startswith("model.config") else "model.base",
+                                        overrides), "", message)
+            for message in check_base(cfg.model.base, project_dir, cfg.model.config or None)]
 
 
 def accelerate_config_problems(cfg: Any, project_dir: Path, path: str | os.PathLike, source: str,
                                overrides: Iterable[str]) -> list[Any]:
     """A `launch.accelerate_config` that is not a file (accelerate would fail later, in train.log)."""
-    from engine.schema import Problem, key_lines
+    from engine.schema import Problem, key_line
 
     value = cfg.launch.accelerate_config
     if not value or accelerate_config_path(value, project_dir).is_file():
         return []
     key = "launch.accelerate_config"
-    line = 0 if key in {o.split("=", 1)[0].strip() for o in overrides} else key_lines(source).get(key)
-    return [Problem(str(path), line, key, f"= {value!r}: {accelerate_config_path(value, project_dir)} "
+    return [Problem(str(path), key_line(source, key, overrides), key, f"= {value!r}: {accelerate_config_path(value, project_dir)} "
                     "is not a file; give an accelerate config file (`accelerate config` writes one; "
                     "relative paths are the project's)")]
 

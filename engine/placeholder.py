@@ -96,9 +96,7 @@ def located_problems(cfg: Any, project_dir: str | os.PathLike, path: str | os.Pa
     found = prelaunch_problems(cfg, project_dir)
     if not found:
         return []
-    from engine.schema import Problem, key_lines
+    from engine.schema import Problem, key_line
 
-    lines = key_lines(source)
-    overridden = {o.split("=", 1)[0].strip() for o in overrides}
-    return [Problem(str(path), 0 if key in overridden else lines.get(key, lines.get(key.split(".")[0])), key, message)
-            for key, message in found]
+    overrides = list(overrides)
+    return [Problem(str(path), key_line(source, key, overrides), key, message) for key, message in found]

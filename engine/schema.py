@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import MISSING, dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Iterable, Literal, get_args, get_origin
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,15 @@ def key_lines(text: str) -> dict[str, int]:
     for key, n in _key_positions(text):
         lines.setdefault(key, n)
     return lines
+
+
+def key_line(source: str, key: str, overrides: Iterable[str] = ()) -> int | None:
+    """Where a problem with `key` points: 0 when `--set` gave the key, else the key's line in
+    `source` (or its table's header, where the key is a default), else None."""
+    if key in {o.split("=", 1)[0].strip() for o in overrides}:
+        return 0
+    lines = key_lines(source)
+    return lines.get(key, lines.get(key.split(".")[0]))
 
 
 def load_toml(path: str | Path) -> tuple[dict[str, Any], dict[str, int]]:
