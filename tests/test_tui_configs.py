@@ -172,3 +172,75 @@ async def test_the_configs_list_marks_a_launch_refusal_with_a_cross(project):
         await pilot.press("down", "down")
         view = str(pane.query_one("#config-view").render())
         assert "nobase.toml: 1 problem(s)" in view and "models/gone" in view
+
+
+NOACC = 'method = "lora"\n[launch]\naccelerate_config = "ds.yaml"\n[model]\nbase = "tiny"\n'
+
+
+def marks(pane) -> list[str]:
+    """The list's rows as the user reads them (✓/✗, name, problem count)."""
+    listing = pane.query_one("#configs-list")
+    return [str(listing.get_option_at_index(i).prompt) for i in range(listing.option_count)]
+
+
+@sync
+async def test_a_cross_clears_while_the_tab_is_shown_once_its_cause_outside_configs_is_gone(project, monkeypatch):
+    # No file watcher, and ds.yaml is not in configs/ anyway: only the timer can notice it.
+    from tui.widgets.configs_pane import ConfigsPane
+
+    monkeypatch.setattr(ConfigsPane, "REVALIDATE_S", 0.2)
+    (project / "configs" / "noacc.toml").write_text(NOACC)
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        assert marks(pane)[2] == "✗ noacc.toml (1)"
+        (project / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+        await wait_for(pilot, lambda: marks(pane)[2] == "✓ noacc.toml")
+        assert pane.statuses[2].ok
+
+
+@sync
+async def test_showing_the_configs_tab_validates_again(project, monkeypatch):
+    from tui.widgets.configs_pane import ConfigsPane
+
+    monkeypatch.setattr(ConfigsPane, "REVALIDATE_S", 3600.0)  # the timer stays out of it
+    (project / "configs" / "noacc.toml").write_text(NOACC)
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        assert marks(pane)[2] == "✗ noacc.toml (1)"
+        await pilot.press("1")
+        (project / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+        await pilot.pause(0.3)
+        assert marks(pane)[2] == "✗ noacc.toml (1)"  # hidden: not checked
+        await pilot.press("2")
+        await wait_for(pilot, lambda: marks(pane)[2] == "✓ noacc.toml")
+
+
+@sync
+async def test_the_timer_checks_only_a_visible_tab_and_keeps_the_view_where_it_was(project, monkeypatch):
+    import tui.widgets.configs_pane as module
+
+    monkeypatch.setattr(module.ConfigsPane, "REVALIDATE_S", 0.1)
+    checked = []
+    real = module.validate_config
+    monkeypatch.setattr(module, "validate_config", lambda path, project_dir: checked.append(path.name) or real(path, project_dir))
+    long = 'method = "lora"\n' + "".join(f"# note {i}\n" for i in range(80)) + '[model]\nbase = "tiny"\n'
+    (project / "configs" / "bad.toml").write_text(long)
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen" and app.screen.summaries)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen" and len(checked) == 2)
+        await pilot.pause(0.5)  # Dataset tab shown: five ticks, no check
+        assert len(checked) == 2
+        await pilot.press("2")
+        pane = app.screen.query_one("ConfigsPane")
+        await wait_for(pilot, lambda: len(checked) >= 6)  # shown, then ticks
+        scroll = pane.query_one("#config-scroll")
+        scroll.scroll_to(y=40, animate=False)
+        await pilot.pause()
+        before = len(checked)
+        await wait_for(pilot, lambda: len(checked) >= before + 6)
+        await pilot.pause()
+        assert scroll.scroll_y == 40  # the checks did not move the view

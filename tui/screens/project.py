@@ -96,6 +96,13 @@ class ProjectScreen(Screen[None]):
     @on(TabbedContent.TabActivated)
     def _tab(self, event: TabbedContent.TabActivated) -> None:
         self._focus_tab(event.pane.id or "")
+        if event.pane.id == "configs":
+            self.query_one(ConfigsPane).shown()
+
+    def on_screen_resume(self) -> None:
+        # Back from the monitor or a dialog: the Configs tab, if it is the one shown, checks again.
+        if self.query_one(TabbedContent).active == "configs":
+            self.query_one(ConfigsPane).shown()
 
     # --- actions -----------------------------------------------------------------------------
     def action_show_tab(self, tab: str) -> None:

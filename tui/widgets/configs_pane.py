@@ -6,7 +6,10 @@ tokenizer, an accelerate config file exists). The view shows the file with line 
 problem printed under the line it points at (`configs/lora.toml:14: train.learning_rate = -1: must be
 > 0`, the same words as `tunelab check`). `e` opens the config in $VISUAL/$EDITOR with the app
 suspended; `n` writes a new config from a method's defaults (`engine.config.default_config`).
-Validation runs in a worker and again whenever a config file changes.
+Validation runs in a worker: at start, whenever a config file changes, when the tab is shown, and every
+`REVALIDATE_S` seconds while it is on screen. The last two catch causes outside configs/ going away
+(the tiny model built, a base model copied into the HF cache, an accelerate config file written); the
+view is redrawn only when a result differs, so the scroll position and selection stay put.
 """
 from __future__ import annotations
 
@@ -141,6 +144,8 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
     ConfigsPane #configs-hint { height: 1; color: $text-muted; }
     """
 
+    REVALIDATE_S = 3.0  # validating every config takes milliseconds; a ✗ whose cause is gone clears soon
+
     class Validated(Message):
         def __init__(self, statuses: list[ConfigStatus]) -> None:
             super().__init__()
@@ -151,6 +156,7 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
         self.project_dir = Path(project_dir)
         self.statuses: list[ConfigStatus] = []
         self._select_after: str | None = None
+        self._validated_once = False
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="configs-body"):
@@ -161,10 +167,25 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
 
     def on_mount(self) -> None:
         self.action_validate()
+        self.set_interval(self.REVALIDATE_S, self._tick)
 
     # --- validation --------------------------------------------------------------------------
     def action_validate(self) -> None:
         self._validate_worker()
+
+    def shown(self) -> None:
+        """The tab was just shown: what a config needs may have appeared since it was last checked."""
+        if not self._validating():
+            self.action_validate()
+
+    def _tick(self) -> None:
+        # Only while the user can see the tab (not behind another tab or screen), and never a second
+        # check while one is still running on a slow disk.
+        if self.screen.is_current and self.is_on_screen and not self._validating():
+            self.action_validate()
+
+    def _validating(self) -> bool:
+        return any(w.node is self and w.group == "configs" and not w.is_finished for w in self.workers)
 
     @work(thread=True, exclusive=True, group="configs", exit_on_error=False)
     def _validate_worker(self) -> None:
@@ -174,6 +195,9 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
     @on(Validated)
     def _validated(self, event: Validated) -> None:
         event.stop()
+        if self._validated_once and self._select_after is None and event.statuses == self.statuses:
+            return  # nothing changed: keep the list, the view and its scroll position as they are
+        self._validated_once = True
         listing = self.query_one("#configs-list", OptionList)
         selected = self.selected
         self.statuses = event.statuses
