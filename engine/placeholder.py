@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
 
@@ -29,6 +30,32 @@ INITIALIZER_KEY = "textual_inversion.initializer_token"
 def placeholder_names(token: str, num_vectors: int) -> list[str]:
     """`<concept>`, 3 → [`<concept>`, `<concept>_1`, `<concept>_2`]."""
     return [token] + [f"{token}_{i}" for i in range(1, num_vectors)]
+
+
+def _mention(token: str) -> "re.Pattern[str]":
+    return re.compile(re.escape(token) + r"(?!_\d)")  # `<concept>`, not the vector token `<concept>_1`
+
+
+def mentions_placeholder(text: str, token: str) -> bool:
+    """Whether `text` says the placeholder itself (`<concept>_1`, a vector token, does not count)."""
+    return bool(_mention(token).search(text))
+
+
+def with_placeholder(caption: str, token: str) -> str:
+    """The caption textual inversion trains an image with: as written when it says the placeholder,
+    else with `<token>, ` put in front, and the placeholder alone for an image with no caption (an
+    image whose text lacks the placeholder teaches the embedding nothing). The trainer and
+    `tunelab check` both apply this, so what check reports is what trains."""
+    if mentions_placeholder(caption, token):
+        return caption
+    return f"{token}, {caption}" if caption else token
+
+
+def expand_placeholder(text: str, token: str, num_vectors: int) -> str:
+    """`a <concept> dog` → `a <concept> <concept>_1 dog` for 2 vectors (as diffusers' `maybe_convert_prompt`)."""
+    if num_vectors < 2:
+        return text
+    return _mention(token).sub(" ".join(placeholder_names(token, num_vectors)), text)
 
 
 def tokenizer_problems(ti: Any, vocab: Collection[str], count_tokens: Callable[[str], int]) -> list[tuple[str, str]]:

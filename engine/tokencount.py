@@ -35,6 +35,11 @@ class TokenCounter:
         tokenizer.no_padding()
         tokenizer.no_truncation()
 
+    def add_tokens(self, tokens: Sequence[str]) -> None:
+        """Count each of `tokens` as one token, as the trainer's tokenizer does once textual inversion
+        added its placeholder tokens."""
+        self._tok.add_tokens(list(tokens))
+
     def __call__(self, texts: Sequence[str]) -> list[int]:
         unique = list(dict.fromkeys(texts))  # templated and fixed captions repeat; count each once
         counts = {t: len(e.ids) for t, e in zip(unique, self._tok.encode_batch(unique, add_special_tokens=False))}

@@ -160,6 +160,59 @@ def test_dreambooth_with_an_instance_prompt_does_not_warn_about_captions_it_neve
     assert "instance_prompt" not in out.split("resolved config")[0]
 
 
+def ti_project(root: Path, base: Path, extra: str = "") -> Path:
+    """A textual-inversion project: one caption says the placeholder, one does not, two images have none."""
+    p = root / "ti"
+    write_image(p / "imgs" / "says.png", (64, 64), caption="a <shape> on white")
+    write_image(p / "imgs" / "other.png", (64, 64), caption="a red circle")
+    write_image(p / "imgs" / "bare1.png", (64, 64))
+    write_image(p / "imgs" / "bare2.png", (64, 64))
+    (p / "project.toml").write_text('name = "ti"\n[goals]\naccuracy = ["a <shape> on a beach"]\n')
+    (p / "configs").mkdir()
+    (p / "configs" / "ti.toml").write_text(f'method = "textual_inversion"\n[model]\nbase = "{base}"\n'
+                                           '[data]\nresolution = 64\n[textual_inversion]\n'
+                                           f'placeholder_token = "<shape>"\ninitializer_token = "circle"\n{extra}')
+    return p
+
+
+@pytest.mark.parametrize("method", ["textual_inversion", "pivotal"])
+def test_textual_inversion_check_says_what_each_caption_trains_as_and_needs_no_captions(tmp_path, capsys,
+                                                                                       tiny_base, method):
+    p = ti_project(tmp_path, tiny_base)
+    rc, out, err = check(capsys, p, "ti", "--set", f"method={method}")
+    assert rc == 0, err
+    assert "\nwarnings:" not in out and "bare1.png" not in out  # no "no caption" warning: TI needs none
+    assert "trains every image with the placeholder '<shape>' in its text; captions are optional" in out
+    assert "  1 caption(s) say '<shape>': trained as written" in out
+    assert "  1 caption(s) do not: '<shape>, ' is put in front (e.g. imgs/other.png: '<shape>, a red circle')" in out
+    assert "  2 image(s) with no caption: trained on '<shape>' alone" in out
+    # The same project trained as a LoRA does warn, saying what the trainer does with those images.
+    rc, out, _ = check(capsys, p, "ti", "--set", "method=lora")
+    assert rc == 0 and "no caption: 2 image(s) — trained with an empty caption, so they tie the subject to no word" in out
+
+
+def test_textual_inversion_check_warns_when_no_sample_prompt_says_the_placeholder(tmp_path, capsys, tiny_base):
+    p = ti_project(tmp_path, tiny_base)
+    rc, out, _ = check(capsys, p, "ti", "--set", 'sample.prompts=["a red circle"]')
+    assert rc == 0
+    assert ("warnings:\n  no sample prompt says textual_inversion.placeholder_token '<shape>', so the contact sheet "
+            "will not show what it learns; put it in sample.prompts") in out
+    assert "no sample prompt" not in check(capsys, p, "ti")[1]  # the goals say it
+
+
+def test_textual_inversion_token_counts_are_of_the_caption_as_trained(tmp_path, capsys, tiny_base):
+    """'<shape>' is 3 tokens to the base tokenizer but one per vector to the trainer, which also puts it
+    in front of a caption that lacks it."""
+    p = ti_project(tmp_path, tiny_base)
+    write_image(p / "imgs" / "says_long.png", (64, 64), caption="<shape> " + "red " * 74)   # 75 as trained
+    write_image(p / "imgs" / "lacks_long.png", (64, 64), caption="red " * 74)             # 76 with '<shape>, '
+    rc, out, _ = check(capsys, p, "ti")
+    assert rc == 0 and "as trained (placeholder put in: 1 token(s)); 1 caption(s) over 75" in out
+    assert "imgs/lacks_long.png: caption too long (76 tokens" in out and "imgs/says_long.png: caption" not in out
+    rc, out, _ = check(capsys, p, "ti", "--set", "textual_inversion.num_vectors=2")
+    assert "2 caption(s) over 75" in out and "imgs/says_long.png: caption too long (76 tokens" in out
+
+
 def test_an_invalid_project_file_is_an_error_naming_the_key(tmp_path, capsys):
     p = tmp_path / "p"
     write_image(p / "a" / "1.png", caption="x")

@@ -6,6 +6,9 @@ Exit status: 1 when the project cannot be trained as it is (invalid project.toml
 concept folder, unreadable metadata, no usable image, anything `tunelab run` refuses beyond the schema —
 `engine.launch.prelaunch_check`: a bad base model, a textual-inversion placeholder already in the
 tokenizer, a missing accelerate config file; with --strict also any unreadable image or orphan caption), else 0. Bad images alone are not errors: a run skips them.
+Caption flags and token counts are of what the config's method trains (`engine.captionuse`): DreamBooth's
+instance prompt replaces the captions; textual inversion and pivotal tuning need none (an image without
+one trains on the placeholder alone) and count the caption with the placeholder put in.
 It never writes the user's files; only the disposable header cache `.cache/scan.json` (--no-cache: not even that).
 """
 from __future__ import annotations
@@ -44,8 +47,7 @@ def resolve_config_path(arg: str, project_dir: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from engine.config import dump_config, load_run_config
-    from engine.project import (FLAG_NO_CAPTION, FLAG_TOO_LONG, FLAG_UNREADABLE, load_project_file, resolve_project,
-                                scan_project)
+    from engine.project import FLAG_UNREADABLE, load_project_file, resolve_project, scan_project
     from engine.schema import ConfigError
 
     out = sys.stdout
@@ -73,15 +75,20 @@ def run(args: argparse.Namespace) -> int:
     ds = scan_project(project_dir, resolution=resolution, use_cache=not args.no_cache, project=pf,
                       concepts=(cfg.data.concepts if cfg else None) or None)
 
+    # What the method trains each caption as (engine.captionuse, the trainer's rules): DreamBooth's
+    # instance prompt replaces the captions, textual inversion needs none; flags that do not apply go.
+    use = None
+    if cfg is not None:
+        from engine.captionuse import caption_use
+
+        use = caption_use(cfg, ds.usable_items, pf.goals.as_dict())
+        for i in ds.items:
+            i.flags = [f for f in i.flags if use.applies(f)]
     instance_prompt = _instance_prompt(cfg)
     if instance_prompt:
-        # engine.train.methods.dreambooth: the instance prompt is every instance image's text, so the
-        # captions' flags (missing, too long) say nothing about this run.
-        for i in ds.items:
-            i.flags = [f for f in i.flags if not f.startswith((FLAG_NO_CAPTION, FLAG_TOO_LONG))]
         tokens_note = _count_prompt_tokens(instance_prompt, cfg, project_dir)
     else:
-        tokens_note = _count_tokens(ds, cfg, project_dir) if cfg is not None else (
+        tokens_note = _count_tokens(ds, cfg, project_dir, use) if cfg is not None else (
             "estimated without a tokenizer (give a CONFIG to count with its model's tokenizer)")
 
     if cfg is not None and cfg.data.concepts:
@@ -120,9 +127,9 @@ def run(args: argparse.Namespace) -> int:
 
         shown = describe_base(cfg.model.base, project_dir)
         print(f"base model: {'unusable (see errors below)' if shown.startswith('unusable') else shown}", file=out)
+    for line in use.lines if use else ():
+        print(line, file=out)
     if instance_prompt:
-        print(f"captions: not used; dreambooth.instance_prompt {instance_prompt!r} is the text of every "
-              "instance image (empty it to train on the captions)", file=out)
         print(f"instance prompt tokens: {tokens_note}", file=out)
     else:
         print(f"caption tokens: {tokens_note}", file=out)
@@ -148,10 +155,14 @@ def run(args: argparse.Namespace) -> int:
         for f in i.flags:
             kind = f.split(" (", 1)[0]
             warnings[kind].append(f"{i.rel}: {f}")
-    if warnings:
+    method_warnings = use.warnings if use else []
+    if warnings or method_warnings:
         print("\nwarnings:", file=out)
+        for w in method_warnings:
+            print(f"  {w}", file=out)
         for kind, lines in warnings.items():
-            print(f"  {kind}: {len(lines)} image(s)", file=out)
+            note = use.flag_notes.get(kind) if use else None
+            print(f"  {kind}: {len(lines)} image(s)" + (f" — {note}" if note else ""), file=out)
             shown = lines if args.all else lines[:SHOWN_PER_FLAG]
             for line in shown:
                 print(f"    {line}", file=out)
@@ -177,8 +188,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _count_tokens(ds, cfg, project_dir: Path) -> str:
-    """Exact token counts with the base model's tokenizer where it is on disk; says which way it counted."""
+def _count_tokens(ds, cfg, project_dir: Path, use=None) -> str:
+    """Exact token counts with the base model's tokenizer where it is on disk; says which way it counted.
+    `use` (engine.captionuse): count the text the method trains (a placeholder put in, counted as the
+    tokens the trainer adds)."""
     from engine.basemodel import tokenizer_folder
     from engine.project import count_tokens_exactly
     from engine.tokencount import CLIP_CONTENT_TOKENS, TokenizerError, load_counter
@@ -190,8 +203,12 @@ def _count_tokens(ds, cfg, project_dir: Path) -> str:
         counter = load_counter(folder)
     except TokenizerError as e:
         return f"estimated (cannot read the tokenizer: {e})"
-    over = count_tokens_exactly(ds, counter)
-    return (f"counted with {why} ({folder}); {over} caption(s) over {CLIP_CONTENT_TOKENS}"
+    how = ""
+    if use is not None and use.placeholder_tokens:
+        counter.add_tokens(use.placeholder_tokens)
+        how = f", as trained (placeholder put in: {len(use.placeholder_tokens)} token(s))"
+    over = count_tokens_exactly(ds, (lambda captions: counter([use.trained(c) for c in captions])) if use else counter)
+    return (f"counted with {why} ({folder}){how}; {over} caption(s) over {CLIP_CONTENT_TOKENS}"
             + (" are cut off in training" if over else ""))
 
 

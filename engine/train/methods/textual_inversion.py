@@ -5,7 +5,9 @@ in the tokenizer, named the way diffusers names multi-vector embeddings: `<conce
 Captions that say `<concept>` are expanded to `<concept> <concept>_1 …` for training; sample prompts
 are expanded by the diffusers pipeline itself (`maybe_convert_prompt`), so the contact sheet uses the
 placeholder as a user would. Captions that lack the placeholder get it prepended (with a warning):
-without it an image teaches the embedding nothing.
+without it an image teaches the embedding nothing. An image with no caption trains on the placeholder
+alone, with no warning: textual inversion needs no captions (`engine.placeholder.with_placeholder`,
+which `tunelab check` applies too).
 
 Only the new vectors train. They live in a small fp32 parameter (`PlaceholderEmbedding.vectors`)
 that the text encoder's token-embedding layer substitutes for the placeholder ids, so the rest of the
@@ -28,7 +30,8 @@ from typing import Any
 
 import torch
 
-from engine.placeholder import placeholder_names, tokenizer_problems
+from engine.placeholder import (expand_placeholder, mentions_placeholder, placeholder_names, tokenizer_problems,
+                                with_placeholder)
 from engine.train.checkpoint import write_tensors
 from engine.train.methods.base import ExportInfo, Method
 
@@ -75,25 +78,22 @@ class PlaceholderTokens:
         init_ids = tokenizer.encode(ti.initializer_token, add_special_tokens=False)
         self.initializer_id = init_ids[0]
         self.embedding: PlaceholderEmbedding | None = None
-        self._pattern = re.compile(re.escape(self.token) + r"(?!_\d)")
 
     # --- captions ---------------------------------------------------------------------------
     def expand(self, text: str) -> str:
         """`a <concept> dog` → `a <concept> <concept>_1 dog` (as diffusers' `maybe_convert_prompt`)."""
-        return self._pattern.sub(" ".join(self.names), text) if len(self.names) > 1 else text
+        return expand_placeholder(text, self.token, len(self.names))
 
     def prepare_examples(self, examples: Any, events: Any) -> None:
         """Every training caption mentions the placeholder (prepended where missing), expanded."""
-        lacking = [e for e in examples.train if not self._pattern.search(e.caption)]
+        lacking = [e for e in examples.train if e.caption and not mentions_placeholder(e.caption, self.token)]
         if lacking:
-            events.warning(f"{len(lacking)} of {len(examples.train)} caption(s) do not contain "
+            events.warning(f"{len(lacking)} of {len(examples.train)} training image(s) have a caption that does not contain "
                            f"textual_inversion.placeholder_token {self.token!r}; it is prepended to them "
-                           f"(e.g. {self.token + (', ' + lacking[0].caption if lacking[0].caption else '')!r})",
+                           f"(e.g. {with_placeholder(lacking[0].caption, self.token)!r})",
                            items=[e.rel for e in lacking[:50]])
         for e in examples.train + examples.validation:
-            if not self._pattern.search(e.caption):
-                e.caption = f"{self.token}, {e.caption}" if e.caption else self.token
-            e.caption = self.expand(e.caption)
+            e.caption = self.expand(with_placeholder(e.caption, self.token))
 
     def check_sample_prompts(self, cfg: Any, project_dir: Path, events: Any) -> None:
         """Warn when no sample prompt says the placeholder: the contact sheet would not show it."""
@@ -101,7 +101,7 @@ class PlaceholderTokens:
         from engine.project import load_project_file
 
         prompts = sample_prompts(cfg, load_project_file(project_dir).goals.as_dict())
-        if prompts and not any(self._pattern.search(p.text) for p in prompts):
+        if prompts and not any(mentions_placeholder(p.text, self.token) for p in prompts):
             events.warning(f"no sample prompt contains textual_inversion.placeholder_token {self.token!r}, so the "
                            "samples will not show what it learns; add it to sample.prompts or the project's goals")
 
