@@ -241,3 +241,34 @@ def test_a_stopping_run_says_when_the_supervisor_will_end_its_trainer(tmp_path):
     at = time.strftime("%H:%M:%S", time.localtime(deadline))
     (label, text, _), = [n for n in notes(summary) if n[0] == "stopping:"]
     assert text.startswith("stop requested") and f"has not exited by {at}, the supervisor ends it" in text
+
+
+@sync
+async def test_once_sigterm_is_sent_the_monitor_says_so_and_counts_down_to_sigkill(tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setenv("TUNELAB_NO_GPU", "1")
+    project = make_project(tmp_path)
+    run = write_run(project, "20260101-000000-x", state="running", epochs=120, steps=720, done_epochs=30)
+    run.update_status(state="stopping", stop_reason="request", stop_requested_t=FIXED_NOW - 620,
+                      stop_deadline_t=FIXED_NOW - 20, stop_kill_after_s=60,
+                      stop_escalation=[{"signal": "SIGTERM", "t": FIXED_NOW - 19, "why": "…"}])
+    lock = run.take_lock(wait=1)  # standing in for the supervisor
+    try:
+        app = MonitorApp(run)
+        async with app.run_test(size=(120, 30)) as pilot:
+            screen = app.screen
+            await until(pilot, lambda: screen.summary is not None)
+            await pilot.pause()
+            head = str(screen.query_one("#monitor-head").render())
+            assert "stopping · KILL in 41s" in head
+            stats = screen.query_one("#monitor-stats")
+            shown = "\n".join("".join(seg.text for seg in stats.render_line(y)) for y in range(stats.size.height))
+            term = time.strftime("%H:%M:%S", time.localtime(FIXED_NOW - 19))
+            kill = time.strftime("%H:%M:%S", time.localtime(FIXED_NOW + 41))
+            assert (f"stopping: stop requested; the supervisor sent SIGTERM at {term}; SIGKILL at {kill} if it "
+                    "has not exited") in shown
+            assert "the supervisor ends it" not in shown  # the deadline is past: not announced again
+    finally:
+        os.close(lock)

@@ -338,3 +338,100 @@ def test_force_stop_asks_first_then_kills_a_run_that_ignores_stop(tmp_path, fake
                         what="killed")
         assert not rd.lock_held()  # the supervisor is gone too
     body()
+
+
+def test_the_state_cell_says_what_the_supervisor_does_next_and_when():
+    from tui.widgets.run_state import escalation_tag, read_escalation, short_wait
+
+    asked = {"state": "stopping", "stop_requested_t": 1000.0, "stop_deadline_t": 1600.0, "stop_kill_after_s": 60}
+    esc = read_escalation(asked)
+    assert escalation_tag("stopping", esc, 1060.0) == "TERM in 9m"  # rounded up: never "in 0m"
+    assert escalation_tag("stopping", esc, 1599.2) == "TERM in 1s"
+    assert escalation_tag("stopping", esc, 1601.0) == "TERM due"
+    termed = read_escalation({**asked, "stop_escalation": [{"signal": "SIGTERM", "t": 1601.0, "why": "…"}]})
+    assert escalation_tag("stopping", termed, 1620.0) == "KILL in 41s"
+    killed = read_escalation({**asked, "stop_escalation": [{"signal": "SIGTERM", "t": 1601.0},
+                                                           {"signal": "SIGKILL", "t": 1661.0}]})
+    assert escalation_tag("stopping", killed, 1662.0) == "KILL sent"
+    # A trainer hung after its `finished` event gets SIGTERM with no stop request (no kill_after_s).
+    assert escalation_tag("running", read_escalation({"stop_escalation": [{"signal": "SIGTERM", "t": 5.0}]}), 6) \
+        == "TERM sent"
+    assert escalation_tag("failed", killed, 1700.0) == ""  # ended: the details say it, not the column
+    assert read_escalation({"state": "running"}) is None
+    assert (short_wait(98.5), short_wait(100), short_wait(3600), short_wait(3 * 3600 + 300)) == \
+        ("99s", "2m", "1h00m", "3h05m")
+
+
+def test_a_stopping_run_shows_the_escalation_countdown_whole_at_100_to_200_columns(tmp_path):
+    project = make_project(tmp_path)
+    write_run(project, "20260101-000000-lora", state="finished", epochs=120, steps=720, done_epochs=120)
+    rd = write_run(project, "20260102-000000-full-finetune", state="running", epochs=120, steps=720, done_epochs=30)
+    rd.update_status(state="stopping", stop_reason="request", stop_requested_t=FIXED_NOW - 60,
+                     stop_deadline_t=FIXED_NOW + 540, stop_kill_after_s=60)
+    lock = rd.take_lock(wait=1)  # a live supervisor holds it
+    clock = [FIXED_NOW]
+
+    @sync
+    async def body():
+        for width in (100, 130, 160, 200):
+            clock[0] = FIXED_NOW
+            rd.update_status(stop_escalation=[])
+            app = PaneApp(project, clock=lambda: clock[0], poll=0.1)
+            async with app.run_test(size=(width, 14)) as pilot:
+                table = app.query_one(DataTable)
+                await until(pilot, lambda: "stopping · TERM in 9m" in "\n".join(screen_rows(table)), what="TERM in")
+                clock[0] = FIXED_NOW + 560
+                rd.update_status(stop_escalation=[{"signal": "SIGTERM", "t": FIXED_NOW + 541, "why": "…"}])
+                await until(pilot, lambda: "stopping · KILL in 41s" in "\n".join(screen_rows(table)), what="KILL in")
+                text = "\n".join(screen_rows(table))
+                # Nothing cut: every value whole, no sideways scrolling, the other row's values intact.
+                assert table.max_scroll_x == 0, (width, text)
+                assert max(len(line.rstrip()) for line in screen_rows(table)) <= width
+                for value in ("20260102-000000-full-finetune", "30/120", "120/120", "finished"):
+                    assert value in text, (width, value, text)
+                if width >= 160:
+                    assert all(f" {c} " in text.splitlines()[0] + " " for c in ("smoothed", "img/s", "elapsed"))
+                table.focus()
+                await pilot.press("home")
+                await pilot.pause()
+                details = str(app.query_one("#run-details").render())
+                at = time.strftime("%H:%M:%S", time.localtime(FIXED_NOW + 541))
+                kill = time.strftime("%H:%M:%S", time.localtime(FIXED_NOW + 601))
+                assert (f"stopping: stop requested; the supervisor sent SIGTERM at {at}; SIGKILL at {kill} "
+                        "if it has not exited") in details
+    try:
+        body()
+    finally:
+        os.close(lock)
+
+
+def test_the_runs_table_follows_a_real_escalation_to_its_end(tmp_path, fake_env, monkeypatch):
+    """A trainer that ignores both the stop request and SIGTERM: the cell counts down to SIGTERM, then to
+    SIGKILL, and the ended run names the signals under the table."""
+    monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.2")
+    monkeypatch.setenv("TUNELAB_FAKE_IGNORE_STOP", "1")
+    monkeypatch.setenv("TUNELAB_FAKE_IGNORE_SIGTERM", "1")
+    monkeypatch.setenv("TUNELAB_STOP_TIMEOUT_S", "2")
+    monkeypatch.setenv("TUNELAB_STOP_KILL_GRACE_S", "2")
+    project = make_project(tmp_path, "[train]\nepochs = 50\n")
+    rd = start_fake_run(project, fake_env)
+
+    @sync
+    async def body():
+        app = PaneApp(project, poll=0.1)
+        async with app.run_test(size=(160, 20)) as pilot:
+            await until(pilot, lambda: table_state(app).get(rd.run_id) == "running", what="running")
+            app.query_one(DataTable).focus()
+            await pilot.press("s")
+            seen = set()
+
+            def watch():
+                state = table_state(app).get(rd.run_id, "")
+                seen.add(state.split(" in ")[0])
+                return state in ("stopped", "failed")
+            await until(pilot, watch, timeout=30, what="ended")
+            assert {"stopping · TERM", "stopping · KILL"} <= seen, seen
+            await pilot.pause(0.3)
+            assert "supervisor sent: SIGTERM at " in str(app.query_one("#run-details").render())
+            assert ", SIGKILL at " in str(app.query_one("#run-details").render())
+    body()

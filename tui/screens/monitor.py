@@ -7,6 +7,7 @@ picks them up at its next step. The screen can be closed and opened again at any
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from rich.text import Text
@@ -25,7 +26,8 @@ from tui.actions import bindings
 from tui.widgets.gpu_panel import GpuPanel
 from tui.widgets.log_view import LogView
 from tui.widgets.loss_plot import LossPlot, TrainingHistory
-from tui.widgets.runs_pane import STATE_STYLES, now_for, progress_bar, summary_fraction
+from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, state_cell
+from tui.widgets.runs_pane import now_for, progress_bar, summary_fraction
 
 
 def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]]:
@@ -56,10 +58,15 @@ def stats_items(s: RunSummary, history: TrainingHistory) -> list[tuple[str, str]
     return items
 
 
-def notes(s: RunSummary) -> list[tuple[str, str, str]]:
-    """Lines under the numbers: why the run stopped, its error, its newest warning (label, text, style)."""
+def notes(s: RunSummary, escalation: StopEscalation | None = None) -> list[tuple[str, str, str]]:
+    """Lines under the numbers: why the run stopped (and, while it stops, the signals the supervisor
+    sent), its error, its newest warning (label, text, style)."""
     out = []
-    if s.state in ("stopping", "stopped") and (s.stop_reason or s.stop_deadline_t):
+    sent = escalation_note(escalation) if s.alive else ""
+    if sent:  # past the deadline fmt_stop_reason would still announce
+        reason = fmt_stop_reason(dataclasses.replace(s, stop_deadline_t=None))
+        out.append((s.state + ":", (reason + "; " if reason else "") + "the supervisor sent " + sent, "red"))
+    elif s.state in ("stopping", "stopped") and (s.stop_reason or s.stop_deadline_t):
         out.append((s.state + ":", fmt_stop_reason(s), "magenta"))
     error = s.error or (s.errors[-1] if s.errors else "")
     if error:
@@ -101,9 +108,9 @@ class RunStats(Widget):
         self.items: list[tuple[str, str]] = []
         self.notes: list[tuple[str, str, str]] = []
 
-    def show(self, s: RunSummary, history: TrainingHistory) -> None:
+    def show(self, s: RunSummary, history: TrainingHistory, escalation: StopEscalation | None = None) -> None:
         self.items = stats_items(s, history)
-        self.notes = notes(s)
+        self.notes = notes(s, escalation)
         self.refresh(layout=True)
 
     def _text(self, width: int) -> Text:
@@ -133,9 +140,11 @@ class MonitorScreen(Screen):
     """
 
     class Polled(Message):
-        def __init__(self, summary: RunSummary, events: list[dict[str, Any]]) -> None:
+        def __init__(self, summary: RunSummary, events: list[dict[str, Any]],
+                     escalation: StopEscalation | None = None, now: float = 0.0) -> None:
             super().__init__()
             self.summary, self.events = summary, events
+            self.escalation, self.now = escalation, now
 
     def __init__(self, run_dir: RunDir | str, *, poll: float = 1.0, log_poll: float = 0.25) -> None:
         super().__init__()
@@ -145,6 +154,7 @@ class MonitorScreen(Screen):
         self.history = TrainingHistory()
         self.summary: RunSummary | None = None
         self._watcher = RunWatcher(self.run_dir)
+        self._escalation = EscalationReader(self.run_dir)
 
     def compose(self) -> ComposeResult:
         yield Static(Text(self.run_dir.run_id, style="bold"), id="monitor-head")
@@ -168,7 +178,7 @@ class MonitorScreen(Screen):
     @work(thread=True, exclusive=True, group="monitor-poll", exit_on_error=False)
     def _poll(self, now: float) -> None:
         summary = self._watcher.refresh(now)
-        self.post_message(self.Polled(summary, list(self._watcher.new_events)))
+        self.post_message(self.Polled(summary, list(self._watcher.new_events), self._escalation.read(), now))
 
     @on(Polled)
     def _show(self, event: Polled) -> None:
@@ -177,7 +187,7 @@ class MonitorScreen(Screen):
             self.query_one(LossPlot).update_history()
         head = Text(s.run_id, style="bold")
         head.append("  ")
-        head.append(s.state, style=STATE_STYLES.get(s.state, ""))
+        head.append_text(state_cell(s.state, event.escalation, event.now))
         head.append("  ")
         head.append_text(progress_bar(summary_fraction(s), 20))
         if s.method:
@@ -185,7 +195,7 @@ class MonitorScreen(Screen):
         if s.description:
             head.append(f"  {s.description}", style="dim italic")
         self.query_one("#monitor-head", Static).update(head)
-        self.query_one(RunStats).show(s, self.history)
+        self.query_one(RunStats).show(s, self.history, event.escalation)
 
     # --- actions -----------------------------------------------------------------------------------
     def action_back(self) -> None:

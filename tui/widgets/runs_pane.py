@@ -7,7 +7,7 @@ message; the handler updates the table in place. Every action that touches proce
 notification or, for a failed check, a modal with the check's output.
 
 The table shows the state as the run dir says it (`lost`: status says alive but no supervisor holds the
-lock), progress, epoch, last and smoothed loss, img/s, ETA, elapsed, cost so far and the checkpoint
+lock; a stopping run's escalation countdown, `tui.widgets.run_state`), progress, epoch, last and smoothed loss, img/s, ETA, elapsed, cost so far and the checkpoint
 marked best on the contact sheet (`best.json`).
 """
 from __future__ import annotations
@@ -34,13 +34,10 @@ from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
 from tui.actions import bindings
 from tui.widgets.loss_plot import SMOOTHING, Ema
+from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, state_cell
 
 POLL_SECONDS = 1.0
 
-STATE_STYLES = {
-    "starting": "cyan", "running": "green bold", "stopping": "yellow", "finished": "blue",
-    "failed": "red bold", "stopped": "magenta", "lost": "red reverse",
-}
 
 
 def now_for(node: Any) -> float:
@@ -82,6 +79,8 @@ class RunRow:
     summary: RunSummary
     smoothed: float | None
     best: str | None
+    escalation: StopEscalation | None = None  # status.json's stop deadline and the signals sent
+    now: float = 0.0  # the poll's clock, for the stop countdown
 
 
 COLUMNS = ("run", "state", "progress", "epoch", "loss", "smoothed", "img/s", "ETA", "elapsed", "cost", "best")
@@ -107,7 +106,7 @@ def row_cells(row: RunRow, bar: int = 12) -> dict[str, Any]:
     s = row.summary
     return {
         "run": s.run_id,
-        "state": Text(s.state, style=STATE_STYLES.get(s.state, "")),
+        "state": state_cell(s.state, row.escalation, row.now),
         "progress": progress_bar(summary_fraction(s), bar),
         "epoch": fmt_progress(s),
         "loss": _num(s.loss, ".4f"),
@@ -120,7 +119,7 @@ def row_cells(row: RunRow, bar: int = 12) -> dict[str, Any]:
     }
 
 
-def details_text(s: RunSummary) -> Text:
+def details_text(s: RunSummary, escalation: StopEscalation | None = None) -> Text:
     from tui.screens.monitor import notes
 
     t = Text()
@@ -143,9 +142,13 @@ def details_text(s: RunSummary) -> Text:
     for i, (label, value) in enumerate(facts):
         t.append(("   " if i else "") + label + " ", style="dim")
         t.append(value)
-    for label, message, style in notes(s):
+    for label, message, style in notes(s, escalation):
         t.append(f"\n{label} ", style=f"{style} bold")
         t.append(message, style=style)
+    signals = escalation_note(escalation)
+    if signals and not s.alive:  # a live run's stop note says it
+        t.append("\nsupervisor sent: ", style="red bold")
+        t.append(signals + " (the trainer had not exited in time)", style="red")
     if s.state == "lost":
         t.append("\nlost: ", style="red bold")
         t.append("no supervisor holds the run's lock (killed, or the machine rebooted); K settles it, "
@@ -341,6 +344,7 @@ class RunsPane(Vertical):
         self._watchers: dict[str, RunWatcher] = {}
         self._smoothed: dict[str, Ema] = {}
         self._layout: TableLayout | None = None
+        self._escalations: dict[str, EscalationReader] = {}
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="runs-table", cursor_type="row", zebra_stripes=True)
@@ -379,11 +383,19 @@ class RunsPane(Vertical):
                     if ema is None:
                         ema = self._smoothed[run.run_id] = Ema(SMOOTHING)
                     ema.add(float(loss))
-            rows.append(RunRow(summary, ema.value if ema else None, read_best_name(run)))
+            rows.append(RunRow(summary, ema.value if ema else None, read_best_name(run),
+                               self._escalation(run), now))
         for gone in set(self._watchers) - seen:
             self._watchers.pop(gone, None)
             self._smoothed.pop(gone, None)
+            self._escalations.pop(gone, None)
         self.post_message(self.Polled(rows))
+
+    def _escalation(self, run: RunDir) -> StopEscalation | None:
+        reader = self._escalations.get(run.run_id)
+        if reader is None:
+            reader = self._escalations[run.run_id] = EscalationReader(run)
+        return reader.read()
 
     @on(Polled)
     def _show(self, event: Polled) -> None:
@@ -405,7 +417,7 @@ class RunsPane(Vertical):
         row = self.rows.get(run.run_id) if run is not None else None
         box.set_class(row is None, "hidden")
         if row is not None:
-            box.update(details_text(row.summary))
+            box.update(details_text(row.summary, row.escalation))
 
     def on_resize(self) -> None:
         self._fit_table(resized=True)
