@@ -192,3 +192,51 @@ async def test_a_pivotal_runs_column_headers_mark_the_phase(tmp_path):
         assert heads == ["base\nstep 0", "epoch 1\nstep 10 · TI", "epoch 2\nstep 20 · LoRA"]
         on_screen = "".join(seg.text for seg in grid.render_line(1))  # the headers' second line, as drawn
         assert "step 10 · TI" in on_screen and "step 20 · LoRA" in on_screen
+
+
+def cell_row_text(grid, y: int) -> str:
+    return "".join(seg.text for seg in grid.render_line(y))
+
+
+def test_cells_grow_with_the_room_and_never_shrink_below_the_small_size():
+    from tui.widgets.contact_grid import CELL_H, CELL_H_MAX, CELL_W, cell_size
+
+    assert cell_size(100, 30, 4, 3) == (CELL_W, CELL_H)  # a small terminal: as before
+    assert cell_size(170, 78, 8, 10) == (CELL_W, CELL_H)  # the benchmark's 8×8 page stays 8×8
+    assert cell_size(240, 67, 4, 3) == (30, 15)  # a big terminal, a small sheet: 30×30 px thumbnails
+    assert cell_size(240, 67, 30, 40) == (24, 12)  # a big sheet: about 8 checkpoints × 4 prompts
+    assert cell_size(600, 200, 1, 1) == (2 * CELL_H_MAX, CELL_H_MAX)  # beyond that, zoom
+
+
+@sync
+async def test_on_a_big_terminal_the_cells_are_bigger_and_paging_cursor_and_zoom_still_work(tmp_path):
+    prompts = [{"text": f"prompt {i}", "kind": ("accuracy", "flexibility", "preservation")[i % 3]} for i in range(8)]
+    project = make_project(tmp_path)
+    run = RunDir(project / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0), (1, 10), (2, 20)), seeds=(42,), prompts=prompts, size=64)
+    for size, cell in (((120, 40), (16, 8)), ((240, 70), (30, 15))):
+        app = CompareApp(project)
+        async with app.run_test(size=size) as pilot:
+            grid = app.query_one(ContactGrid)
+            await until(pilot, lambda: filled_cells(app) > 0 and grid.all_loaded(), what="the first page")
+            assert grid.cell == cell, size
+            # The thumbnails are made at the cell's size and drawn across its whole width.
+            (path,) = [p for p in grid.visible_cells()[:1]]
+            img = grid.thumbs.get(grid.thumbs.key(path, grid.box))
+            assert img is not None and img.size == (cell[0], cell[0])
+            from tui.widgets.contact_grid import HEADER_H, LABEL_W
+            drawn = cell_row_text(grid, HEADER_H + 1)[LABEL_W:LABEL_W + cell[0] + 1]
+            assert drawn == "▀" * cell[0] + " "
+            if size == (240, 70):
+                assert grid.page.rows == 4 and grid.page.cols == 3  # 8 prompts: two pages of four
+                grid.focus()
+                await pilot.press("right", "down")
+                assert grid.cursor == (1, 1)
+                mark = cell_row_text(grid, HEADER_H + 2 * (cell[1] + 1) - 1)  # the gap under row 1
+                assert "━" * cell[0] in mark[LABEL_W + cell[0] + 1:]
+                await pilot.press("pagedown")
+                assert grid.page.row0 == 4 and grid.cursor == (5, 1)
+                await until(pilot, grid.all_loaded, what="the second page")
+                await pilot.press("enter")
+                assert isinstance(app.screen, ZoomScreen)
+                assert grid.sheet.rows[5].text in str(app.screen.query_one("#zoom-facts").render())

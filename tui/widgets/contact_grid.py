@@ -1,8 +1,12 @@
 """The contact sheet on screen: one page of prompts (rows) × checkpoints (columns), with a cursor.
 
-The grid shows as many rows and columns as fit its size (cells of `CELL_W`×`CELL_H` terminal cells),
-paging to keep the cursor in view; arrows move the cursor, `pageup`/`pagedown` move a page of rows.
-Images never decode on the UI thread: the visible cells' thumbnails are made by a thread worker at the
+The grid shows as many rows and columns as fit its size, paging to keep the cursor in view. In the
+half-block and `none` modes the cells grow with the room (`cell_size`): as big as lets about
+`TARGET_COLS` checkpoints side by side and `TARGET_ROWS` prompts fit (fewer when the sheet has fewer),
+never smaller than `CELL_W`×`CELL_H` terminal cells (a 16×16 px thumbnail) nor taller than `CELL_H_MAX`;
+so a small terminal shows what it did before and a big one bigger thumbnails. kitty/sixel cells stay
+`CELL_W`×`CELL_H` (their pixels are the terminal's own, already sharp). Arrows move the cursor,
+`pageup`/`pagedown` move a page of rows. Images never decode on the UI thread: the visible cells' thumbnails are made by a thread worker at the
 exact pixel size the image mode draws (a half-block cell is 1×2 pixels) and kept in an LRU keyed by
 path, modification time and size, so paging back, or a refresh while the run writes, costs nothing.
 
@@ -35,14 +39,28 @@ from textual.widgets import Static
 
 from engine.contact_sheet import Sheet
 
-CELL_W = 16  # terminal columns per cell
+CELL_W = 16  # terminal columns of the smallest cell (and of every kitty/sixel cell)
 PHASE_STYLES = {"textual_inversion": "bold magenta", "lora": "bold cyan"}
-CELL_H = 8  # terminal rows per cell image
+CELL_H = 8  # terminal rows of the smallest cell image
+CELL_H_MAX = 24  # the biggest cell: 48×24 (a 48×48 px half-block thumbnail); beyond that, zoom (enter)
+TARGET_COLS, TARGET_ROWS = 8, 4  # the page cells grow to fill: epochs are compared side by side
 LABEL_W = 30
 HEADER_H = 2
 KIND_STYLES = {"accuracy": "bold green", "flexibility": "bold cyan", "preservation": "bold magenta",
                "other": "bold"}
 THUMB_CACHE = 512
+
+
+def cell_size(width: int, height: int, n_rows: int, n_cols: int) -> tuple[int, int]:
+    """Terminal columns × rows of one cell on a grid of `width`×`height` for a sheet of `n_rows` prompts
+    × `n_cols` checkpoints: square half-block pixels (2 columns per row), grown until about
+    TARGET_COLS × TARGET_ROWS cells (or the whole sheet, if smaller) fill the room."""
+    cols = max(1, min(n_cols, TARGET_COLS))
+    rows = max(1, min(n_rows, TARGET_ROWS))
+    by_width = ((width - LABEL_W) // cols - 1) // 2  # each cell has a 1-column gap on its right
+    by_height = (height - HEADER_H) // rows - 1  # and a 1-row gap (the cursor's mark) under it
+    k = max(CELL_H, min(by_width, by_height, CELL_H_MAX))
+    return 2 * k, k
 
 
 def pixel_box(mode: str, w: int, h: int) -> tuple[int, int]:
@@ -213,6 +231,7 @@ class ContactGrid(Widget, can_focus=True):
         self._shown: dict[Path, PILImage.Image | None] = {}
         self._generation = 0
         self._built: tuple[int, int] | None = None
+        self.cell: tuple[int, int] = (CELL_W, CELL_H)  # terminal columns × rows of a cell, on this page
         # halfblock and none are drawn by this widget itself (Line API, cached strips): one widget
         # instead of ~200, so an 8×8 page paints in milliseconds. kitty/sixel need textual-image widgets.
         self.line_mode = mode in ("halfblock", "none")
@@ -234,9 +253,15 @@ class ContactGrid(Widget, can_focus=True):
         self._layout_page()
 
     def fit(self) -> tuple[int, int]:
-        rows = max(1, (self.size.height - HEADER_H) // (CELL_H + 1))
-        cols = max(1, (self.size.width - LABEL_W) // (CELL_W + 1))
+        cw, ch = self.cell
+        rows = max(1, (self.size.height - HEADER_H) // (ch + 1))
+        cols = max(1, (self.size.width - LABEL_W) // (cw + 1))
         return rows, cols
+
+    @property
+    def box(self) -> tuple[int, int]:
+        """The thumbnails' pixel size on this page (the ThumbCache key has it)."""
+        return pixel_box(self.mode, *self.cell)
 
     def _layout_page(self) -> None:
         if not self.is_mounted:
@@ -245,6 +270,11 @@ class ContactGrid(Widget, can_focus=True):
         if sheet is None or not sheet.rows or not sheet.columns:
             self._build(0, 0)
             return
+        if self.line_mode:
+            cell = cell_size(self.size.width, self.size.height, len(sheet.rows), len(sheet.columns))
+            if cell != self.cell:
+                self.cell = cell
+                self._lines.clear()
         rows, cols = self.fit()
         rows, cols = min(rows, len(sheet.rows)), min(cols, len(sheet.columns))
         r, c = self.cursor
@@ -300,7 +330,7 @@ class ContactGrid(Widget, can_focus=True):
         if len(rows) != page.rows or any(len(line.children) != page.cols + 1 for line in rows):
             return  # the new rows are still mounting; called again after the refresh
         wanted: list[Path] = []
-        box = pixel_box(self.mode, CELL_W, CELL_H)
+        box = self.box
         for i, line in enumerate(rows):
             r = page.row0 + i
             line.query_one(".label", Static).update(self._label_text(r, i))
@@ -415,7 +445,7 @@ class ContactGrid(Widget, can_focus=True):
         """Every visible sample has its thumbnail (always true in `none` mode)."""
         if self.mode == "none":
             return True
-        box = pixel_box(self.mode, CELL_W, CELL_H)
+        box = self.box
         for path in self.visible_cells():
             if path is not None:
                 key = self.thumbs.key(path, box)
@@ -427,7 +457,7 @@ class ContactGrid(Widget, can_focus=True):
     def _fill_lines(self) -> None:
         sheet, page = self.sheet, self.page
         assert sheet is not None
-        box = pixel_box(self.mode, CELL_W, CELL_H)
+        box = self.box
         wanted = []
         if self.mode != "none":
             for r in range(page.row0, page.row0 + page.rows):
@@ -486,6 +516,7 @@ class ContactGrid(Widget, can_focus=True):
             return Strip.blank(width, base)
         console = self.app.console
         segs: list[Segment] = []
+        cw, ch = self.cell
 
         def text(t: Text, w: int) -> None:
             t = t.copy()
@@ -496,21 +527,21 @@ class ContactGrid(Widget, can_focus=True):
             text(Text(""), LABEL_W)
             for i in range(page.cols):
                 lines = self._head_text(page.col0 + i).split("\n")
-                text(lines[y] if y < len(lines) else Text(""), CELL_W)
+                text(lines[y] if y < len(lines) else Text(""), cw)
                 segs.append(Segment(" "))
             return Strip(segs).crop_extend(0, width, base)
-        row_i, sub = divmod(y - HEADER_H, CELL_H + 1)
+        row_i, sub = divmod(y - HEADER_H, ch + 1)
         if row_i >= page.rows:
             return Strip.blank(width, base)
         r = page.row0 + row_i
         label_lines = self._label_text(r, row_i).wrap(console, LABEL_W - 1)
-        text(label_lines[sub] if sub < len(label_lines) and sub < CELL_H else Text(""), LABEL_W)
-        box = pixel_box(self.mode, CELL_W, CELL_H)
+        text(label_lines[sub] if sub < len(label_lines) and sub < ch else Text(""), LABEL_W)
+        box = self.box
         muted = Style(color="grey50")
         for i in range(page.cols):
             c = page.col0 + i
-            if sub == CELL_H:  # the gap under a row: the cursor's mark
-                mark = "━" * CELL_W if (r, c) == self.cursor else " " * CELL_W
+            if sub == ch:  # the gap under a row: the cursor's mark
+                mark = "━" * cw if (r, c) == self.cursor else " " * cw
                 segs.append(Segment(mark, Style(color="yellow", bold=True)))
             else:
                 path = sheet.cell_path(r, c)
@@ -520,15 +551,15 @@ class ContactGrid(Widget, can_focus=True):
                     segs.extend(self._cell_pixels(image)[sub])
                 elif path is None:  # not sampled (yet): an empty box
                     if sub == 0:
-                        line = "┌" + "─" * (CELL_W - 2) + "┐"
-                    elif sub == CELL_H - 1:
-                        line = "└" + "─" * (CELL_W - 2) + "┘"
+                        line = "┌" + "─" * (cw - 2) + "┐"
+                    elif sub == ch - 1:
+                        line = "└" + "─" * (cw - 2) + "┘"
                     else:
-                        line = "│" + " " * (CELL_W - 2) + "│"
+                        line = "│" + " " * (cw - 2) + "│"
                     segs.append(Segment(line, muted))
                 else:
                     label = "…" if self.mode != "none" else path.stem
-                    line = (label if sub == CELL_H // 2 else "").center(CELL_W)[:CELL_W]
+                    line = (label if sub == ch // 2 else "").center(cw)[:cw]
                     segs.append(Segment(line, muted))
             segs.append(Segment(" "))
         return Strip(segs).crop_extend(0, width, base)
@@ -541,7 +572,7 @@ class ContactGrid(Widget, can_focus=True):
             text.append(" ★", style="yellow")
         text.append(f"\nstep {col.step}", style="dim")
         if col.phase_tag:  # pivotal tuning: which phase trained up to this checkpoint
-            sep = " · " if len(f"step {col.step} · {col.phase_tag}") <= CELL_W else " "
+            sep = " · " if len(f"step {col.step} · {col.phase_tag}") <= self.cell[0] else " "
             text.append(sep, style="dim")
             text.append(col.phase_tag, style=PHASE_STYLES.get(col.phase, "bold"))
         if c == self.cursor[1]:
