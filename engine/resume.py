@@ -9,7 +9,10 @@ the saved state mean something else, so such keys are refused with the list of t
 `plan_resume` validates the overrides against the run's frozen config with the same schema as
 `tunelab run`, and checks that a changed length still lies beyond the checkpoint the run resumes from.
 So a finished run can be trained further ("that looked good at 30, train it to 60") and a run stopped
-by `budget.max_hours` can get more time. `resume_with_changes` keeps the config the last attempt ran
+by `budget.max_hours` can get more time. New sample prompts or seeds are rendered on resume for every
+checkpoint the run still has (engine/train/backfill.py), so a finished run can also be resumed with
+only `--set sample.prompts=[…, "new"]` or `sample.seeds=[…]`: it renders the new cells and finishes again
+without training a step (`ResumePlan.sample_only`). `resume_with_changes` keeps the config the last attempt ran
 with as `config.attempt-N.toml` (N: that attempt's number in status.json), writes the new
 `config.toml` atomically with a header naming the changes, and starts the supervisor; if that fails,
 the old config is put back. The trainer names the changes in its `resumed` event (`config_changes`,
@@ -48,6 +51,8 @@ class ResumePlan:
     checkpoint: Checkpoint | None = None
     total_steps_before: int | None = None
     total_steps: int | None = None  # predicted from the steps per epoch the trainer reported
+    new_cells: int = 0              # sample cells (prompt × seed) added: rendered for every kept checkpoint
+    sample_only: bool = False       # a finished run resumed only to render new sample cells; it trains nothing
 
 
 def allowed_key(key: str) -> bool:
@@ -191,12 +196,31 @@ def plan_resume(run_dir: RunDir | str | os.PathLike, overrides: Iterable[str]) -
             f"train.epochs = {after.train.epochs}, train.max_steps = {after.train.max_steps}: that is "
             f"{plan.total_steps} steps in all ({spe} per epoch), not beyond {where}; give "
             + " and ".join(wanted))
+    _check_sample_prompts(run, before, after)
+    plan.new_cells = len(added_sample_cells(run, before, after))
     if state == "finished" and not (length_changed and (plan.total_steps or 0) > ck.step):
+        if plan.new_cells:  # render the new prompts/seeds for the kept checkpoints, train nothing
+            plan.sample_only = True
+            return plan
         raise LaunchError(
             f"run {run.run_id} already finished at {where}; to train it further, resume it with a later "
-            f"target: tunelab resume {run.run_id} --set train.epochs={max(ck.epoch, 1) * 2}")
-    _check_sample_prompts(run, before, after)
+            f"target: tunelab resume {run.run_id} --set train.epochs={max(ck.epoch, 1) * 2} (or add sample "
+            "prompts or seeds with --set sample.prompts=[…] / sample.seeds=[…] to render them for its checkpoints)")
     return plan
+
+
+def added_sample_cells(run: RunDir, before: Any, after: Any) -> set[tuple[int, int]]:
+    """(prompt index, seed) sample cells `after` has and `before` had not: what a resume renders into the
+    columns of the checkpoints it still has (engine/train/backfill.py)."""
+    from engine.config import sample_prompts
+    from engine.project import load_project_file
+
+    goals = load_project_file(run.project_dir).goals.as_dict()
+
+    def cells(cfg: Any) -> set[tuple[int, int]]:
+        return {(i, seed) for i, p in enumerate(sample_prompts(cfg, goals)) for seed in p.seeds}
+
+    return cells(after) - cells(before)
 
 
 def _check_sample_prompts(run: RunDir, before: Any, after: Any) -> None:

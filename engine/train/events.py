@@ -12,9 +12,9 @@ Event kinds written by the trainer (every event also has `t`, unix time):
 | `epoch` | epoch, epochs, step, seconds, images |
 | `checkpoint` | epoch, step, path, reason, files, seconds |
 | `checkpoint_deleted` | path |
-| `sample_started` | column (samples/ folder name), epoch, step, images, batch_size, steps, scheduler, width, height |
+| `sample_started` | column (samples/ folder name), epoch, step, images, batch_size, steps, scheduler, width, height; backfill (true: new cells of an earlier column, rendered on resume) |
 | `sample` | epoch, step, prompt (index), seed, path, goal (the prompt's kind: accuracy/flexibility/preservation/other) |
-| `sample_done` | column, epoch, step, images (written), seconds (the whole column, pipeline set-up included), seconds_per_image |
+| `sample_done` | column, epoch, step, images (written), seconds (the whole column, pipeline set-up included), seconds_per_image; backfill |
 | `prior` | done, total, generated, reused, class_prompt, cache (folder relative to the project): DreamBooth's class images, before `start` |
 | `phase` | phase (`textual_inversion`, `lora`), step (steps done when it begins), message; pivotal tuning: until_step, embeddings_frozen |
 | `warning` | message, and optional context fields (items, budget, …) |

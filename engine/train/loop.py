@@ -184,8 +184,8 @@ def loop(s: Session, *, stop_after_steps: int | None = None) -> int:
         return EXIT_OK
     if s.resumed_from is None and cfg.sample.at_start:
         sample(s, checkpoint_name(0, 0), epoch=0, step=0)
-    elif s.resumed_from is not None:
-        sample_resumed_checkpoint(s)
+    # (a resume rendered its checkpoint's column, and new prompts' cells in earlier ones, in prepare:
+    # engine/train/backfill.py)
     if stopped_early(s):
         return EXIT_OK
     while True:
@@ -520,32 +520,6 @@ def progress_state(s: Session) -> dict[str, Any]:
     if scaler is not None:
         state["grad_scaler"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in scaler.state_dict().items()}
     return state
-
-
-def sample_resumed_checkpoint(s: Session) -> None:
-    """Render the resumed checkpoint's sample column if it is not all there (a stop on a signal skips
-    it, a crash may cut it short). The global RNG (LoRA dropout) is left as the checkpoint had it, so
-    the resumed steps stay those of an uninterrupted run."""
-    from engine.rundir import parse_checkpoint_name, sample_name
-
-    name = s.resumed_from.name
-    parsed = parse_checkpoint_name(name)
-    if not s.prompts or parsed is None:
-        return
-    folder = s.run.samples_dir / name
-    expected = {sample_name(i, seed) for i, p in enumerate(s.prompts) for seed in p.seeds}
-    present = {p.name for p in folder.glob("*.png")} if folder.is_dir() else set()
-    missing = not expected <= present
-    if s.accelerator.num_processes > 1:  # the main process's view decides, so all take the same path
-        from accelerate.utils import broadcast
-
-        missing = bool(broadcast(torch.tensor([int(missing)], device=s.accelerator.device), from_process=0).item())
-    if not missing:
-        s.sampled.add(name)
-        return
-    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        sample(s, name, epoch=parsed[0], step=parsed[1])
 
 
 def sample(s: Session, name: str, *, epoch: int, step: int) -> None:

@@ -156,7 +156,16 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
     length_change: dict[str, Any] | None = None
     progress_state: dict[str, Any] = {}
     sampled: set[str] = set()
+    from engine.project import load_project_file
+
+    prompts = sample_prompts(cfg, load_project_file(project_dir).goals.as_dict())
     if resume_from is not None:
+        # New sample prompts/seeds (`tunelab resume --set sample.…`), a column a signal left unrendered:
+        # render the missing cells of every column whose weights are at hand, before this checkpoint's
+        # state replaces the ones setup() left (the base column's).
+        from engine.train.backfill import backfill_samples
+
+        backfill_samples(run, cfg, method, components, accelerator, events, prompts, resume_from)
         state = ckpt.read_state(resume_from)
         progress_state = state.progress
         method.load_trainable_state(state.trainable)
@@ -167,7 +176,7 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         length_change = retarget_schedule(cfg, lr_scheduler, optimizer, p.get("total_steps"), total_steps)
         position = Position(step=p["step"], epoch=p["epoch"], in_epoch=p["in_epoch"],
                             epoch_complete=p["epoch_complete"])
-        sampled = set(p.get("sampled", []))
+        sampled = set(p.get("sampled", [])) | {resume_from.name}  # backfill_samples rendered its column
         if p.get("processes", accelerator.num_processes) != accelerator.num_processes:
             events.warning(f"resuming with {accelerator.num_processes} processes where the checkpoint had "
                            f"{p['processes']}: the data order differs from an uninterrupted run")
@@ -204,15 +213,12 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
                         elapsed=progress_state.get("elapsed", 0.0),
                         window_loss_sum=progress_state.get("window_loss_sum", 0.0),
                         window_loss_count=progress_state.get("window_loss_count", 0))
-    from engine.project import load_project_file
-
-    goals = load_project_file(project_dir).goals.as_dict()
     session = Session(
         run=run, cfg=cfg, accelerator=accelerator, events=events, method=method, components=components, data=data,
         validation=validation, optimizer=optimizer, lr_scheduler=lr_scheduler, trained=trained_modules,
         unet_forward=unet_forward, text_encoder_forward=text_encoder_forward, weight_dtype=weight_dtype,
         steps_per_epoch=steps_per_epoch, total_steps=total_steps, epochs=epochs,
-        prompts=sample_prompts(cfg, goals), position=position, progress=progress, resumed_from=resume_from,
+        prompts=prompts, position=position, progress=progress, resumed_from=resume_from,
         sampled=sampled, saved_at_step=position.step if resume_from is not None else -1,
         noise_gen=torch.Generator(device=device), aug_gen=torch.Generator(), compiled=bool(compiled),
     )

@@ -65,10 +65,46 @@ def batches(all_cells: list[Cell], batch_size: int) -> list[list[Cell]]:
     return out
 
 
+def prompt_record(i: int, p: Any) -> dict[str, Any]:
+    return {"index": i, "text": p.text, "kind": p.kind, "seeds": list(p.seeds), "guidance": p.guidance,
+            "steps": p.steps, "negative_prompt": p.negative_prompt}
+
+
+def merged_samples_json(old: dict[str, Any], prompts: list[Any], only: set[tuple[int, int]],
+                        settings: dict[str, Any]) -> dict[str, Any]:
+    """A column's samples.json after a backfill (`engine.train.backfill`): every old entry kept, the new
+    prompts added and the new seeds added to their prompts, and a `backfilled` list of the cells rendered
+    later, with the settings they were rendered with (they may differ from the column's first ones)."""
+    out = dict(old)
+    records = [dict(r) for r in old.get("prompts") or [] if isinstance(r, dict)]
+    by_index = {r.get("index", n): r for n, r in enumerate(records)}
+    for i, p in enumerate(prompts):
+        seeds = [seed for seed in p.seeds if (i, seed) in only]
+        if not seeds:
+            continue
+        if i in by_index:
+            r = by_index[i]
+            r["seeds"] = list(r.get("seeds") or []) + [seed for seed in seeds if seed not in (r.get("seeds") or [])]
+        else:
+            r = prompt_record(i, p)
+            r["seeds"] = seeds
+            by_index[i] = r
+            records.append(r)
+    out["prompts"] = sorted(records, key=lambda r: r.get("index", 0) if isinstance(r.get("index"), int) else 0)
+    out["backfilled"] = list(old.get("backfilled") or []) + [
+        {"prompt": i, "seed": seed, "t": round(time.time(), 3), **settings,
+         "guidance": prompts[i].guidance, "steps": prompts[i].steps,
+         "negative_prompt": prompts[i].negative_prompt} for i, seed in sorted(only)]
+    return out
+
+
 def render_samples(*, run_path: Path, folder_name: str, epoch: int, step: int, prompts: list[Any], cfg: Any,
                    components: Any, unet: torch.nn.Module, text_encoder: torch.nn.Module, accelerator: Any,
-                   events: Any) -> int:
-    """Render every cell into `samples/<folder_name>/`; returns the number of images written."""
+                   events: Any, only: set[tuple[int, int]] | None = None) -> int:
+    """Render every cell into `samples/<folder_name>/`; returns the number of images written.
+
+    `only`: render just these (prompt index, seed) cells into an existing column and merge its
+    samples.json (`merged_samples_json`) instead of writing a new one: a backfill."""
     from diffusers import StableDiffusionPipeline
 
     if not prompts:
@@ -78,15 +114,26 @@ def render_samples(*, run_path: Path, folder_name: str, epoch: int, step: int, p
     height = s.height or cfg.data.resolution
     out_dir = run_path / "samples" / folder_name
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out_dir / "samples.json", {
-        "epoch": epoch, "step": step, "width": width, "height": height, "scheduler": s.scheduler,
-        "prompts": [{"index": i, "text": p.text, "kind": p.kind, "seeds": list(p.seeds), "guidance": p.guidance,
-                     "steps": p.steps, "negative_prompt": p.negative_prompt} for i, p in enumerate(prompts)],
-    })
     all_cells = cells(prompts)
+    old = None
+    if only is not None:
+        all_cells = [c for c in all_cells if (c.prompt_index, c.seed) in only]
+        if not all_cells:
+            return 0
+        from engine.contact_sheet import read_samples_json
+
+        old = read_samples_json(out_dir) or None
+    if old is not None:
+        record = merged_samples_json(old, prompts, {(c.prompt_index, c.seed) for c in all_cells},
+                                     {"width": width, "height": height, "scheduler": s.scheduler})
+    else:
+        record = {"epoch": epoch, "step": step, "width": width, "height": height, "scheduler": s.scheduler,
+                  "prompts": [prompt_record(i, p) for i, p in enumerate(prompts)]}
+    atomic.write_json(out_dir / "samples.json", record)
     started = time.monotonic()
     events.emit("sample_started", column=folder_name, epoch=epoch, step=step, images=len(all_cells),
-                batch_size=s.batch_size, steps=s.steps, scheduler=s.scheduler, width=width, height=height)
+                batch_size=s.batch_size, steps=s.steps, scheduler=s.scheduler, width=width, height=height,
+                **({"backfill": True} if only is not None else {}))
     was_training = (unet.training, text_encoder.training)
     unet.eval()
     text_encoder.eval()
@@ -126,5 +173,6 @@ def render_samples(*, run_path: Path, folder_name: str, epoch: int, step: int, p
             torch.cuda.empty_cache()
         seconds = time.monotonic() - started
         events.emit("sample_done", column=folder_name, epoch=epoch, step=step, images=written,
-                    seconds=round(seconds, 3), seconds_per_image=round(seconds / written, 4) if written else None)
+                    seconds=round(seconds, 3), seconds_per_image=round(seconds / written, 4) if written else None,
+                    **({"backfill": True} if only is not None else {}))
     return written

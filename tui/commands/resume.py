@@ -18,10 +18,14 @@ has no complete checkpoint.
   budget.*                         e.g. budget.max_hours=4 for a run stopped by its budget (hours count
                                    over all attempts)
   save.*, sample.*                 what is saved and sampled from now on (sample.prompts: append only)
-Other keys are refused (start a new run for them). A finished run can be resumed when the new
-train.epochs / train.max_steps lie beyond its last checkpoint:
+Other keys are refused (start a new run for them). New sample prompts or seeds are also rendered for
+every earlier checkpoint the run still has (with its state/) and for the base column, so the contact
+sheet compares them at every checkpoint; existing images are never redrawn. A finished run can be
+resumed when the new train.epochs / train.max_steps lie beyond its last checkpoint, or to render new
+sample prompts/seeds only:
 
   tunelab resume RUN --set train.epochs=60            # it finished at 30: train on to 60
+  tunelab resume RUN --set 'sample.prompts=["a red circle", "a red car"]'   # add a prompt: no training
 
 The config the last attempt ran with is kept as config.attempt-N.toml; config.toml gets the new values
 and a comment naming them. LR schedule: the run goes on as if it had been planned with the new length
@@ -79,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         if plan.total_steps is not None and plan.total_steps != plan.total_steps_before:
             line += f" ({plan.total_steps_before} → {plan.total_steps} steps)"
         print(line, flush=True)
+        if plan.new_cells:
+            print(f"{plan.new_cells} new sample cell(s) (prompt × seed): rendered for every checkpoint the run "
+                  "still has" + ("; it trains no further" if plan.sample_only else ""), flush=True)
     if args.wait:
         from tui.commands.run import follow
 

@@ -95,7 +95,8 @@ def describe_event(ev: dict[str, Any]) -> str | None:
         return f"checkpoint {Path(str(ev.get('path', ''))).name or ev.get('step')}"
     if kind == "sample_done":  # one line per sample column, not one per image
         took = f" in {fmt_duration(ev['seconds'])}" if isinstance(ev.get("seconds"), (int, float)) else ""
-        return f"samples {ev.get('column')}: {ev.get('images')} image(s){took}"
+        new = " new" if ev.get("backfill") else ""  # cells added to an earlier column on resume
+        return f"samples {ev.get('column')}: {ev.get('images')}{new} image(s){took}"
     if kind == "resumed":
         return f"resumed from {Path(str(ev.get('checkpoint', ''))).name or ev.get('step')}"
     if kind == "val_loss" and isinstance(ev.get("loss"), (int, float)):
