@@ -15,22 +15,27 @@ only `--set sample.prompts=[…, "new"]` or `sample.seeds=[…]`: it renders the
 without training a step (`ResumePlan.sample_only`). `resume_with_changes` keeps the config the last attempt ran
 with as `config.attempt-N.toml` (N: that attempt's number in status.json), writes the new
 `config.toml` atomically with a header naming the changes, and starts the supervisor; if that fails,
-the old config is put back. The trainer names the changes in its `resumed` event (`config_changes`,
+the old config is put back. All of it happens under `RUN/resume.lock` (`resume_lock`), so two resumes
+at the same instant cannot both rewrite config.toml: the second gets `ResumeInProgress`. The trainer names the changes in its `resumed` event (`config_changes`,
 from `changes_since_last_attempt`) and what a new length does to the LR schedule (engine/train/prepare.py).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from engine import atomic
 from engine.launch import LaunchError, resume_check, start_supervisor
 from engine.rundir import Checkpoint, RunDir
 
 LENGTH_KEYS = ("train.epochs", "train.max_steps")
+RESUME_LOCK = "resume.lock"  # held by one resume from planning to the supervisor's handshake
 SECTIONS = ("budget", "save", "sample")
 ALLOWED = "train.epochs, train.max_steps, budget.*, save.*, sample.*"
 
@@ -293,13 +298,48 @@ def _leading_comments(text: str) -> list[str]:
     return out
 
 
+class ResumeInProgress(LaunchError):
+    """Another `resume` of the same run holds `resume.lock`: it is planning, rewriting config.toml or
+    starting the supervisor right now."""
+
+
+@contextlib.contextmanager
+def resume_lock(run: RunDir) -> Iterator[None]:
+    """Hold `RUN/resume.lock` (an exclusive flock) for one resume: from reading the run's state and
+    config, through rewriting config.toml, until the new supervisor holds the run's own `lock` and has
+    written `starting`. A second resume at the same instant gets ResumeInProgress at once; one that
+    comes after finds the run starting or running and is refused as usual (`resume_check`). The
+    supervisor's lock cannot serve here: the caller would have to let go of it before the supervisor
+    takes it, and another resume could slip in between."""
+    if not run.config_path.is_file():  # create no lock file in a folder that is not a run
+        raise LaunchError(f"{run.path} is not a run directory (no config.toml)")
+    fd = os.open(run.path / RESUME_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise ResumeInProgress(f"another resume of {run.run_id} is in progress (it holds "
+                                       f"{run.path / RESUME_LOCK}); nothing was changed. See it with "
+                                       f"`tunelab status {run.run_id}`") from None
+            raise
+        yield
+    finally:
+        os.close(fd)  # closing releases the flock
+
+
 def resume_with_changes(run_dir: RunDir | str | os.PathLike, overrides: Iterable[str] = ()) -> tuple[int, ResumePlan | None]:
     """Resume, applying `overrides` first; returns (supervisor pid, the plan or None without overrides).
-    Raises as `plan_resume`, and LaunchError when the supervisor refuses (the old config is then back)."""
+    Raises as `plan_resume`, ResumeInProgress while another resume of the run holds its `resume.lock`,
+    and LaunchError when the supervisor refuses (the old config is then back)."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    with resume_lock(run):
+        return _resume_with_changes(run, list(overrides))
+
+
+def _resume_with_changes(run: RunDir, overrides: list[str]) -> tuple[int, ResumePlan | None]:
     from engine.launch import resume_run
 
-    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    overrides = list(overrides)
     if not overrides:
         if run.state() == "finished":
             plan_resume(run, [])  # refuses, saying how to train it further

@@ -33,6 +33,9 @@ from the start. A constant schedule is unchanged; cosine and linear are recomput
 so the learning rate at the resumed step moves to the new curve's value (for a finished cosine run it
 rises from about 0 back up). The trainer's `resumed` event gives both values and the changes.
 
+Two resumes of one run at the same moment cannot both rewrite its config: the second is refused
+("another resume of RUN is in progress") and changes nothing.
+
 exit codes: 0 resumed (running detached); 1 refused; 2 no such run, or a --set that resume does not take
 (nothing changed). With --wait, as `tunelab run --wait`: 0 finished, 1 failed or lost, 3 stopped,
 130 interrupted.
