@@ -196,3 +196,92 @@ async def test_a_following_view_keeps_the_last_line_in_sight_when_it_gets_shorte
         await pilot.pause()
         await pilot.pause()
         assert view.follow and visible(view)[-1] == "line 99"
+
+
+LONG_WARNING = ("UserWarning: the attention mask and the pad token id were not set; as a consequence you may "
+                "observe unexpected behaviour, so pass your input's attention_mask to obtain reliable results "
+                "END_OF_WARNING")
+
+
+@sync
+async def test_a_following_view_shows_its_last_line_above_the_sideways_scrollbar_a_long_line_brings(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join(b"step %d\n" % i for i in range(50)) + LONG_WARNING.encode() + b"\nlast line\n")
+    app = LogApp(path)
+    async with app.run_test(size=(60, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 52 and view.show_horizontal_scrollbar)
+        await pilot.pause()
+        await pilot.pause()
+        assert view.follow and visible(view)[-1] == "last line"
+
+
+@sync
+async def test_W_wraps_long_lines_so_they_can_be_read_whole_and_unwraps_them_again(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join(b"step %d\n" % i for i in range(200)) + LONG_WARNING.encode() + b"\nlast line\n")
+    app = LogApp(path)
+    async with app.run_test(size=(50, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 202)
+        await pilot.pause()
+        # One row a line: the warning is cut at the edge, and the subtitle says how to read it.
+        assert not any("END_OF_WARNING" in row for row in visible(view))
+        assert "W wraps" in str(view.border_subtitle)
+        await pilot.press("W")
+        await pilot.pause()
+        rows = visible(view)
+        assert view.wrap and view.follow and rows[-1] == "last line"  # the end stays in view
+        start = next(i for i, row in enumerate(rows) if row.startswith("UserWarning"))
+        joined = " ".join(rows[start:-1])
+        assert joined == LONG_WARNING  # every word, at spaces, nothing cut
+        assert all(len(row) <= view.scrollable_content_region.width for row in rows)
+        assert view.max_scroll_x == 0 and "wrapped" in str(view.border_subtitle)
+        # Appended lines still follow; scrolling up shows earlier lines whole.
+        with open(path, "ab") as f:
+            f.write(b"newer\n")
+        await wait_for(pilot, lambda: visible(view)[-1] == "newer")
+        await pilot.press("pageup")
+        assert not view.follow
+        top = int(view.scroll_y)
+        assert visible(view)[0] == f"step {top}"
+        await pilot.press("W")  # back to one row a line: the same line stays on top
+        await pilot.pause()
+        assert not view.wrap and int(view.scroll_y) == top and visible(view)[0] == f"step {top}"
+
+
+@sync
+async def test_wrapped_lines_of_a_short_log_are_all_reachable(tmp_path):
+    # Fewer lines than rows, but wrapped they need more: the scroll range must reach the first row.
+    path = tmp_path / "train.log"
+    path.write_bytes(b"first line\n" + (LONG_WARNING + " " + LONG_WARNING).encode() + b"\nlast\n")
+    app = LogApp(path)
+    async with app.run_test(size=(40, 10)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 3)
+        await pilot.press("W")
+        await pilot.pause()
+        assert visible(view)[-1] == "last" and "first line" not in visible(view)
+        await pilot.press("home")
+        await pilot.pause()
+        assert visible(view)[0] == "first line"
+
+
+@sync
+async def test_wrapping_a_big_log_still_reads_only_its_tail(tmp_path, monkeypatch):
+    monkeypatch.setattr(lv, "AUTO_INDEX_BYTES", 64 * 1024)
+    monkeypatch.setattr(lv, "BACK_CHUNK", 64 * 1024)
+    path = tmp_path / "train.log"
+    path.write_bytes((b"y" * 150 + b"\n") * 20000)  # 3 MB of lines longer than the view
+    reads = []
+    real = lv.os.pread
+    monkeypatch.setattr(lv.os, "pread", lambda fd, n, off: reads.append(n) or real(fd, n, off))
+    app = LogApp(path)
+    async with app.run_test(size=(60, 10)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count > 0)
+        await pilot.press("W")
+        await pilot.pause(0.3)
+        assert visible(view)[-1] == "y" * (150 - 2 * view.scrollable_content_region.width)
+        assert not view.index.complete and view.index.line_count < 2000  # still only the tail indexed
+        assert sum(reads) < 400 * 1024  # bytes read: the tail scan and the lines shown, not the file

@@ -157,6 +157,8 @@ ACTIONS += (
            help="Plot: cycle loss, learning rate, images per second"),
     Action("log.follow", "f", "toggle_follow", "Follow", "log",
            help="Log view: keep the newest line in view (scrolling up turns it off)"),
+    Action("log.wrap", "W", "toggle_wrap", "Wrap", "log",
+           help="Log view: wrap long lines at the edge (off: one row a line, ←/→ scroll sideways)"),
     Action("log.top", "home,g", "scroll_home", "Top", "log", show=False,
            help="Log view: go to the first line (indexes the whole file)"),
     Action("log.end", "end,G", "scroll_end", "End", "log", show=False,

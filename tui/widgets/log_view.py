@@ -17,6 +17,13 @@ Display rules: a half-written last line is shown and updated as it grows; a `\\r
 it the way a terminal would (`10%\\r20%` shows `20%`), and `\\r\\n` endings are plain line ends; ANSI colour
 codes are honoured. Follow mode (`f`) keeps the last line in view; scrolling up turns it off, reaching the
 end turns it back on.
+
+Long lines (a traceback line, a long warning): by default a line is one row, cut at the right edge, and
+←/→ scroll sideways (ctrl+pageup/pagedown a page; the subtitle says when lines are cut). `W` wraps them
+instead, at spaces (a longer word is folded). Wrapping keeps the index as it is: the scroll position is
+still a line number (the top line; at the end, the last line sits at the bottom), so only the lines on
+screen are ever wrapped — the height of the whole file in rows is never needed. Near the end the scroll
+range is made long enough to reach the tail (`_tail_top`: the last lines wrapped, at most a screen's).
 """
 from __future__ import annotations
 
@@ -180,6 +187,7 @@ class LogView(ScrollView, can_focus=True):
     BINDINGS = bindings("log")
 
     follow: reactive[bool] = reactive(True)
+    wrap: reactive[bool] = reactive(False, init=False)
 
     class Changed(Message):
         """The watcher thread left news in the mailbox (coalesces while the UI is busy)."""
@@ -211,6 +219,8 @@ class LogView(ScrollView, can_focus=True):
         self._max_width = 0
         self._text_cache: OrderedDict[tuple[int, int, int], Text] = OrderedDict()
         self._strip_cache: OrderedDict[tuple[int, int, int, int, int], Strip] = OrderedDict()
+        self._wrap_cache: OrderedDict[tuple[int, int, int, int], list[Strip]] = OrderedDict()
+        self._frame: tuple[tuple, list[Strip]] | None = None  # wrap mode: the screen's rows, as last laid out
         self.border_title = self.path.name
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -346,8 +356,7 @@ class LogView(ScrollView, can_focus=True):
             self._fd = fd
             self._generation += 1
             self.index = LineIndex(size)
-            self._text_cache.clear()
-            self._strip_cache.clear()
+            self._clear_caches()
             self._max_width = 0
             self.follow = True  # a new or truncated file: its tail is what matters
         self._missing = missing and reset is None and self._fd < 0
@@ -357,8 +366,7 @@ class LogView(ScrollView, can_focus=True):
         if end is not None:
             self.index.add_forward(fwd, end)
             # The old last line may have grown: forget its cached rendering.
-            self._text_cache.clear()
-            self._strip_cache.clear()
+            self._clear_caches()
         self._update_virtual_size()
         if self.follow:
             self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
@@ -374,8 +382,32 @@ class LogView(ScrollView, can_focus=True):
         if self.show_vertical_scrollbar and self.vertical_scrollbar.position != self.scroll_y:
             self.vertical_scrollbar.position = self.scroll_y
 
+    def _clear_caches(self) -> None:
+        self._text_cache.clear()
+        self._strip_cache.clear()
+        self._wrap_cache.clear()
+        self._frame = None
+
     def _update_virtual_size(self) -> None:
-        self.virtual_size = Size(max(self._max_width, 1), self.index.line_count)
+        if self.wrap:
+            region = self.scrollable_content_region
+            width, height = max(1, region.width), max(1, region.height)
+            # Scroll positions are top lines; the last one is the top line of the tail's screen.
+            self.virtual_size = Size(width, self._tail_top(width, height) + height)
+        else:
+            self.virtual_size = Size(max(self._max_width, 1), self.index.line_count)
+        self._update_subtitle()
+
+    def watch_show_horizontal_scrollbar(self, shown: bool) -> None:
+        # A first long line brings the horizontal scrollbar: one row less to see, and Textual keeps
+        # scroll_y, which would hide the newest line under the bar while the subtitle says "following".
+        if self.follow:
+            self.call_after_refresh(self._pin_end)
+
+    def _pin_end(self) -> None:
+        if self.follow and self.scroll_y != self.max_scroll_y:
+            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+            self.call_after_refresh(self._sync_scrollbar)
 
     def _update_subtitle(self) -> None:
         if self._missing or (self._fd < 0 and self.index.end == 0):
@@ -385,6 +417,10 @@ class LogView(ScrollView, can_focus=True):
         if not self.index.complete:
             parts.append(f"last {_size(self.index.end - self.index.low)} indexed")
         parts.append("following" if self.follow else "paused · f follows")
+        if self.wrap:
+            parts.append("wrapped")
+        elif self._max_width > self.scrollable_content_region.width > 0:
+            parts.append("long lines cut: W wraps, ←/→ scroll")
         self.border_subtitle = " · ".join(parts)
 
     # --- reading and rendering lines --------------------------------------------------------------
@@ -415,6 +451,8 @@ class LogView(ScrollView, can_focus=True):
         return text
 
     def render_line(self, y: int) -> Strip:
+        if self.wrap:
+            return self._render_wrapped(y)
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
         width = self.scrollable_content_region.width
@@ -428,7 +466,7 @@ class LogView(ScrollView, can_focus=True):
             text = self.line_text(index)
             if text.cell_len > self._max_width:
                 self._max_width = text.cell_len
-                self.call_later(self._update_virtual_size)
+                self.call_later(self._update_virtual_size)  # and the subtitle: lines are cut
             strip = Strip(text.render(self.app.console), text.cell_len)
             strip = strip.crop_extend(scroll_x, scroll_x + width, base).apply_style(base)
             self._strip_cache[key] = strip
@@ -441,8 +479,97 @@ class LogView(ScrollView, can_focus=True):
             self._wake.set()
         return strip
 
+    # --- wrap mode ------------------------------------------------------------------------------------
+    def _wrapped(self, index: int, width: int) -> list[Strip]:
+        """Line `index` wrapped into rows of `width` cells (at least one row), from a small LRU."""
+        start, end = self.index.span(index)
+        key = (self._generation, start, end, width)
+        rows = self._wrap_cache.get(key)
+        if rows is not None:
+            self._wrap_cache.move_to_end(key)
+            return rows
+        text = self.line_text(index)
+        console = self.app.console
+        if text.cell_len <= width:
+            pieces = [Strip(text.render(console), text.cell_len)]
+        else:  # at spaces, like a reader expects; a word longer than the row is folded
+            pieces = [Strip(line.render(console), line.cell_len)
+                      for line in text.wrap(console, width, overflow="fold", no_wrap=False)]
+        base = self.rich_style
+        rows = [piece.crop_extend(0, width, base).apply_style(base) for piece in pieces or [Strip([])]]
+        self._wrap_cache[key] = rows
+        if len(self._wrap_cache) > 512:
+            self._wrap_cache.popitem(last=False)
+        return rows
+
+    def _tail_top(self, width: int, height: int) -> int:
+        """The first line of the screen that shows the file's end (0 when everything fits)."""
+        rows, i = 0, self.index.line_count - 1
+        while i >= 0:
+            rows += len(self._wrapped(i, width))
+            if rows >= height:
+                return i
+            i -= 1
+        return 0
+
+    def _layout(self, width: int, height: int) -> list[Strip]:
+        """The rows on screen: from the top line down, or, at the end, from the last line up (so the
+        newest line is at the bottom even when the lines above it wrap)."""
+        n = self.index.line_count
+        top = int(self.scroll_y)
+        at_end = top >= self.max_scroll_y
+        key = (self._generation, self.index.low, self.index.end, n, width, height, top, at_end)
+        if self._frame is not None and self._frame[0] == key:
+            return self._frame[1]
+        rows: list[Strip] = []
+        if at_end:
+            i = n - 1
+            while i >= 0 and len(rows) < height:
+                rows[:0] = self._wrapped(i, width)
+                i -= 1
+            if len(rows) > height:
+                rows = rows[-height:]
+            top = i + 1
+        else:
+            i = top
+            while i < n and len(rows) < height:
+                rows.extend(self._wrapped(i, width))
+                i += 1
+            rows = rows[:height]
+        self._frame = (key, rows)
+        if top < 200 and not self.index.complete:
+            self._want_back.set()
+            self._wake.set()
+        return rows
+
+    def _render_wrapped(self, y: int) -> Strip:
+        region = self.scrollable_content_region
+        width, height = region.width, region.height
+        if self._fd < 0 or width <= 0:
+            return Strip.blank(max(width, 0), self.rich_style)
+        rows = self._layout(width, height)
+        return rows[y] if y < len(rows) else Strip.blank(width, self.rich_style)
+
+    def watch_wrap(self, wrap: bool) -> None:
+        top = int(self.scroll_y)
+        self._frame = None
+        self._update_virtual_size()
+        if wrap:
+            self.scroll_to(x=0, animate=False, force=True)
+        if self.follow:
+            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+        else:  # the same line stays at the top
+            self.scroll_to(y=min(top, self.max_scroll_y), animate=False, force=True)
+        self.refresh()
+        self.call_after_refresh(self._sync_scrollbar)
+
+    def action_toggle_wrap(self) -> None:
+        self.wrap = not self.wrap
+
     # --- follow mode ------------------------------------------------------------------------------
     def on_resize(self) -> None:
+        if self.wrap:  # a new width wraps differently: the tail's top line moves
+            self._update_virtual_size()
         # Shorter now (a panel above or beside it grew, the terminal shrank): Textual keeps scroll_y,
         # which would leave the newest lines below the bottom edge while the subtitle says "following".
         if self.follow:
