@@ -391,7 +391,8 @@ class LogView(ScrollView, can_focus=True):
     def _update_virtual_size(self) -> None:
         if self.wrap:
             region = self.scrollable_content_region
-            width, height = max(1, region.width), max(1, region.height)
+            # Wrapped, nothing is wider than the view: a sideways scrollbar still shown is about to go.
+            width, height = max(1, region.width), max(1, region.height + self.scrollbar_size_horizontal)
             # Scroll positions are top lines; the last one is the top line of the tail's screen.
             self.virtual_size = Size(width, self._tail_top(width, height) + height)
         else:
@@ -403,6 +404,15 @@ class LogView(ScrollView, can_focus=True):
         # scroll_y, which would hide the newest line under the bar while the subtitle says "following".
         if self.follow:
             self.call_after_refresh(self._pin_end)
+
+    def watch_show_vertical_scrollbar(self, shown: bool) -> None:
+        if self.wrap:  # two columns more or less: lines wrap differently, the tail's top line moves
+            self.call_after_refresh(self._rewrap)
+
+    def _rewrap(self) -> None:
+        if self.wrap:
+            self._update_virtual_size()
+            self._pin_end()
 
     def _pin_end(self) -> None:
         if self.follow and self.scroll_y != self.max_scroll_y:
