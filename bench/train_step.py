@@ -9,12 +9,15 @@ GPU mode (`--gpu`, needs CUDA; "run this on a GPU box"): an SD 1.5-sized UNet (i
 random weights, no download) at 512 px, LoRA (rank 16, attention projections) and full, batch 1/8/32/64,
 each both *tuned* (cached latents/text on the device, bf16 autocast, channels_last, fused AdamW, SDPA)
 and *naive* (VAE + text encode every step, fp32, default layout, per-tensor AdamW) in the same run;
-img/s, `torch.cuda.max_memory_allocated`, MFU = img/s x FLOPs per image / the device's bf16 peak;
-`--compile` adds regional torch.compile cases; then seconds per sample image (SD 1.5 UNet + VAE,
-DPM++ 20 steps, batch 1 and 8); then the real trainer (`engine.train.loop.train`, in a fresh process
-per case) on an SD 1.5-shaped diffusers folder with random weights written to a temp dir, LoRA and
-full at batch 8 and 32, bf16, 512 px: what a user's run gets, caches and all (`--no-trainer` skips it).
-`--gpu-smoke` runs the GPU code on the CPU with miniature models.
+img/s, `torch.cuda.max_memory_allocated`, MFU = img/s x FLOPs per image / the device's bf16 peak; one
+technique at a time at the headline batch; seconds per sample image (SD 1.5 UNet + VAE, DPM++ 20
+steps, batch 1 and 8); the real trainer (`engine.train.loop.train`, a fresh process per case) on an SD
+1.5-shaped diffusers folder with random weights, LoRA and full at batch 32 and 8, bf16, 512 px; a
+30-epoch run with default settings and its sampling share; `--compile` adds regional torch.compile.
+Most important first, written after every case: `--budget-s` stops starting cases at a deadline (a
+lent machine's per-call limit) and `--continue FILE` measures only what an earlier file lacks
+(`bench/gpu_session.sh` is the whole GPU session as one command). `--gpu-smoke` runs the GPU code on
+the CPU with miniature models; `--report FILE` prints a result file's tables.
 
     python bench/train_step.py [--steps 12]                 # CPU
     python bench/train_step.py --techniques                  # CPU, one technique at a time
@@ -142,10 +145,13 @@ def build_sd15_random(root: Path, *, smoke: bool) -> Path:
     ids = json.loads((tiny / "text_encoder" / "config.json").read_text())
     torch.manual_seed(0)
     unet, vae, text = (SMOKE_UNET, SMOKE_VAE, SMOKE_TEXT) if smoke else (SD15_UNET, SD15_VAE, SD15_TEXT)
-    UNet2DConditionModel(**unet).save_pretrained(tmp / "unet")
-    AutoencoderKL(**vae).save_pretrained(tmp / "vae")
-    CLIPTextModel(CLIPTextConfig(**text, **{k: ids[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")})
-                  ).save_pretrained(tmp / "text_encoder")
+    # Random init on the GPU when there is one: on the host it takes longer than everything timed after.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        models = {"unet": UNet2DConditionModel(**unet), "vae": AutoencoderKL(**vae),
+                  "text_encoder": CLIPTextModel(CLIPTextConfig(**text, **{k: ids[k] for k in
+                                                ("bos_token_id", "eos_token_id", "pad_token_id")}))}
+    for name, model in models.items():
+        model.to("cpu").save_pretrained(tmp / name)
     tmp.rename(out)
     return out
 
@@ -196,6 +202,7 @@ def _sync(device: str) -> None:
 def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naive: bool = False,
               unet_config: dict | None = None, vae_config: dict | None = None, text_config: dict | None = None,
               dtype: str = "bf16", channels_last: bool | None = None, fused: bool | None = None,
+              optimizer: str | None = None, sdpa: bool = True,
               compile: bool = False, checkpointing: bool = False, rounds: int = 3, peak: float | None = None) -> dict:
     """Time training steps of a randomly initialised SD-shaped UNet.
 
@@ -205,6 +212,9 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
     encode of the pixels and a text-encoder pass every step), default memory layout, per-tensor
     (non-foreach, non-fused) AdamW. img/s is the median of `rounds` rounds of `steps` steps, each
     round timed to a device sync; peak memory is `torch.cuda.max_memory_allocated` (CUDA only).
+    `optimizer` ("per-tensor", "foreach", "fused") and `sdpa=False` (diffusers' classic attention)
+    override single techniques, for the one-at-a-time table. Weights are created on the device itself
+    (random init of 860 M parameters on the host takes longer than the timed steps).
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -215,10 +225,12 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
     autocast_dtype = None if naive or dtype == "fp32" else {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     channels_last = (cuda and not naive) if channels_last is None else channels_last
     fused = (cuda and not naive) if fused is None else fused
+    optimizer = optimizer or ("per-tensor" if naive else ("fused" if fused else "foreach"))
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
-    unet = UNet2DConditionModel(**config).to(device)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**config)
     if method == "lora":
         from peft import LoraConfig
 
@@ -236,6 +248,10 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
         unet.enable_gradient_checkpointing()
     if channels_last:
         unet.to(memory_format=torch.channels_last)
+    if not sdpa:
+        from diffusers.models.attention_processor import AttnProcessor
+
+        unet.set_attn_processor(AttnProcessor())
     processors = sorted({type(p).__name__ for p in unet.attn_processors.values()})
     compile_s = None
     if compile:
@@ -244,12 +260,8 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
         compile_s = time.perf_counter() - t0  # arming only; the first step compiles (added below)
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    if naive:
-        opt = torch.optim.AdamW(params, lr=1e-5, foreach=False)
-    elif fused:
-        opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
-    else:
-        opt = torch.optim.AdamW(params, lr=1e-5)
+    opt = torch.optim.AdamW(params, lr=1e-5, **{"per-tensor": dict(foreach=False), "foreach": dict(foreach=True),
+                                                "fused": dict(fused=True)}[optimizer])
     latent = config["sample_size"]
     cross = config["cross_attention_dim"]
     vae = text_encoder = pixels = ids = None
@@ -257,9 +269,10 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
         from transformers import CLIPTextConfig, CLIPTextModel
 
         vcfg = vae_config or SD15_VAE
-        vae = AutoencoderKL(**vcfg).to(device).requires_grad_(False).eval()
         tcfg = dict(text_config or SD15_TEXT)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**tcfg)).to(device).requires_grad_(False).eval()
+        with torch.device(device):
+            vae = AutoencoderKL(**vcfg).requires_grad_(False).eval()
+            text_encoder = CLIPTextModel(CLIPTextConfig(**tcfg)).requires_grad_(False).eval()
         down = 2 ** (len(vcfg["block_out_channels"]) - 1)
         pixels = torch.rand(batch, 3, latent * down, latent * down, device=device) * 2 - 1
         ids = torch.randint(0, tcfg["vocab_size"], (batch, 77), device=device)
@@ -310,7 +323,7 @@ def unet_case(method: str, batch: int, steps: int, *, device: str = "cuda", naiv
     vae_down = 2 ** (len((vae_config or SD15_VAE)["block_out_channels"]) - 1)
     out = dict(method=method, variant="naive" if naive else "tuned", batch=batch, resolution=latent * vae_down,
                dtype="fp32" if autocast_dtype is None else dtype, channels_last=channels_last,
-               optimizer="adamw (per-tensor)" if naive else ("adamw fused" if fused else "adamw foreach"),
+               optimizer=f"adamw {optimizer}",
                cached=not naive, compile=compile, gradient_checkpointing=checkpointing, attention=processors,
                steps=steps * rounds, s_per_step=round(s_per_step, 5), img_s=round(img_s, 3),
                img_s_rounds=[round(batch / r, 3) for r in per_round],
@@ -457,88 +470,342 @@ def environment(torch) -> dict:
     return env
 
 
-def gpu_mode(args, results: dict, *, smoke: bool) -> list[dict]:
-    import torch
+class Budget:
+    """A wall-clock allowance for a whole benchmark (a lent GPU machine's per-call limit): a phase that
+    would start with less than its `need_s` left is skipped and named in the JSON, and a subprocess case
+    is killed at the deadline, so the command ends inside its limit with everything measured so far."""
 
+    def __init__(self, seconds: float | None):
+        self.end = time.monotonic() + seconds if seconds is not None else None
+
+    def left(self) -> float:
+        return float("inf") if self.end is None else self.end - time.monotonic()
+
+    def allows(self, need_s: float) -> bool:
+        return self.left() >= need_s
+
+
+class Results:
+    """The results dict, written to its JSON file (atomically) after every case, so a run that is killed
+    at its time limit still leaves what it measured. Every case has a label; `--continue FILE` starts
+    from an earlier file and measures only what it lacks (a second call on a lent machine)."""
+
+    def __init__(self, data: dict, path: Path, earlier: dict | None = None):
+        self.path = path
+        if earlier:
+            env = {k: v for k, v in data.items() if not isinstance(v, (list, dict))}
+            data = dict(earlier, continued=[*earlier.get("continued", []), env])
+            data.pop("skipped_for_time", None)  # retried now
+        self.data = data
+        self.done = {c.get("label") for key in SECTIONS for c in data.get(key, [])
+                     if "time budget" not in str(c.get("error", ""))}
+        for key in SECTIONS:  # a case cut by the budget is measured again
+            if key in data:
+                data[key] = [c for c in data[key] if "time budget" not in str(c.get("error", ""))]
+
+    def add(self, section: str, label: str, case: dict) -> dict:
+        case = dict(case, label=label)
+        self.data.setdefault(section, []).append(case)
+        self.done.add(label)
+        print(json.dumps(case), flush=True)
+        self.save()
+        return case
+
+    def find(self, label: str) -> dict | None:
+        return next((c for key in SECTIONS for c in self.data.get(key, []) if c.get("label") == label), None)
+
+    def skip(self, label: str) -> None:
+        self.data.setdefault("skipped_for_time", []).append(label)
+        print(json.dumps({"skipped_for_time": label}), flush=True)
+        self.save()
+
+    def save(self) -> None:
+        # A continued run adds the rows a cut one skipped: keep the one-at-a-time table in its order.
+        self.data.get("techniques", []).sort(key=lambda c: (c.get("method") != "lora", c.get("ladder", 0)))
+        self.data["speedup_tuned_over_naive"] = speedups(self.data.get("cases", []))
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+SECTIONS = ("cases", "trainer", "sampling", "techniques", "sampling_share")
+
+
+def speedups(cases: list[dict]) -> list[dict]:
+    """Tuned over naive, per method and batch: the honest speed-up of everything the trainer does."""
+    out = []
+    for c in cases:
+        if c.get("variant") == "tuned" and not c.get("compile") and "img_s" in c:
+            base = next((n for n in cases if n.get("variant") == "naive" and n["method"] == c["method"]
+                         and n["batch"] == c["batch"] and "img_s" in n), None)
+            if base:
+                out.append(dict(method=c["method"], batch=c["batch"], tuned_img_s=c["img_s"],
+                                naive_img_s=base["img_s"], speedup=round(c["img_s"] / base["img_s"], 2)))
+    return out
+
+
+# One technique at a time on the GPU, cumulative from the naive step to the trainer's (at one batch):
+# (label, unet_case keyword arguments). The last row takes SDPA away again, to show what it is worth.
+GPU_LADDER = [
+    ("naive: fp32, VAE + text encode every step, per-tensor AdamW", dict(naive=True)),
+    ("+ cached latents and text embeddings", dict(dtype="fp32", channels_last=False, optimizer="per-tensor")),
+    ("+ foreach AdamW", dict(dtype="fp32", channels_last=False, optimizer="foreach")),
+    ("+ bf16 autocast (LoRA: frozen base in bf16)", dict(dtype="bf16", channels_last=False, optimizer="foreach")),
+    ("+ channels_last", dict(dtype="bf16", channels_last=True, optimizer="foreach")),
+    ("+ fused AdamW (= the trainer's step)", dict(dtype="bf16", channels_last=True, optimizer="fused")),
+    ("the trainer's step without SDPA (classic attention)", dict(dtype="bf16", channels_last=True,
+                                                                optimizer="fused", sdpa=False)),
+]
+
+
+def gpu_mode(args, res: Results, *, smoke: bool) -> None:
+    """The GPU benchmark, most important numbers first, so a time budget cuts only the tail: the tuned
+    step and the real trainer at the headline batch, the naive step there (the honest ratio), the other
+    tuned batches, sampling, one technique at a time, the other naive batches, a 30-epoch run with
+    default settings (its sampling share), the other trainer batches, regional torch.compile."""
+    import torch  # noqa: F401 - CUDA initialised before the first case is timed
+
+    results = res.data
+    budget = Budget(args.budget_s)
     device = "cpu" if smoke else "cuda"
     configs = dict(unet_config=SMOKE_UNET, vae_config=SMOKE_VAE, text_config=SMOKE_TEXT) if smoke else {}
     peak = None if smoke else peak_tflops(results["device"])
     results["peak_bf16_tflops"] = peak
     if peak is None and not smoke:
         print(f"note: no peak FLOP/s known for {results['device']!r}; MFU omitted", file=sys.stderr)
-    batches = (1, 2) if smoke else tuple(args.batches)
+    batches = [1, 2] if smoke else list(args.batches)
+    head = 2 if smoke else args.headline_batch
     steps = 2 if smoke else args.steps
-    cases = []
-    if args.trainer_only:
-        results["trainer"] = trainer_cases(args, smoke=smoke, peak=peak)
-        return cases
-    for method in ("lora", "full"):
-        for naive in (False, True):
+    rounds = 1 if smoke else 3
+    trainer_batches = [2] if smoke else list(args.trainer_batches)
+    step_need, trainer_need = (0, 0) if smoke else (20, 75)
+    run_steps, run_trainer = not args.trainer_only, not args.no_trainer
+    methods = ("lora", "full")
+
+    def step_label(method: str, batch: int, naive: bool) -> str:
+        return f"step {method} b{batch} {'naive' if naive else 'tuned'}"
+
+    def step_case(method: str, batch: int, *, naive: bool = False) -> None:
+        label = step_label(method, batch, naive)
+        if label in res.done:
+            return
+        if not budget.allows(step_need):
+            return res.skip(label)
+        res.add("cases", label, guarded(unet_case, method, batch, steps, device=device, naive=naive, peak=peak,
+                                        rounds=rounds, **configs))
+
+    base: list[Path] = []
+
+    def trainer(method: str, batch: int) -> None:
+        label = f"trainer {method} b{batch}"
+        if label in res.done:
+            return
+        if not budget.allows(trainer_need):
+            return res.skip(label)
+        if not base:
+            base.append(build_base(res, smoke=smoke))
+        res.add("trainer", label, trainer_case_process(base[0], method, batch, smoke=smoke, steps=steps, peak=peak,
+                                                       timeout_s=budget.left()))
+
+    def techniques(method: str) -> None:
+        """Cumulative from the naive step to the trainer's; both ends are the cases already measured."""
+        for i, (name, kw) in enumerate(GPU_LADDER):
+            label = f"technique {method}: {name}"
+            if label in res.done:
+                continue
+            end = {0: step_label(method, head, True), len(GPU_LADDER) - 2: step_label(method, head, False)}.get(i)
+            known = res.find(end) if end else None
+            if known and "img_s" in known:
+                case = dict(known)
+            elif not budget.allows(step_need):
+                res.skip(label)
+                continue
+            else:
+                case = guarded(unet_case, method, head, steps, device=device, peak=peak, rounds=rounds,
+                               **configs, **kw)
+            case.update(name=name, ladder=i)
+            res.add("techniques", label, case)
+
+    if run_steps:
+        for method in methods:
+            step_case(method, head)
+    if run_trainer and head in trainer_batches:
+        for method in methods:
+            trainer(method, head)
+    if run_steps:
+        for method in methods:
+            step_case(method, head, naive=True)
+        for method in methods:
             for b in batches:
-                case = guarded(unet_case, method, b, steps, device=device, naive=naive, peak=peak,
-                               rounds=1 if smoke else 3, **configs)
-                cases.append(case)
-                print(json.dumps(case), flush=True)
-        if args.compile or smoke:
-            for b in ((1,) if smoke else (8, 32)):
-                if smoke and not hasattr(torch, "compile"):
-                    continue
-                try:
-                    case = guarded(unet_case, method, b, steps, device=device, compile=not smoke, peak=peak,
-                                   rounds=1 if smoke else 3, **configs)
-                except Exception as e:  # noqa: BLE001 - a compile failure is a result, not a crash
-                    case = dict(method=method, batch=b, variant="tuned", compile=True, error=f"{type(e).__name__}: {e}")
-                cases.append(case)
-                print(json.dumps(case), flush=True)
-    sampling = []
-    for b in ((2,) if smoke else (1, 8)):
-        sampling.append(sampling_case(b, 2 if smoke else 16, 2 if smoke else args.sample_steps, device=device,
-                                      unet_config=configs.get("unet_config"), vae_config=configs.get("vae_config"),
-                                      dtype="fp32" if smoke else "bf16"))
-        print(json.dumps(sampling[-1]), flush=True)
-    results["sampling"] = sampling
-    # The real trainer on the SD 1.5-shaped random base: the number that says what a user gets.
-    if not args.no_trainer:
-        results["trainer"] = trainer_cases(args, smoke=smoke, peak=peak)
-    # Tuned over naive, per method and batch: the honest speed-up of everything the trainer does.
-    speedups = []
-    for c in cases:
-        if c.get("variant") == "tuned" and not c.get("compile") and "img_s" in c:
-            base = next((n for n in cases if n.get("variant") == "naive" and n["method"] == c["method"]
-                         and n["batch"] == c["batch"] and "img_s" in n), None)
-            if base:
-                speedups.append(dict(method=c["method"], batch=c["batch"], tuned_img_s=c["img_s"],
-                                     naive_img_s=base["img_s"], speedup=round(c["img_s"] / base["img_s"], 2)))
-    results["speedup_tuned_over_naive"] = speedups
-    return cases
+                if b != head:
+                    step_case(method, b)
+        for b in ((2,) if smoke else (8, 1)):
+            if f"sampling b{b}" in res.done:
+                continue
+            if not budget.allows(step_need):
+                res.skip(f"sampling b{b}")
+                continue
+            res.add("sampling", f"sampling b{b}", sampling_case(b, 2 if smoke else 16, 2 if smoke else args.sample_steps,
+                                              device=device, unet_config=configs.get("unet_config"),
+                                              vae_config=configs.get("vae_config"), dtype="fp32" if smoke else "bf16"))
+        for method in methods:
+            techniques(method)
+        for method in methods:
+            for b in batches:
+                if b != head:
+                    step_case(method, b, naive=True)
+    if run_trainer:
+        if "sampling share" in res.done:
+            pass
+        elif not budget.allows(trainer_need):
+            res.skip("sampling share")
+        else:
+            if not base:
+                base.append(build_base(res, smoke=smoke))
+            res.add("sampling_share", "sampling share", default_run_process(
+                base[0], smoke=smoke, epochs=2 if smoke else args.share_epochs,
+                images=4 if smoke else args.share_images, timeout_s=budget.left()))
+        for method in methods:
+            for b in trainer_batches:
+                if b != head:
+                    trainer(method, b)
+    if run_steps and args.compile:
+        for method in methods:
+            label = f"compile {method} b{head}"
+            if label in res.done:
+                continue
+            if not budget.allows(2 * trainer_need):
+                res.skip(label)
+                continue
+            try:
+                case = guarded(unet_case, method, head, steps, device=device, compile=True, peak=peak,
+                               rounds=rounds, **configs)
+            except Exception as e:  # noqa: BLE001 - a compile failure is a result, not a crash
+                case = dict(method=method, batch=head, variant="tuned", compile=True, error=f"{type(e).__name__}: {e}")
+            res.add("cases", label, case)
+    res.save()
 
 
-def trainer_cases(args, *, smoke: bool, peak: float | None) -> list[dict]:
-    """`trainer_case` on the SD 1.5-shaped random base, LoRA and full, each in a fresh process (its own
-    memory), bf16 on CUDA. A case that fails (out of memory, say) is recorded with its error."""
+def build_base(res: Results, *, smoke: bool) -> Path:
     root = Path(tempfile.mkdtemp(prefix="tunelab-bench-gpu-"))
     t0 = time.perf_counter()
     base = build_sd15_random(root, smoke=smoke)
-    print(json.dumps({"built": str(base), "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-    out = []
-    resolution = 32 if smoke else 512
-    for method in ("lora", "full"):
-        for batch in ((2,) if smoke else args.trainer_batches):
-            cmd = [sys.executable, __file__, "--trainer-case", method, str(batch), "--base", str(base),
-                   "--resolution", str(resolution), "--steps", str(2 if smoke else args.steps),
-                   "--mixed-precision", "no" if smoke else "bf16"]
-            if peak:
-                cmd += ["--peak", str(peak)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
-            lines = proc.stdout.strip().splitlines()
-            if proc.returncode == 0 and lines:
-                case = json.loads(lines[-1])
-            else:
-                tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-                case = dict(method=method, batch=batch, error=" | ".join(tail))
-            out.append(case)
-            print(json.dumps(case), flush=True)
-    return out
+    res.data["base_build_s"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({"built": str(base), "seconds": res.data["base_build_s"]}), flush=True)
+    return base
+
+
+def _case_process(cmd: list[str], timeout_s: float, what: dict) -> dict:
+    """Run one case in a fresh process (its own memory); its last stdout line is its JSON. A failure
+    (out of memory, a crash, the time budget) is recorded with its error."""
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=None if timeout_s == float("inf")
+                              else max(1.0, timeout_s))
+    except subprocess.TimeoutExpired:
+        return dict(what, error="stopped at the time budget")
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+    return dict(what, error=" | ".join(tail))
+
+
+def trainer_case_process(base: Path, method: str, batch: int, *, smoke: bool, steps: int, peak: float | None,
+                         timeout_s: float) -> dict:
+    """`trainer_case` on the SD 1.5-shaped random base, in a fresh process, bf16 on CUDA."""
+    cmd = [sys.executable, __file__, "--trainer-case", method, str(batch), "--base", str(base),
+           "--resolution", str(32 if smoke else 512), "--steps", str(steps),
+           "--mixed-precision", "no" if smoke else "bf16"]
+    if peak:
+        cmd += ["--peak", str(peak)]
+    return _case_process(cmd, timeout_s, dict(method=method, batch=batch))
+
+
+def default_run_process(base: Path, *, smoke: bool, epochs: int, images: int, timeout_s: float) -> dict:
+    """A whole run with the default settings (LoRA, batch 1, samples at the start and the end of the
+    project's goals, DPM++ 20 steps) for `epochs` epochs over `images` images: the sampling share of
+    its wall time, measured from its events as `bench/sampling_share.py` does."""
+    cmd = [sys.executable, __file__, "--default-run", str(epochs), str(images), "--base", str(base)]
+    if smoke:
+        cmd += ["--resolution", "32", "--mixed-precision", "no"]
+    return _case_process(cmd, timeout_s, dict(name="default-run", epochs=epochs, train_images=images))
+
+
+def default_run(base: str, *, epochs: int, images: int, resolution: int | None, mixed_precision: str | None) -> dict:
+    from bench.sampling_share import read_events, sampling_share
+    from engine.config import RunConfig
+    from engine.train.loop import train
+    from tests.train_fixtures import make_project, make_run
+
+    root = Path(tempfile.mkdtemp(prefix="tunelab-bench-defaults-"))
+    res = resolution or 512
+    project = make_project(root, n=images, size=res + 8, goals=False)
+    (project / "project.toml").write_text('name = "bench"\n[goals]\naccuracy = ["a red circle", "a blue square"]\n'
+                                          'preservation = ["a photo of a city street"]\n')
+    cfg = RunConfig(method="lora")
+    cfg.model.base = base
+    cfg.train.epochs = epochs
+    if resolution:
+        cfg.data.resolution = resolution
+    if mixed_precision:
+        cfg.train.mixed_precision = mixed_precision
+    run = make_run(project, cfg)
+    t0 = time.monotonic()
+    assert train(run.path) == 0
+    share = sampling_share(read_events(run.events_path))
+    share.pop("columns", None)
+    share["sample_images"] = share.pop("images")
+    return dict(name="default-run", epochs=epochs, train_images=images, batch=cfg.train.batch_size,
+                resolution=cfg.data.resolution, sample_steps=cfg.sample.steps, prompts=3,
+                run_wall_s=round(time.monotonic() - t0, 1), **share)
+
+
+def _row(*cells) -> str:
+    return "| " + " | ".join("—" if c is None else str(c) for c in cells) + " |"
+
+
+def summarise(r: dict) -> None:
+    """The GPU results as the Markdown tables of docs/performance.md (also `--report FILE`)."""
+    print(f"\n{r.get('device')} · driver {r.get('driver')} · CUDA {r.get('cuda')} · torch {r.get('torch')} · "
+          f"diffusers {r.get('diffusers')} · Python {r.get('python')} · {r.get('utc')} · `{r.get('command')}`\n")
+    if r.get("trainer"):
+        print(_row("real trainer", "batch", "img/s (median)", "loop img/s", "MFU", "peak GiB", "error"))
+        print(_row(*["---"] * 7))
+        for c in r["trainer"]:
+            print(_row(c.get("method"), c.get("batch"), c.get("img_s_median"), c.get("loop_img_s"), c.get("mfu"),
+                       c.get("peak_gib"), c.get("error")))
+        print()
+    if r.get("cases"):
+        print(_row("step", "variant", "batch", "img/s", "MFU", "peak GiB", "checkpointing", "compile s", "error"))
+        print(_row(*["---"] * 9))
+        for c in r["cases"]:
+            print(_row(c.get("method"), c.get("variant") + (" + compile" if c.get("compile") else ""), c.get("batch"),
+                       c.get("img_s"), c.get("mfu"), c.get("peak_gib"), c.get("gradient_checkpointing"),
+                       c.get("compile_s"), c.get("error")))
+        print()
+    for s in r.get("speedup_tuned_over_naive", []):
+        print(f"tuned / naive, {s['method']} b{s['batch']}: {s['speedup']}x ({s['naive_img_s']} -> {s['tuned_img_s']} img/s)")
+    if r.get("techniques"):
+        print()
+        print(_row("method", "technique (cumulative)", "img/s", "vs naive", "peak GiB"))
+        print(_row(*["---"] * 5))
+        first: dict = {}
+        for c in r["techniques"]:
+            first.setdefault(c.get("method"), c.get("img_s"))
+            ratio = round(c["img_s"] / first[c["method"]], 2) if c.get("img_s") and first[c["method"]] else None
+            print(_row(c.get("method"), c.get("name"), c.get("img_s"), ratio and f"{ratio}x", c.get("peak_gib")))
+    for c in r.get("sampling", []):
+        print(f"sampling b{c['batch']}: {c['seconds_per_image']} s/image ({c['steps']} DPM++ steps, {c['resolution']} px)")
+    for c in r.get("sampling_share", []):
+        if "share" in c:
+            print(f"default-settings run, {c['epochs']} epochs x {c['train_images']} images, batch {c['batch']}: "
+                  f"sampling {c['sampling_s']} s of {c['wall_s']} s = {round(100 * c['share'], 1)}% "
+                  f"({c['sample_images']} sample images, {c['seconds_per_image']} s/image)")
+        else:
+            print(f"default-settings run: {c.get('error')}")
+    if r.get("skipped_for_time"):
+        print("skipped for time: " + "; ".join(r["skipped_for_time"]))
 
 
 def cpu_techniques(results: dict, steps: int) -> list[dict]:
@@ -581,18 +848,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--compile", action="store_true", help="GPU: also time regional torch.compile at batch 8 and 32")
     ap.add_argument("--sample-steps", type=int, default=20, help="GPU sampling: DPM++ steps")
     ap.add_argument("--techniques", action="store_true", help="CPU: one technique at a time on the tiny UNet")
-    ap.add_argument("--resolution", type=int, default=64, help="CPU mode: training resolution (tiny: 64)")
+    ap.add_argument("--resolution", type=int, default=None, help="CPU mode: training resolution (default 64)")
     ap.add_argument("--batch", type=int, default=4, help="CPU mode: batch size")
     ap.add_argument("--case", choices=["lora-cached", "lora-uncached", "full-cached", "full-uncached", "sampling"],
                     help="CPU mode: run one case in this process and print its JSON line")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--continue", dest="continue_from", type=Path, metavar="JSON", help="GPU: start from an "
+                    "earlier result file and measure only the cases it lacks (or that the time budget cut)")
+    ap.add_argument("--report", type=Path, metavar="JSON", help="print the Markdown tables of a GPU result file "
+                    "(what docs/performance.md takes) and exit")
     ap.add_argument("--no-trainer", action="store_true", help="GPU: skip the real-trainer cases")
     ap.add_argument("--trainer-only", action="store_true", help="GPU: only the real-trainer cases (a second, "
                     "shorter command when one device call must stay under a time limit)")
-    ap.add_argument("--trainer-batches", type=int, nargs="+", default=[8, 32], help="GPU: real-trainer batch sizes")
+    ap.add_argument("--trainer-batches", type=int, nargs="+", default=[32, 8], help="GPU: real-trainer batch sizes")
+    ap.add_argument("--headline-batch", type=int, default=32, help="GPU: the batch measured first (step model and "
+                    "real trainer) and used for the one-technique-at-a-time table")
+    ap.add_argument("--budget-s", type=float, default=None, help="GPU: stop starting cases when this many seconds "
+                    "have passed (a lent machine's per-call limit); what was skipped is named in the JSON")
+    ap.add_argument("--share-epochs", type=int, default=30, help="GPU: epochs of the default-settings run whose "
+                    "sampling share is measured")
+    ap.add_argument("--share-images", type=int, default=20, help="GPU: images in that run's project")
+    ap.add_argument("--default-run", nargs=2, type=int, metavar=("EPOCHS", "IMAGES"), help=argparse.SUPPRESS)
     ap.add_argument("--trainer-case", nargs=2, metavar=("METHOD", "BATCH"), help=argparse.SUPPRESS)
     ap.add_argument("--base", help=argparse.SUPPRESS)
-    ap.add_argument("--mixed-precision", default="bf16", help=argparse.SUPPRESS)
+    ap.add_argument("--mixed-precision", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--peak", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.trainer_case:
@@ -600,8 +879,13 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tempfile.mkdtemp(prefix="tunelab-bench-case-"))
         print(json.dumps(trainer_case(root, f"trainer-{method}-{batch}", method=method, cache=True,
                                       steps=args.steps, resolution=args.resolution, batch=batch, base=args.base,
-                                      mixed_precision=args.mixed_precision, images=max(8, 4 * batch),
+                                      mixed_precision=args.mixed_precision or "bf16", images=max(8, 4 * batch),
                                       peak=args.peak)))
+        return 0
+    if args.default_run:
+        print(json.dumps(default_run(args.base, epochs=args.default_run[0], images=args.default_run[1],
+                                     resolution=args.resolution,
+                                     mixed_precision=args.mixed_precision)))
         return 0
     import torch
 
@@ -614,9 +898,20 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if not args.gpu:
             results["device"] = "cpu (smoke: miniature SD-shaped models)"
-        cases = gpu_mode(args, results, smoke=not args.gpu)
         mode = "gpu" if args.gpu else "gpu-smoke"
-    elif args.techniques:
+        if args.budget_s:
+            results["budget_s"] = args.budget_s
+        earlier = json.loads(args.continue_from.read_text()) if args.continue_from else None
+        res = Results(results, args.out or ROOT / "bench" / "results" / f"train_step-{mode}.json", earlier)
+        gpu_mode(args, res, smoke=not args.gpu)
+        summarise(res.data)
+        print(f"wrote {res.path}")
+        return 0
+    if args.report:
+        summarise(json.loads(args.report.read_text()))
+        return 0
+    args.resolution = args.resolution or 64
+    if args.techniques:
         results["device"] = f"cpu ({platform.processor() or platform.machine()})"
         cases = cpu_techniques(results, args.steps)
         mode = "cpu-techniques"
