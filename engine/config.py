@@ -130,6 +130,10 @@ class PivotalConfig:
                                          "train.learning_rate).", gt=0, max=1)
     train_embeddings_after_switch: bool = opt(False, help="Keep training the embedding after the switch "
                                               "(false: freeze it).")
+    bundle_embedding: bool = opt(True, help="Also put the embedding into the kohya LoRA file "
+                                 "(`bundle_emb.<name>.string_to_param.*`, which A1111 loads with the LoRA); the "
+                                 "separate embedding files are written either way. diffusers' `load_lora_weights` "
+                                 "does not take such a file: it loads `pytorch_lora_weights.safetensors`.")
 
 
 @dataclass

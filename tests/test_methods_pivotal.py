@@ -81,11 +81,14 @@ def test_pivotal_trains_the_embedding_then_the_lora_across_resumes_at_and_after_
     assert differs(embedding_only, both) > 1.0
     assert differs(both, sample_image(run.samples_dir / last.name / "p00-s0001.png")) < 0.5
     assert differs(embedding_only, sample_image(run.samples_dir / cks[0].name / "p00-s0001.png")) < 0.5
-    # The A1111 pair (the kohya LoRA file and the single-tensor embedding) draws the same in diffusers.
+    # The A1111 pair (the kohya LoRA file and the single-tensor embedding) draws the same in diffusers
+    # (which takes the kohya keys once the bundled embedding's are left out: it refuses keys it does not know).
     a1111 = base_pipeline()
     a1111.load_textual_inversion(str(last / "concept.safetensors"), token="<concept>")
-    a1111.load_lora_weights(str(last / f"{run.run_id}-{last.name}.safetensors"))
+    a1111.load_lora_weights({k: v for k, v in kohya.items() if not k.startswith("bundle_emb.")})
     assert differs(render(a1111, PROMPT, cfg), both) < 0.5
+    # The bundled embedding is the embedding the LoRA was trained with.
+    assert torch.equal(kohya["bundle_emb.concept.string_to_param.*"], embedding(last))
 
     # The resumed run ends where an uninterrupted one does.
     straight = make_run(make_project(tmp_path / "straight", n=2), cfg)
@@ -194,3 +197,61 @@ def test_ti_fraction_of_one_is_a_config_error_naming_the_key():
     with pytest.raises(ConfigError, match=r"pivotal.ti_fraction = 1.0: must be below 1"):
         parse_run_config('method = "pivotal"\n[pivotal]\nti_fraction = 1.0\n')
     parse_run_config('method = "textual_inversion"\n[pivotal]\nti_fraction = 1.0\n')  # unused there: fine
+
+
+def a1111_bundled_embeddings(state: dict[str, torch.Tensor]) -> dict[str, dict]:
+    """What AUTOMATIC1111's Lora extension (networks.load_network) makes of `bundle_emb.*` keys: name →
+    embedding data for textual_inversion.create_embedding_from_data ({'string_to_param': {'*': vectors}})."""
+    out: dict[str, dict] = {}
+    for key, weight in state.items():
+        prefix, _, part = key.partition(".")
+        if prefix != "bundle_emb":
+            continue
+        name, vec_name = part.split(".", 1)
+        if vec_name.split(".")[0] == "string_to_param":
+            out.setdefault(name, {})["string_to_param"] = {vec_name.split(".", 1)[1]: weight}
+        else:
+            out.setdefault(name, {})[vec_name] = weight
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_vectors", [1, 3])
+def test_the_kohya_lora_of_a_pivotal_run_bundles_its_embedding_as_a1111_loads_it(tmp_path, num_vectors):
+    cfg = pivotal_config(**{"train.epochs": 2, "textual_inversion.placeholder_token": "<my-cat>",
+                            "textual_inversion.num_vectors": num_vectors})
+    cfg.sample.at_start = False
+    run = make_run(make_project(tmp_path, n=2), cfg)
+    assert train(run.path) == 0
+    for ck in (c.path for c in run.checkpoints(complete_only=True)):
+        kohya_file = ck / f"{run.run_id}-{ck.name}.safetensors"
+        kohya = load_file(kohya_file)
+        separate = load_file(ck / "learned_embeds.safetensors")["<my-cat>"]
+        a1111_file = load_file(ck / "my-cat.safetensors")["emb_params"]  # the separate files stay
+        bundled = a1111_bundled_embeddings(kohya)
+        assert list(bundled) == ["my-cat"]  # the A1111 file's name: one prompt word for both
+        (vectors,) = bundled["my-cat"]["string_to_param"].values()
+        assert list(bundled["my-cat"]["string_to_param"]) == ["*"]
+        width = base_pipeline().text_encoder.get_input_embeddings().weight.shape[1]
+        assert vectors.shape == (num_vectors, width) and vectors.dtype == torch.float32
+        assert torch.equal(vectors, separate) and torch.equal(vectors, a1111_file)
+        assert any(k.startswith("lora_unet_") for k in kohya)  # and the LoRA is still all there
+        from safetensors import safe_open
+
+        with safe_open(str(kohya_file), "pt") as f:
+            assert f.metadata()["ss_tunelab_bundled_embedding"] == "my-cat"
+    # Training the LoRA moved it away from the step-1 (TI phase) checkpoint's, the embedding did not move.
+    first, last = (load_file(c.path / f"{run.run_id}-{c.path.name}.safetensors")
+                   for c in run.checkpoints(complete_only=True))
+    assert torch.equal(first["bundle_emb.my-cat.string_to_param.*"], last["bundle_emb.my-cat.string_to_param.*"])
+
+
+def test_bundling_can_be_turned_off(tmp_path):
+    cfg = pivotal_config(**{"train.epochs": 2, "pivotal.bundle_embedding": False})
+    cfg.sample.at_start = False
+    cfg.sample.prompts = []
+    run = make_run(make_project(tmp_path, n=2, goals=False), cfg)
+    assert train(run.path) == 0
+    ck = run.latest_complete_checkpoint().path
+    assert not [k for k in load_file(ck / f"{run.run_id}-{ck.name}.safetensors") if k.startswith("bundle_emb.")]
+    assert (ck / "learned_embeds.safetensors").is_file() and (ck / "concept.safetensors").is_file()

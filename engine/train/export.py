@@ -5,7 +5,8 @@
   stored in the file's metadata so diffusers scales it right when alpha != rank.
 - LoRA, kohya/A1111 keys: `<run-id>-<checkpoint>.safetensors` with `lora_unet_…`/`lora_te_…` module
   names, `.lora_down.weight`/`.lora_up.weight`/`.alpha`, and kohya's `ss_*` training metadata
-  (AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI read these).
+  (AUTOMATIC1111, ComfyUI, SD.Next and InvokeAI read these). A pivotal run bundles its embedding into
+  this file as `bundle_emb.<name>.string_to_param.*` (see engine/train/methods/pivotal.py).
 - Full fine-tune: `diffusers/` (the whole pipeline, `from_pretrained`-loadable) and
   `<run-id>-<checkpoint>.safetensors` (original-SD key layout, via `engine.train.models.save_single_file`).
 """
@@ -116,10 +117,13 @@ def kohya_metadata(info: Any, *, rank: int, alpha: float, text_encoder: bool, dr
 
 
 def save_lora_kohya(folder: Path, info: Any, unet: torch.nn.Module, text_encoder: torch.nn.Module | None,
-                    *, rank: int, alpha: float, dropout: float) -> str:
+                    *, rank: int, alpha: float, dropout: float, bundled: dict[str, torch.Tensor] | None = None) -> str:
+    """`bundled`: extra tensors written into the same file (pivotal tuning's embedding, `bundle_emb.*`)."""
     name = single_file_name(info)
     meta = kohya_metadata(info, rank=rank, alpha=alpha, text_encoder=text_encoder is not None, dropout=dropout)
-    write_tensors(folder / name, kohya_state_dict(unet, text_encoder), metadata=meta)
+    tensors = kohya_state_dict(unet, text_encoder)
+    tensors.update(bundled or {})
+    write_tensors(folder / name, tensors, metadata=meta)
     return name
 
 

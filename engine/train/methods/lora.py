@@ -54,7 +54,8 @@ class LoraMethod(Method):
                            "lr": self.lr(text_encoder=True)})
         return groups
 
-    def export(self, folder: Path, info: ExportInfo) -> list[str]:
+    def export(self, folder: Path, info: ExportInfo, bundled: dict[str, Any] | None = None) -> list[str]:
+        """`bundled`: tensors added to the kohya file only (pivotal tuning's `bundle_emb.*` embedding)."""
         te = self.text_encoder if self.trains_text_encoder else None
         files = []
         if "diffusers" in info.formats:
@@ -62,5 +63,5 @@ class LoraMethod(Method):
         if "single_file" in info.formats:
             lora = self.cfg.lora
             files.append(export.save_lora_kohya(folder, info, self.unet, te, rank=lora.rank, alpha=lora.alpha,
-                                                dropout=lora.dropout))
+                                                dropout=lora.dropout, bundled=bundled))
         return files

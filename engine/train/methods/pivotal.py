@@ -14,7 +14,12 @@ moments). The phase is a function of the step alone, so a resume on either side 
 it, continues exactly. The LoRA parts reuse `LoraMethod`; the embedding parts `PlaceholderTokens`.
 
 Exports: the LoRA (diffusers/PEFT and kohya keys, as `lora`) and the embedding (diffusers and A1111, as
-`textual_inversion`); load both to reproduce the samples.
+`textual_inversion`); load both to reproduce the samples. With `pivotal.bundle_embedding` (the default)
+the kohya file also holds the embedding, as `bundle_emb.<name>.string_to_param.*` (kohya/A1111's bundled
+embedding: A1111 loads it with the LoRA, so `<lora:FILE:1> a photo of <name>` needs no second file);
+`<name>` is the A1111 embedding file's name. diffusers' `load_lora_weights` refuses a kohya file with
+keys it does not know, so diffusers users load `pytorch_lora_weights.safetensors` (or set
+`bundle_embedding = false`).
 """
 from __future__ import annotations
 
@@ -129,7 +134,11 @@ class PivotalMethod(Method):
     def export(self, folder: Path, info: ExportInfo) -> list[str]:
         info.extra.setdefault("ss_tunelab_method", self.name)
         info.extra.setdefault("ss_tunelab_placeholder_token", self.tokens.token)
-        return self.lora.export(folder, info) + self.tokens.export(folder, info)
+        bundled = None
+        if self.cfg.pivotal.bundle_embedding:
+            bundled = self.tokens.kohya_bundle()
+            info.extra.setdefault("ss_tunelab_bundled_embedding", self.tokens.bundle_name())
+        return self.lora.export(folder, info, bundled=bundled) + self.tokens.export(folder, info)
 
     def method_state(self) -> dict[str, Any]:
         state = {**super().method_state(), "phase": self.phase}

@@ -37,6 +37,7 @@ from engine.train.methods.base import ExportInfo, Method
 
 DIFFUSERS_EMBEDDING_FILE = "learned_embeds.safetensors"
 A1111_KEY = "emb_params"
+KOHYA_BUNDLE_PREFIX, KOHYA_BUNDLE_SUFFIX = "bundle_emb.", ".string_to_param.*"  # an embedding inside a LoRA file
 
 
 class PlaceholderEmbedding(torch.nn.Embedding):
@@ -130,6 +131,18 @@ class PlaceholderTokens:
     def a1111_file_name(self) -> str:
         stem = re.sub(r"[^A-Za-z0-9._-]+", "", self.token).strip("._-") or "embedding"
         return f"{stem}.safetensors" if stem != Path(DIFFUSERS_EMBEDDING_FILE).stem else f"{stem}-a1111.safetensors"
+
+    def bundle_name(self) -> str:
+        """The word A1111 knows an embedding bundled in a LoRA by: the A1111 file's name (`a1111_file_name`,
+        `<my-cat>` → `my-cat`), with dots made `_` (A1111 splits `bundle_emb.<name>.…` at dots)."""
+        return re.sub(r"[^A-Za-z0-9_-]+", "", self.token.replace(".", "_")).strip("_-") or "embedding"
+
+    def kohya_bundle(self) -> dict[str, torch.Tensor]:
+        """The embedding as kohya/A1111 bundle it in a LoRA file: `bundle_emb.<name>.string_to_param.*`,
+        (num_vectors, width) — what A1111's Lora extension loads as an embedding (a `.pt` embedding's
+        `string_to_param` dict, key `*`) and ComfyUI finds with the LoRA file in its embeddings folder."""
+        vectors = self.vectors.detach().to("cpu", torch.float32).contiguous()
+        return {f"{KOHYA_BUNDLE_PREFIX}{self.bundle_name()}{KOHYA_BUNDLE_SUFFIX}": vectors}
 
     def export(self, folder: Path, info: ExportInfo) -> list[str]:
         vectors = self.vectors.detach().to("cpu", torch.float32).contiguous()
