@@ -14,6 +14,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 os.environ.setdefault("TUNELAB_CACHE", str(REPO / ".cache" / "tunelab-test"))
+# One intra-op thread per process (this worker and every trainer it starts): the suite runs two workers
+# on two cores, and torch's default of one thread per core oversubscribes them; measured on the
+# pivotal + process tests at load ~3: 71 s with the default, 45 s with one thread.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # The caption editor counts exactly once a config's base has its tokenizer on disk; the tiny model is
 # built by whichever test needs it first, so TUI tests and snapshots keep the estimate unless they ask.
 os.environ.setdefault("TUNELAB_CAPTION_TOKENS", "estimate")

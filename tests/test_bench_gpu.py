@@ -17,7 +17,7 @@ BENCH = REPO / "bench" / "train_step.py"
 
 
 def _run(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")  # the suite runs two workers on two cores
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, timeout=timeout,
                           cwd=REPO, env=env)
 
