@@ -185,7 +185,7 @@ class RunWatcher:
         s.lr = _float(p.get("lr"))
         s.img_s = _float(p.get("img_s", p.get("img_per_s", p.get("img/s"))))
         s.epoch_seconds = _float(e.get("seconds"))
-        if state in ALIVE_STATES and p:
+        if state in ALIVE_STATES and state != "stopping" and p:  # a stopping run leaves its schedule
             eta = _float(p.get("eta_s", p.get("eta")))
             if eta is not None and isinstance(p.get("t"), (int, float)):
                 eta = max(0.0, eta - max(0.0, now - p["t"]))

@@ -228,16 +228,19 @@ def test_a_stopping_run_says_when_the_supervisor_will_end_its_trainer(tmp_path):
     from tui.screens.monitor import notes
 
     project = make_project(tmp_path)
-    run = write_run(project, "20260101-000000-x", state="running")
+    run = write_run(project, "20260101-000000-x", state="running", done_epochs=1)
     deadline = time.time() + 600
-    run.update_status(state="stopping", stop_reason="request", stop_deadline_t=deadline)
     fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # standing in for the supervisor: a stopping run, not a lost one
     try:
+        running = RunWatcher(run).refresh(time.time())
+        run.update_status(state="stopping", stop_reason="request", stop_deadline_t=deadline)
         summary = RunWatcher(run).refresh(time.time())
     finally:
         os.close(fd)
     assert summary.state == "stopping"
+    # A run on its way out has no time to go: the ETA of the schedule it is leaving would tick on.
+    assert running.eta_s is not None and summary.eta_s is None
     at = time.strftime("%H:%M:%S", time.localtime(deadline))
     (label, text, _), = [n for n in notes(summary) if n[0] == "stopping:"]
     assert text.startswith("stop requested") and f"has not exited by {at}, the supervisor ends it" in text
