@@ -170,7 +170,8 @@ class SamplePrompt:
 
 @dataclass
 class SampleConfig:
-    prompts: list[SamplePrompt] = opt([], help="Prompts to sample: strings or tables. Empty: the project's goals.")
+    prompts: list[SamplePrompt] = opt([], help="Prompts to sample: strings or tables. Empty: the project's goals "
+                                      "(written into the run's config at launch, so later goal edits do not shift its rows).")
     seeds: list[int] = opt([42], help="Seeds; every prompt is rendered once per seed at every checkpoint.")
     steps: int = opt(20, help="Denoising steps (DPM++ needs ~20 for what DDIM needs 50 for).", min=1, max=1000)
     guidance: float = opt(7.5, help="Classifier-free guidance scale.", min=0, max=50)
@@ -340,11 +341,16 @@ def default_config(method: str = "lora") -> RunConfig:
     return cfg
 
 
+def goal_prompts(goals: dict[str, list[str]]) -> list[SamplePrompt]:
+    """The project's goals as sample prompts, in accuracy/flexibility/preservation order."""
+    return [SamplePrompt(text=t, kind=k) for k in GOAL_KINDS for t in goals.get(k, [])]  # type: ignore[arg-type]
+
+
 def sample_prompts(cfg: RunConfig, goals: dict[str, list[str]]) -> list[SamplePrompt]:
     """The prompts to sample: the config's, or else the project's goals in accuracy/flexibility/preservation
     order. Per-prompt seeds/guidance/steps are filled from the section so every prompt is complete."""
     s = cfg.sample
-    prompts = list(s.prompts) or [SamplePrompt(text=t, kind=k) for k in GOAL_KINDS for t in goals.get(k, [])]  # type: ignore[arg-type]
+    prompts = list(s.prompts) or goal_prompts(goals)
     out = []
     for p in prompts:
         out.append(dataclasses.replace(

@@ -365,6 +365,19 @@ def resolve_config_path(project_dir: Path, config: str | os.PathLike) -> Path:
     raise LaunchError(f"config {name!r} not found (neither a file nor a name in configs/){hint}")
 
 
+def freeze_goal_prompts(cfg, goals: dict[str, list[str]]) -> bool:
+    """A config without `sample.prompts` samples the project's goals: write them into the run's config,
+    so every attempt of the run (resume, retry) renders the same prompts in the same rows even if the
+    goals in project.toml are edited later. Only text and kind are frozen; seeds, steps and guidance
+    stay the section's, so `resume --set sample.seeds=…` still applies to every prompt."""
+    from engine.config import goal_prompts
+
+    if cfg.sample.prompts:
+        return False
+    cfg.sample.prompts = goal_prompts(goals)
+    return bool(cfg.sample.prompts)
+
+
 def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
                overrides: Iterable[str] = ()) -> RunDir:
     """Validate the config (with overrides) and create `runs/<run-id>/` with the frozen config.
@@ -381,7 +394,7 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
         raise LaunchError(f"project {project_dir} not found (not a directory)")
     from engine.project import load_project_file
 
-    load_project_file(project_dir)  # a broken project.toml is a ConfigError now, not a failed run later
+    project = load_project_file(project_dir)  # a broken project.toml is a ConfigError now, not later
     path = resolve_config_path(project_dir, config_path)
     cfg = load_run_config(_display_path(path), list(overrides))
     source = path.read_text(encoding="utf-8")
@@ -390,6 +403,7 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
         from engine.schema import ConfigError
 
         raise ConfigError(problems)
+    from_goals = freeze_goal_prompts(cfg, project.goals.as_dict())
     frozen = dump_config(cfg)
 
     runs = project_dir / "runs"
@@ -406,7 +420,9 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     tmp.mkdir()
     try:
         header = (f"# Resolved config of run {run_id}, frozen at launch (every default filled in).\n"
-                  f"# Source: {path}" + (f"; overrides: {', '.join(overrides)}" if overrides else "") + "\n")
+                  f"# Source: {path}" + (f"; overrides: {', '.join(overrides)}" if overrides else "") + "\n"
+                  + ("# sample.prompts: the project's goals at launch (later edits of project.toml do not "
+                     "change this run's contact sheet)\n" if from_goals else ""))
         atomic.write_text(tmp / "config.toml", header + frozen)
         atomic.write_text(tmp / "config.source.toml", source)
         (tmp / "control").mkdir()

@@ -246,3 +246,29 @@ def test_sigterm_to_the_trainers_process_group_ends_stopped_with_its_checkpoint(
     assert status["stop_reason"].startswith("launcher killed by signal 15")
     stopped = [e for e in rd.iter_events() if e["kind"] == "stopped"]
     assert stopped and rd.latest_complete_checkpoint().step == stopped[0]["step"]
+
+
+def test_a_run_keeps_the_goal_prompts_it_was_launched_with_when_the_goals_are_edited(tmp_path):
+    """The contact sheet compares the same prompts at every checkpoint: a config without sample.prompts
+    samples the project's goals, and the run freezes them, so editing project.toml between attempts
+    (stop, resume) cannot shift which prompt a row shows. Seeds stay the section's, so
+    `resume --set sample.seeds=…` still reaches every prompt."""
+    from engine.config import load_run_config, sample_prompts
+
+    project = make_project(tmp_path, config="[train]\nepochs = 2\n[sample]\nseeds = [7]\n")
+    (project / "project.toml").write_text('name = "p"\n[goals]\naccuracy = ["a red circle"]\n'
+                                          'preservation = ["a blue square"]\n')
+    run = launch.create_run(project, "x")
+    text = run.config_path.read_text()
+    assert "the project's goals at launch" in text
+    (project / "project.toml").write_text('name = "p"\n[goals]\naccuracy = ["a green triangle", "a red circle"]\n')
+    cfg = load_run_config(run.config_path)
+    prompts = sample_prompts(cfg, {"accuracy": ["a green triangle", "a red circle"]})
+    assert [(p.text, p.kind, p.seeds) for p in prompts] == [("a red circle", "accuracy", [7]),
+                                                            ("a blue square", "preservation", [7])]
+    assert all(p.seeds == [] for p in cfg.sample.prompts)  # frozen: text and kind only
+    # A config that names its own prompts is frozen as written, with no note.
+    (project / "configs" / "own.toml").write_text('[model]\nbase = "tiny"\n[sample]\nprompts = ["a cat"]\n')
+    own = launch.create_run(project, "own")
+    assert "goals at launch" not in own.config_path.read_text()
+    assert [p.text for p in load_run_config(own.config_path).sample.prompts] == ["a cat"]
