@@ -39,7 +39,7 @@ main() {
       "$whl"/*.whl || { log "FAILED: pip could not install $whl/ (see above)"; return 3; }
     export PYTHONPATH=/tmp/tunelab-site${PYTHONPATH:+:$PYTHONPATH}
   else
-    log "no .whl/ carried: using the interpreter's own packages (bash bench/gpu_wheels.sh fetches them)"
+    log "no wheels in $whl/: using the interpreter's own packages (bash bench/gpu_wheels.sh fetches them)"
   fi
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 

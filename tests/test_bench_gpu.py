@@ -72,3 +72,29 @@ def test_a_budget_cut_run_keeps_its_numbers_and_a_second_call_completes_it(tmp_p
     share = r["sampling_share"][0]
     # 2 columns (start and end) x 3 goals x 1 seed, the defaults, as the run's events recorded them.
     assert share["sample_images"] == 6 and 0 < share["share"] < 1 and not share["estimated"]
+
+
+@pytest.mark.slow
+def test_the_gpu_session_script_records_the_machine_and_leaves_its_files_in_out(tmp_path):
+    """bench/gpu_session.sh is the one command a lent GPU machine runs: without a GPU (SMOKE=1) it still
+    installs nothing it was not given, checks every import first, runs the GPU tests (skipped here), and
+    leaves its log, the environment and the benchmark's JSON in $OUT within its budget."""
+    import shutil
+
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), SMOKE="1", BUDGET_S="45", PYTHON=sys.executable,
+               WHEELS=str(tmp_path / "no-wheels"))
+    proc = subprocess.run([bash, str(REPO / "bench" / "gpu_session.sh")], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert sorted(p.name for p in out.iterdir()) == ["env.txt", "gpu-tests.log", "session.log", "train_step-gpu.json"]
+    env_txt = (out / "env.txt").read_text()
+    assert "diffusers=" in env_txt and "torch=" in env_txt and "cuda " in env_txt
+    assert "skipped" in (out / "gpu-tests.log").read_text()
+    r = json.loads((out / "train_step-gpu.json").read_text())
+    assert r["cases"] and r["budget_s"] <= 45
+    log = (out / "session.log").read_text()
+    assert "no wheels in" in log and "GPU tests: exit 0" in log and "benchmark: exit 0" in log
