@@ -365,6 +365,26 @@ def resolve_config_path(project_dir: Path, config: str | os.PathLike) -> Path:
     raise LaunchError(f"config {name!r} not found (neither a file nor a name in configs/){hint}")
 
 
+GOALS_FROZEN_NOTE = "# sample.prompts: the project's goals at launch"
+
+
+def goals_changed_since_launch(run: RunDir) -> list[str]:
+    """For a run that froze its project's goals as its prompts: the goals it does not sample because
+    project.toml gained them later (or all current goals, if it lost some). Empty when nothing changed,
+    for a run with prompts of its own, and when either file cannot be read (this only feeds a note)."""
+    from engine.config import goal_prompts, load_run_config
+    from engine.project import load_project_file
+
+    try:
+        if GOALS_FROZEN_NOTE not in run.config_path.read_text(encoding="utf-8"):
+            return []
+        frozen = [(p.text, p.kind) for p in load_run_config(run.config_path).sample.prompts]
+        now = [(p.text, p.kind) for p in goal_prompts(load_project_file(run.project_dir).goals.as_dict())]
+    except Exception:  # noqa: BLE001 - a note, never a reason to fail a resume
+        return []
+    return [] if now == frozen else [t for t, k in now if (t, k) not in frozen] or [t for t, _ in now]
+
+
 def freeze_goal_prompts(cfg, goals: dict[str, list[str]]) -> bool:
     """A config without `sample.prompts` samples the project's goals: write them into the run's config,
     so every attempt of the run (resume, retry) renders the same prompts in the same rows even if the
@@ -421,8 +441,8 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
     try:
         header = (f"# Resolved config of run {run_id}, frozen at launch (every default filled in).\n"
                   f"# Source: {path}" + (f"; overrides: {', '.join(overrides)}" if overrides else "") + "\n"
-                  + ("# sample.prompts: the project's goals at launch (later edits of project.toml do not "
-                     "change this run's contact sheet)\n" if from_goals else ""))
+                  + (f"{GOALS_FROZEN_NOTE} (later edits of project.toml do not change this run's contact "
+                     "sheet)\n" if from_goals else ""))
         atomic.write_text(tmp / "config.toml", header + frozen)
         atomic.write_text(tmp / "config.source.toml", source)
         (tmp / "control").mkdir()

@@ -271,4 +271,22 @@ def test_a_run_keeps_the_goal_prompts_it_was_launched_with_when_the_goals_are_ed
     (project / "configs" / "own.toml").write_text('[model]\nbase = "tiny"\n[sample]\nprompts = ["a cat"]\n')
     own = launch.create_run(project, "own")
     assert "goals at launch" not in own.config_path.read_text()
+    assert launch.goals_changed_since_launch(own) == [] and launch.goals_changed_since_launch(run) == ["a green triangle"]
     assert [p.text for p in load_run_config(own.config_path).sample.prompts] == ["a cat"]
+
+
+def test_resume_says_when_the_goals_changed_since_launch_and_what_the_run_does_not_sample(cli):
+    project = cli.root / "projects" / "p"
+    (project / "project.toml").write_text('name = "p"\n[goals]\naccuracy = ["a red circle"]\n')
+    cli.config("[train]\nepochs = 20\n")
+    cli("run", "p", "x", step_s=0.05)
+    rd = cli.created[0]
+    wait_for(rd.latest_complete_checkpoint, what="a checkpoint")
+    assert cli("stop", rd.run_id).returncode == 0
+    assert launch.goals_changed_since_launch(rd) == []
+    (project / "project.toml").write_text('name = "p"\n[goals]\naccuracy = ["a red circle", "a green cone"]\n')
+    assert launch.goals_changed_since_launch(rd) == ["a green cone"]
+    resumed = cli("resume", rd.run_id, step_s=0.05)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "goals changed since launch" in resumed.stdout and "'a green cone'" in resumed.stdout
+    assert "'a red circle'" not in resumed.stdout.split("Not sampled:")[1]

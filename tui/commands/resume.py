@@ -33,6 +33,10 @@ from the start. A constant schedule is unchanged; cosine and linear are recomput
 so the learning rate at the resumed step moves to the new curve's value (for a finished cosine run it
 rises from about 0 back up). The trainer's `resumed` event gives both values and the changes.
 
+A run whose config named no sample prompts samples the project's goals as they were at launch (they
+are frozen into its config.toml), so every column shows the same prompts; resume says which goals
+were added to project.toml since, and `--set 'sample.prompts=[…]'` adds them to this run.
+
 Two resumes of one run at the same moment cannot both rewrite its config: the second is refused
 ("another resume of RUN is in progress") and changes nothing.
 
@@ -81,6 +85,12 @@ def run(args: argparse.Namespace) -> int:
         return 1
     ck = run_dir.latest_complete_checkpoint()
     print(f"{run_dir.path}: resuming from {ck.path.name if ck else '?'}", flush=True)
+    unsampled = launch.goals_changed_since_launch(run_dir)
+    if unsampled and not any(o.split("=", 1)[0].strip() == "sample.prompts" for o in args.overrides):
+        print(f"note: project.toml's goals changed since launch; this run keeps the goals it was launched "
+              f"with, so its rows stay comparable. Not sampled: {', '.join(repr(t) for t in unsampled[:3])}"
+              f"{' …' if len(unsampled) > 3 else ''} (add with --set 'sample.prompts=[…]', or start a new run)",
+              flush=True)
     if plan is not None and plan.changes:
         line = f"changed: {describe_changes(plan.changes)}"
         if plan.total_steps is not None and plan.total_steps != plan.total_steps_before:
