@@ -385,6 +385,17 @@ def goals_changed_since_launch(run: RunDir) -> list[str]:
     return [] if now == frozen else [t for t, k in now if (t, k) not in frozen] or [t for t, _ in now]
 
 
+def goals_note(run: RunDir, overrides: Iterable[str] = ()) -> str | None:
+    """What `tunelab resume` and the TUI say when the project's goals changed since a run froze them,
+    unless this resume sets the prompts itself."""
+    unsampled = goals_changed_since_launch(run)
+    if not unsampled or any(o.split("=", 1)[0].strip() == "sample.prompts" for o in overrides):
+        return None
+    listed = ", ".join(repr(t) for t in unsampled[:3]) + (" …" if len(unsampled) > 3 else "")
+    return (f"project.toml's goals changed since launch; this run keeps the goals it was launched with, so its "
+            f"rows stay comparable. Not sampled: {listed} (add with --set 'sample.prompts=[…]', or start a new run)")
+
+
 def freeze_goal_prompts(cfg, goals: dict[str, list[str]]) -> bool:
     """A config without `sample.prompts` samples the project's goals: write them into the run's config,
     so every attempt of the run (resume, retry) renders the same prompts in the same rows even if the

@@ -188,6 +188,7 @@ def test_live_progress_stop_resume_and_a_second_tui_sees_the_same(tmp_path, fake
     monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.15")
     monkeypatch.setenv("TUNELAB_FAKE_STEPS_PER_EPOCH", "4")
     project = make_project(tmp_path, "[train]\nepochs = 6\n")
+    (project / "project.toml").write_text('name = "p"\n[goals]\naccuracy = ["a red circle"]\n')
     rd = start_fake_run(project, fake_env)
 
     @sync
@@ -208,7 +209,9 @@ def test_live_progress_stop_resume_and_a_second_tui_sees_the_same(tmp_path, fake
             await until(pilot, lambda: table_state(app).get(rd.run_id) == "stopped", what="stopped")
         assert rd.latest_complete_checkpoint() is not None
 
-        # Re-attach: a second app sees the same truth from the run dir.
+        # Re-attach: a second app sees the same truth from the run dir. A goal added meanwhile is not
+        # sampled by this run (it froze its goals at launch), and the resume says so.
+        (project / "project.toml").write_text('name = "p"\n[goals]\naccuracy = ["a red circle", "a blue cone"]\n')
         app2 = PaneApp(project)
         async with app2.run_test(size=(160, 20)) as pilot:
             await until(pilot, lambda: table_state(app2).get(rd.run_id) == "stopped")
@@ -216,6 +219,9 @@ def test_live_progress_stop_resume_and_a_second_tui_sees_the_same(tmp_path, fake
             await pilot.press("r")  # resume
             await until(pilot, lambda: table_state(app2).get(rd.run_id) in ("running", "finished"),
                         what="resumed")
+            await until(pilot, lambda: any("Resumed" in n.message for n in app2._notifications), what="notice")
+            notice = next(n.message for n in app2._notifications if "Resumed" in n.message)
+            assert "goals changed since launch" in notice and "'a blue cone'" in notice
         wait_state(rd, "finished", timeout=30)
     body()
 

@@ -85,12 +85,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     ck = run_dir.latest_complete_checkpoint()
     print(f"{run_dir.path}: resuming from {ck.path.name if ck else '?'}", flush=True)
-    unsampled = launch.goals_changed_since_launch(run_dir)
-    if unsampled and not any(o.split("=", 1)[0].strip() == "sample.prompts" for o in args.overrides):
-        print(f"note: project.toml's goals changed since launch; this run keeps the goals it was launched "
-              f"with, so its rows stay comparable. Not sampled: {', '.join(repr(t) for t in unsampled[:3])}"
-              f"{' …' if len(unsampled) > 3 else ''} (add with --set 'sample.prompts=[…]', or start a new run)",
-              flush=True)
+    note = launch.goals_note(run_dir, args.overrides)
+    if note:
+        print(f"note: {note}", flush=True)
     if plan is not None and plan.changes:
         line = f"changed: {describe_changes(plan.changes)}"
         if plan.total_steps is not None and plan.total_steps != plan.total_steps_before:

@@ -620,8 +620,11 @@ class RunsPane(Vertical):
         except Exception as e:  # noqa: BLE001 - LaunchError/ConfigError say why (alive, finished, a bad value)
             self.post_message(self.ActionDone(f"Cannot resume: {e}", ok=False))
             return
+        from engine.launch import goals_note
+
         changed = f" ({describe_changes(plan.changes)})" if plan is not None and plan.changes else ""
-        self.post_message(self.ActionDone(f"Resumed {run.run_id}{changed}"))
+        note = goals_note(run, overrides)
+        self.post_message(self.ActionDone(f"Resumed {run.run_id}{changed}" + (f". Note: {note}" if note else "")))
         self.call_from_thread(self.poll_now)
 
     def action_delete(self) -> None:
