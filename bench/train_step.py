@@ -467,7 +467,26 @@ def environment(torch) -> dict:
             env["driver"], env["gpu_memory"], env["power_limit"] = [x.strip() for x in out.splitlines()[0].split(",")]
         except (OSError, IndexError, ValueError, subprocess.SubprocessError):
             env["driver"] = None
+        env["matmul_bf16_tflops"] = matmul_tflops(torch)
     return env
+
+
+def matmul_tflops(torch, n: int = 8192, reps: int = 10) -> float:
+    """What this GPU's bf16 matrix units reach on one large product (mean of `reps` after warm-ups): the
+    ceiling MFU is read against, next to the datasheet's dense peak (an H200 here: ~790 of 989)."""
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    seconds = (time.perf_counter() - t0) / reps
+    del a, b
+    torch.cuda.empty_cache()
+    return round(2 * n**3 / seconds / 1e12, 1)
 
 
 class Budget:
@@ -768,7 +787,11 @@ def _row(*cells) -> str:
 def summarise(r: dict) -> None:
     """The GPU results as the Markdown tables of docs/performance.md (also `--report FILE`)."""
     print(f"\n{r.get('device')} · driver {r.get('driver')} · CUDA {r.get('cuda')} · torch {r.get('torch')} · "
-          f"diffusers {r.get('diffusers')} · Python {r.get('python')} · {r.get('utc')} · `{r.get('command')}`\n")
+          f"diffusers {r.get('diffusers')} · Python {r.get('python')} · {r.get('utc')} · `{r.get('command')}`")
+    if r.get("matmul_bf16_tflops"):
+        print(f"bf16 matmul 8192³: {r['matmul_bf16_tflops']} TFLOP/s measured; MFU uses the dense peak "
+              f"{r.get('peak_bf16_tflops')}")
+    print()
     if r.get("trainer"):
         print(_row("real trainer", "batch", "img/s (median)", "loop img/s", "MFU", "peak GiB", "error"))
         print(_row(*["---"] * 7))
