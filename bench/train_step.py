@@ -583,8 +583,6 @@ def gpu_mode(args, res: Results, *, smoke: bool) -> None:
     step and the real trainer at the headline batch, the naive step there (the honest ratio), the other
     tuned batches, sampling, one technique at a time, the other naive batches, a 30-epoch run with
     default settings (its sampling share), the other trainer batches, regional torch.compile."""
-    import torch  # noqa: F401 - CUDA initialised before the first case is timed
-
     results = res.data
     budget = Budget(args.budget_s)
     device = "cpu" if smoke else "cuda"

@@ -369,8 +369,8 @@ GOALS_FROZEN_NOTE = "# sample.prompts: the project's goals at launch"
 
 
 def goals_changed_since_launch(run: RunDir) -> list[str]:
-    """For a run that froze its project's goals as its prompts: the goals it does not sample because
-    project.toml gained them later (or all current goals, if it lost some). Empty when nothing changed,
+    """For a run that froze its project's goals as its prompts: the goals project.toml has now that the
+    run does not sample (added since, and not added to the run by `resume --set sample.prompts`). Empty
     for a run with prompts of its own, and when either file cannot be read (this only feeds a note)."""
     from engine.config import goal_prompts, load_run_config
     from engine.project import load_project_file
@@ -378,11 +378,11 @@ def goals_changed_since_launch(run: RunDir) -> list[str]:
     try:
         if GOALS_FROZEN_NOTE not in run.config_path.read_text(encoding="utf-8"):
             return []
-        frozen = [(p.text, p.kind) for p in load_run_config(run.config_path).sample.prompts]
-        now = [(p.text, p.kind) for p in goal_prompts(load_project_file(run.project_dir).goals.as_dict())]
+        sampled = {p.text for p in load_run_config(run.config_path).sample.prompts}
+        goals = goal_prompts(load_project_file(run.project_dir).goals.as_dict())
     except Exception:  # noqa: BLE001 - a note, never a reason to fail a resume
         return []
-    return [] if now == frozen else [t for t, k in now if (t, k) not in frozen] or [t for t, _ in now]
+    return [p.text for p in goals if p.text not in sampled]
 
 
 def goals_note(run: RunDir, overrides: Iterable[str] = ()) -> str | None:
