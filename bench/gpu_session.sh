@@ -5,8 +5,8 @@
 # so even a cut run leaves its numbers). Results go to $OUT (the device tool's folder) or, when OUT is
 # unset, bench/results/gpu-session/.
 #
-# Here, once per session (fetches ~22 MB of wheels the GPU machine's image lacks into .whl/):
-#     bash bench/gpu_wheels.sh
+# Here, once per session (the wheels the GPU machine's image lacks into .whl/, the tiny model into .cache/tunelab-test/):
+#     bash bench/gpu_prepare.sh
 # Then, with the device tool (15 minutes of device time a session, machine starts included):
 #  1. run(command="bash bench/gpu_session.sh", carry=[".whl", ".cache/tunelab-test"], timeout_s=390)
 #     then copy its train_step-gpu.json to bench/results/train_step-gpu.json (it travels with the tree);
@@ -39,7 +39,7 @@ main() {
       "$whl"/*.whl || { log "FAILED: pip could not install $whl/ (see above)"; return 3; }
     export PYTHONPATH=/tmp/tunelab-site${PYTHONPATH:+:$PYTHONPATH}
   else
-    log "no wheels in $whl/: using the interpreter's own packages (bash bench/gpu_wheels.sh fetches them)"
+    log "no wheels in $whl/: using the interpreter's own packages (bash bench/gpu_prepare.sh fetches them)"
   fi
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 
