@@ -243,7 +243,7 @@ async def test_W_wraps_long_lines_so_they_can_be_read_whole_and_unwraps_them_aga
         await wait_for(pilot, lambda: visible(view)[-1] == "newer")
         await pilot.press("pageup")
         assert not view.follow
-        top = int(view.scroll_y)
+        top = view.top_line
         assert visible(view)[0] == f"step {top}"
         await pilot.press("W")  # back to one row a line: the same line stays on top
         await pilot.pause()
@@ -284,4 +284,181 @@ async def test_wrapping_a_big_log_still_reads_only_its_tail(tmp_path, monkeypatc
         await pilot.pause(0.3)
         assert visible(view)[-1] == "y" * (150 - 2 * view.scrollable_content_region.width)
         assert not view.index.complete and view.index.line_count < 2000  # still only the tail indexed
+        await pilot.press(*["up"] * 10, "pageup", "pageup")  # moving by rows wraps only the lines passed
+        await pilot.pause(0.2)
+        assert not view.follow and set(visible(view)[0]) == {"y"}
         assert sum(reads) < 400 * 1024  # bytes read: the tail scan and the lines shown, not the file
+
+
+# --- wrapped: the position moves by screen rows ------------------------------------------------------
+
+def numbered_warning(k: int) -> str:
+    """A long line whose every row can be told apart: w<k>_00 w<k>_01 …"""
+    return " ".join(f"w{k}_{j:02d}" for j in range(40))  # 239 cells: 7 rows of 6 words in 36 columns
+
+
+WRAP_LOG = (b"".join(b"step %d\n" % i for i in range(12)) + numbered_warning(1).encode() + b"\n"
+            + b"".join(b"mid %d\n" % i for i in range(15)) + numbered_warning(2).encode() + b"\nlast line\n")
+
+
+async def all_rows(pilot, view) -> list[str]:
+    """Every screen row of the wrapped file, read as a user would: `home`, then `down` until following
+    again; asserting on the way that each press moved the text up by exactly one row."""
+    await pilot.press("home")
+    await pilot.pause()
+    rows = visible(view)
+    ys = [view.scroll_y / view.max_scroll_y]  # where the scrollbar's thumb is, 0 to 1
+    while not view.follow:
+        before = visible(view)
+        await pilot.press("down")
+        now = visible(view)
+        assert now[:-1] == before[1:], (before, now)  # one row, not one line
+        rows.append(now[-1])
+        ys.append(view.scroll_y / view.max_scroll_y)
+        assert len(rows) < 500
+    # The thumb goes down with the text, never back, and ends at the bottom.
+    assert all(b > a for a, b in zip(ys, ys[1:])) and ys[-1] == 1
+    return rows
+
+
+@sync
+async def test_wrapped_down_moves_one_screen_row_even_across_a_line_that_wraps_to_many(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(WRAP_LOG)
+    app = LogApp(path)
+    async with app.run_test(size=(40, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 30)
+        await pilot.press("W")
+        await pilot.pause()
+        rows = await all_rows(pilot, view)
+        # Every row of the file, once, in order: the long lines' rows one by one.
+        assert rows[:12] == [f"step {i}" for i in range(12)]
+        assert rows[12] == "w1_00 w1_01 w1_02 w1_03 w1_04 w1_05"
+        assert " ".join(rows[12:19]) == numbered_warning(1) and rows[19] == "mid 0"
+        assert " ".join(rows[-8:-1]) == numbered_warning(2) and rows[-1] == "last line"
+        assert len(rows) == 12 + 7 + 15 + 7 + 1
+
+
+@sync
+async def test_wrapped_up_from_the_end_moves_one_row_pages_a_screen_and_end_pins_the_last_row(tmp_path):
+    from textual import events
+
+    path = tmp_path / "train.log"
+    path.write_bytes(WRAP_LOG)
+    app = LogApp(path)
+    async with app.run_test(size=(40, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 30)
+        await pilot.press("W")
+        await pilot.pause()
+        height = view.scrollable_content_region.height
+        rows = await all_rows(pilot, view)
+        assert view.follow and visible(view) == rows[-height:]
+
+        await pilot.press("up")  # the newest row goes below the edge: one row, not the whole "last line"…
+        await pilot.pause()
+        assert not view.follow and visible(view) == rows[-height - 1:-1]
+        await pilot.press("up")  # …and then one row of the long warning above it
+        await pilot.pause()
+        assert visible(view) == rows[-height - 2:-2]
+        # The wheel: as many rows as the app's scroll sensitivity (2, as for unwrapped lines).
+        view.post_message(events.MouseScrollUp(view, 1, 1, 0, -1, 0, False, False, False))
+        await pilot.pause()
+        assert visible(view) == rows[-height - 4:-4]
+        view.post_message(events.MouseScrollDown(view, 1, 1, 0, 1, 0, False, False, False))
+        await pilot.pause()
+        assert visible(view) == rows[-height - 2:-2]
+        await pilot.press("pageup")  # a screen
+        await pilot.pause()
+        assert visible(view) == rows[-2 * height - 2:-height - 2]
+        await pilot.press("pagedown")
+        await pilot.pause()
+        assert visible(view) == rows[-height - 2:-2]
+
+        await pilot.press("end")  # following again, the last row at the bottom
+        await pilot.pause()
+        assert view.follow and visible(view) == rows[-height:]
+        with open(path, "ab") as f:
+            f.write(numbered_warning(3).encode() + b"\nnewest\n")
+        await wait_for(pilot, lambda: visible(view)[-1] == "newest")
+        assert " ".join(visible(view)[-8:-1]) == numbered_warning(3)
+        await pilot.press("home")
+        await pilot.pause()
+        assert visible(view)[0] == "step 0" and not view.follow
+
+
+@sync
+async def test_toggling_wrap_keeps_the_top_line_even_when_only_its_last_rows_were_showing(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(WRAP_LOG)
+    app = LogApp(path)
+    async with app.run_test(size=(40, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 30)
+        await pilot.press("W", "home", *["down"] * 15)  # 12 steps, then 3 rows into the first warning
+        await pilot.pause()
+        assert visible(view)[0] == "w1_18 w1_19 w1_20 w1_21 w1_22 w1_23"
+        await pilot.press("W")  # one row a line: that warning is the top line
+        await pilot.pause()
+        assert not view.wrap and visible(view)[0].startswith("w1_00 w1_01") and visible(view)[1] == "mid 0"
+        await pilot.press("W")  # and wrapped again, from its first row
+        await pilot.pause()
+        assert view.wrap and visible(view)[0] == "w1_00 w1_01 w1_02 w1_03 w1_04 w1_05"
+        assert not view.follow
+
+
+@sync
+async def test_a_dragged_scrollbar_puts_the_wrapped_view_where_it_points(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join((f"{i:04d} " + numbered_warning(i)).encode() + b"\n" for i in range(300)))
+    app = LogApp(path)
+    async with app.run_test(size=(40, 12)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 300)
+        await pilot.press("W")
+        await pilot.pause()
+        view.scroll_to(y=view.max_scroll_y / 2, animate=False)  # what dragging the thumb does
+        await pilot.pause()
+        assert not view.follow and 120 <= view.top_line <= 180
+        before = visible(view)
+        await pilot.press("down")  # and from there, rows again
+        await pilot.pause()
+        assert visible(view)[:-1] == before[1:]
+        top = view.top_line
+        await pilot.press("W", "W")  # one row a line and back: still there, still paused
+        await pilot.pause()
+        assert view.top_line == top and not view.follow and visible(view)[0].startswith(f"{top:04d} w{top}_00")
+        view.scroll_to(y=0, animate=False)
+        await pilot.pause()
+        assert visible(view)[0].startswith("0000 w0_00")
+        view.scroll_to(y=view.max_scroll_y, animate=False)
+        await pilot.pause()
+        assert view.follow and visible(view)[-1].endswith("w299_39")
+
+
+# --- unwrapped: sideways -----------------------------------------------------------------------------
+
+@sync
+async def test_left_and_right_scroll_cut_lines_8_columns_and_shift_half_a_screen(tmp_path):
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join(b"step %d\n" % i for i in range(5)) + LONG_WARNING.encode() + b"\n")
+    app = LogApp(path)
+    async with app.run_test(size=(50, 10)) as pilot:
+        view = app.query_one(LogView)
+        await wait_for(pilot, lambda: view.index.line_count == 6 and view.max_scroll_x > 0)
+        await pilot.pause()
+        width = view.scrollable_content_region.width
+
+        assert "long lines cut: W wraps, ←/→ scroll" in str(view.border_subtitle)
+        await pilot.press("right")
+        assert view.scroll_x == 8 and visible(view)[5] == LONG_WARNING[8:8 + width]
+        await pilot.press("shift+right")
+        assert view.scroll_x == 8 + width // 2
+        assert visible(view)[5] == LONG_WARNING[8 + width // 2:8 + width // 2 + width]
+        await pilot.press("left")
+        assert view.scroll_x == width // 2
+        await pilot.press("shift+left", "shift+left")
+        assert view.scroll_x == 0 and visible(view)[5] == LONG_WARNING[:width]
+        await pilot.press(*["shift+right"] * 12)  # stops at the end of the longest line
+        assert view.scroll_x == view.max_scroll_x and visible(view)[5].endswith("END_OF_WARNING")

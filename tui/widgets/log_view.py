@@ -19,11 +19,16 @@ codes are honoured. Follow mode (`f`) keeps the last line in view; scrolling up 
 end turns it back on.
 
 Long lines (a traceback line, a long warning): by default a line is one row, cut at the right edge, and
-←/→ scroll sideways (ctrl+pageup/pagedown a page; the subtitle says when lines are cut). `W` wraps them
-instead, at spaces (a longer word is folded). Wrapping keeps the index as it is: the scroll position is
-still a line number (the top line; at the end, the last line sits at the bottom), so only the lines on
-screen are ever wrapped — the height of the whole file in rows is never needed. Near the end the scroll
-range is made long enough to reach the tail (`_tail_top`: the last lines wrapped, at most a screen's).
+←/→ scroll sideways `SIDEWAYS` columns a press (shift+←/→ half a screen, ctrl+pageup/pagedown a screen;
+the subtitle says when lines are cut). `W` wraps them instead, at spaces (a longer word is folded).
+
+Wrapped, the position is `(line, row)`: the top line and how many of its wrapped rows are above the top
+edge (following: the last row sits at the bottom). ↑/↓, the wheel and pages move it by screen rows,
+wrapping only the lines they pass, so the height of the whole file in rows is never computed. `scroll_y`
+then only drives the scrollbar: its range is the lines above the tail's screen at an estimated height
+(`_estimate`: the byte lengths of a fixed sample of lines, from the index, nothing read) plus the tail's
+rows, exact; a position maps into it linearly within each line, and a dragged scrollbar maps back the
+same way.
 """
 from __future__ import annotations
 
@@ -32,11 +37,13 @@ import threading
 from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from math import ceil
 from pathlib import Path
 
 from rich.style import Style
 from rich.text import Text
 from textual import work
+from textual.actions import SkipAction
 from textual.geometry import Size
 from textual.message import Message
 from textual.reactive import reactive
@@ -51,6 +58,8 @@ FORWARD_CHUNK = 16 * 1024 * 1024  # at most this much new data per poll
 AUTO_INDEX_BYTES = 16 * 1024 * 1024  # indexed in the background without being asked
 MIN_TAIL_LINES = 400  # the first scan goes on until it has this many lines (or the start)
 MAX_LINE_BYTES = 16 * 1024  # a longer line is shown cut, with "…"
+ESTIMATE_SAMPLE = 64  # wrapped: lines sampled (32 to 64) to estimate the rows of those above the screen
+SIDEWAYS = 8  # columns a ←/→ press scrolls a cut line (less and toolong move several, not one)
 POLL_SECONDS = 0.25
 SMALL_SCAN = 256 * 1024  # up to this many bytes, newlines are found without numpy
 
@@ -221,6 +230,8 @@ class LogView(ScrollView, can_focus=True):
         self._strip_cache: OrderedDict[tuple[int, int, int, int, int], Strip] = OrderedDict()
         self._wrap_cache: OrderedDict[tuple[int, int, int, int], list[Strip]] = OrderedDict()
         self._frame: tuple[tuple, list[Strip]] | None = None  # wrap mode: the screen's rows, as last laid out
+        self._anchor: tuple[int, int] = (0, 0)  # wrap mode, not following: (top line, its rows above the top)
+        self._syncing = False  # wrap mode: scroll_y is being set from the anchor (not a scrollbar drag)
         self.border_title = self.path.name
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -358,6 +369,7 @@ class LogView(ScrollView, can_focus=True):
             self.index = LineIndex(size)
             self._clear_caches()
             self._max_width = 0
+            self._anchor = (0, 0)
             self.follow = True  # a new or truncated file: its tail is what matters
         self._missing = missing and reset is None and self._fd < 0
         added_above = 0
@@ -365,13 +377,21 @@ class LogView(ScrollView, can_focus=True):
             added_above += self.index.add_back(offsets, low)
         if end is not None:
             self.index.add_forward(fwd, end)
-            # The old last line may have grown: forget its cached rendering.
-            self._clear_caches()
-        self._update_virtual_size()
-        if self.follow:
-            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
-        elif added_above:
-            self.scroll_to(y=self.scroll_y + added_above, animate=False, force=True)
+            # The old last line may have grown: its caches are keyed by its byte span, so its old
+            # rendering is simply never asked for again; only the laid-out screen is stale.
+            self._frame = None
+        if self.wrap:
+            if added_above:
+                line, row = self._anchor
+                self._anchor = (line + added_above, row)
+            self._update_virtual_size()
+            self._sync_y()
+        else:
+            self._update_virtual_size()
+            if self.follow:
+                self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+            elif added_above:
+                self.scroll_to(y=self.scroll_y + added_above, animate=False, force=True)
         self._update_subtitle()
         self.refresh()
         # Textual moves the scrollbar thumb only if the bar is already shown; a file that just grew past
@@ -390,11 +410,14 @@ class LogView(ScrollView, can_focus=True):
 
     def _update_virtual_size(self) -> None:
         if self.wrap:
-            region = self.scrollable_content_region
-            # Wrapped, nothing is wider than the view: a sideways scrollbar still shown is about to go.
-            width, height = max(1, region.width), max(1, region.height + self.scrollbar_size_horizontal)
-            # Scroll positions are top lines; the last one is the top line of the tail's screen.
-            self.virtual_size = Size(width, self._tail_top(width, height) + height)
+            width, height = self._wrap_dims()
+            tail, rows = self._tail(width, height)
+            # Estimated rows above the tail's screen, then that screen's rows exactly (module docstring).
+            syncing, self._syncing = self._syncing, True  # a shorter range clamps scroll_y: not a drag
+            try:
+                self.virtual_size = Size(width, self._tail_base(tail, width) + rows + height)
+            finally:
+                self._syncing = syncing
         else:
             self.virtual_size = Size(max(self._max_width, 1), self.index.line_count)
         self._update_subtitle()
@@ -411,11 +434,15 @@ class LogView(ScrollView, can_focus=True):
 
     def _rewrap(self) -> None:
         if self.wrap:
+            self._frame = None
             self._update_virtual_size()
-            self._pin_end()
+            self._sync_y()
+            self.refresh()
 
     def _pin_end(self) -> None:
-        if self.follow and self.scroll_y != self.max_scroll_y:
+        if self.wrap:
+            self._rewrap()
+        elif self.follow and self.scroll_y != self.max_scroll_y:
             self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
             self.call_after_refresh(self._sync_scrollbar)
 
@@ -512,27 +539,144 @@ class LogView(ScrollView, can_focus=True):
             self._wrap_cache.popitem(last=False)
         return rows
 
-    def _tail_top(self, width: int, height: int) -> int:
-        """The first line of the screen that shows the file's end (0 when everything fits)."""
+    def _rows(self, index: int, width: int) -> int:
+        return len(self._wrapped(index, width))
+
+    def _wrap_dims(self) -> tuple[int, int]:
+        region = self.scrollable_content_region
+        # Wrapped, nothing is wider than the view: a sideways scrollbar still shown is about to go.
+        return max(1, region.width), max(1, region.height + self.scrollbar_size_horizontal)
+
+    def _estimate(self, width: int) -> float:
+        """Rows a line takes on average, from the byte lengths of a sample of lines spread over the file
+        (the index alone, nothing read): every 2**k-th line, so the sample stays put as the file grows."""
+        n = self.index.line_count
+        step = 1 << (n // ESTIMATE_SAMPLE).bit_length()
+        rows = count = 0
+        for i in range(0, n, step):
+            start, end = self.index.span(i)
+            rows += max(1, -(-min(end - start, MAX_LINE_BYTES) // width))
+            count += 1
+        return rows / count if count else 1.0
+
+    def _tail_base(self, tail: int, width: int) -> int:
+        """The scroll range above line `tail` (the top line of the tail's screen): an estimate."""
+        return ceil(tail * self._estimate(width))
+
+    def _tail(self, width: int, height: int) -> tuple[int, int]:
+        """The position that shows the file's end at the bottom: (top line, its rows above the top)."""
         rows, i = 0, self.index.line_count - 1
         while i >= 0:
-            rows += len(self._wrapped(i, width))
+            rows += self._rows(i, width)
             if rows >= height:
-                return i
+                return i, rows - height
             i -= 1
-        return 0
+        return 0, 0
+
+    def _position(self) -> tuple[int, int]:
+        """Where the view is: (top line, its rows above the top edge); the tail's when following."""
+        return self._tail(*self._wrap_dims()) if self.follow else self._anchor
+
+    @property
+    def top_line(self) -> int:
+        """The line at the top of the view (wrapped, perhaps only its last rows show)."""
+        if not self.wrap:
+            return int(self.scroll_y)
+        return min(self._position()[0], max(0, self.index.line_count - 1))
+
+    def _sync_y(self) -> None:
+        """Put scroll_y (the scrollbar; nothing else reads it wrapped) where the position maps to."""
+        if not self.wrap:
+            return
+        width, height = self._wrap_dims()
+        if self.follow:
+            y = self.max_scroll_y
+        else:
+            tail, tail_row = self._tail(width, height)
+            line, row = self._anchor
+            if line >= tail:
+                y = self._tail_base(tail, width) + min(row, tail_row)
+            else:
+                k = self._rows(line, width)
+                y = (line + min(row, k - 1) / k) * self._estimate(width)
+        self._syncing = True
+        try:
+            self.scroll_target_y = self.scroll_y = y
+        finally:
+            self._syncing = False
+        self.call_after_refresh(self._sync_scrollbar)
+
+    def _seek(self, y: float) -> None:
+        """The scrollbar was dragged (or Textual moved scroll_y): go where `y` maps to."""
+        width, height = self._wrap_dims()
+        tail, tail_row = self._tail(width, height)
+        base = self._tail_base(tail, width)
+        if y >= self.max_scroll_y:
+            self.follow = True
+        else:
+            if y >= base:
+                self._anchor = (tail, min(int(y - base), tail_row))
+            else:
+                est = self._estimate(width)
+                line = min(int(y / est), tail)
+                k = self._rows(line, width)
+                self._anchor = (line, min(k - 1, int((y / est - line) * k)))
+            self.follow = False
+        self.refresh()
+
+    def _move_rows(self, delta: int) -> bool:
+        """Move the wrapped view `delta` screen rows (down if positive), wrapping only the lines passed.
+
+        Reaching the end follows again; leaving it stops following. Returns whether it moved."""
+        n = self.index.line_count
+        if n == 0 or self._fd < 0 or delta == 0 or (delta > 0 and self.follow):
+            return False
+        width, height = self._wrap_dims()
+        line, row = self._position()
+        line = min(line, n - 1)
+        row = min(row, self._rows(line, width) - 1)
+        start = (line, row)
+        row += delta
+        if delta < 0:
+            while row < 0 and line > 0:
+                line -= 1
+                row += self._rows(line, width)
+            row = max(row, 0)
+        else:
+            while line < n - 1 and row >= (k := self._rows(line, width)):
+                row -= k
+                line += 1
+            row = min(row, self._rows(line, width) - 1)
+        if (line, row) == start:
+            return False
+        if (line, row) >= self._tail(width, height):
+            self.follow = True
+        else:
+            self._anchor = (line, row)
+            self.follow = False
+        self._sync_y()
+        self.refresh()
+        return True
 
     def _layout(self, width: int, height: int) -> list[Strip]:
-        """The rows on screen: from the top line down, or, at the end, from the last line up (so the
-        newest line is at the bottom even when the lines above it wrap)."""
+        """The rows on screen: from the position down, or, following (or when the file ends above the
+        bottom edge), from the last line up, so the newest line is at the bottom."""
         n = self.index.line_count
-        top = int(self.scroll_y)
-        at_end = top >= self.max_scroll_y
-        key = (self._generation, self.index.low, self.index.end, n, width, height, top, at_end)
+        key = (self._generation, self.index.low, self.index.end, n, width, height, self.follow, self._anchor)
         if self._frame is not None and self._frame[0] == key:
             return self._frame[1]
         rows: list[Strip] = []
-        if at_end:
+        top = 0
+        if not self.follow and n:
+            top, row = min(self._anchor[0], n - 1), self._anchor[1]
+            first = self._wrapped(top, width)
+            rows = first[min(row, len(first) - 1):]
+            i = top + 1
+            while i < n and len(rows) < height:
+                rows.extend(self._wrapped(i, width))
+                i += 1
+        if self.follow or len(rows) < height:
+            rows = []
             i = n - 1
             while i >= 0 and len(rows) < height:
                 rows[:0] = self._wrapped(i, width)
@@ -540,12 +684,7 @@ class LogView(ScrollView, can_focus=True):
             if len(rows) > height:
                 rows = rows[-height:]
             top = i + 1
-        else:
-            i = top
-            while i < n and len(rows) < height:
-                rows.extend(self._wrapped(i, width))
-                i += 1
-            rows = rows[:height]
+        rows = rows[:height]
         self._frame = (key, rows)
         if top < 200 and not self.index.complete:
             self._want_back.set()
@@ -561,25 +700,79 @@ class LogView(ScrollView, can_focus=True):
         return rows[y] if y < len(rows) else Strip.blank(width, self.rich_style)
 
     def watch_wrap(self, wrap: bool) -> None:
-        top = int(self.scroll_y)
         self._frame = None
-        self._update_virtual_size()
-        if wrap:
+        if wrap:  # the top line stays on top (or, following, the end at the bottom)
+            self._anchor = (int(self.scroll_y), 0)
             self.scroll_to(x=0, animate=False, force=True)
-        if self.follow:
-            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
-        else:  # the same line stays at the top
-            self.scroll_to(y=min(top, self.max_scroll_y), animate=False, force=True)
+            self._update_virtual_size()
+            self._sync_y()
+        else:
+            top = self._anchor[0]
+            self._update_virtual_size()
+            y = self.max_scroll_y if self.follow else min(top, self.max_scroll_y)
+            self.scroll_to(y=y, animate=False, force=True)
         self.refresh()
         self.call_after_refresh(self._sync_scrollbar)
 
     def action_toggle_wrap(self) -> None:
         self.wrap = not self.wrap
 
+    # Wrapped, Textual's scrolling (which moves scroll_y, a line number there) becomes row moves.
+    def scroll_up(self, **kwargs) -> None:
+        if self.wrap:
+            self._move_rows(-1)
+        else:
+            super().scroll_up(**kwargs)
+
+    def scroll_down(self, **kwargs) -> None:
+        if self.wrap:
+            self._move_rows(1)
+        else:
+            super().scroll_down(**kwargs)
+
+    def scroll_page_up(self, **kwargs) -> None:
+        if self.wrap:
+            self._move_rows(-self._wrap_dims()[1])
+        else:
+            super().scroll_page_up(**kwargs)
+
+    def scroll_page_down(self, **kwargs) -> None:
+        if self.wrap:
+            self._move_rows(self._wrap_dims()[1])
+        else:
+            super().scroll_page_down(**kwargs)
+
+    def _scroll_up_for_pointer(self, **kwargs) -> bool:  # the mouse wheel
+        if self.wrap:
+            return self._move_rows(-max(1, round(self.app.scroll_sensitivity_y)))
+        return super()._scroll_up_for_pointer(**kwargs)
+
+    def _scroll_down_for_pointer(self, **kwargs) -> bool:
+        if self.wrap:
+            return self._move_rows(max(1, round(self.app.scroll_sensitivity_y)))
+        return super()._scroll_down_for_pointer(**kwargs)
+
+    # --- sideways (lines cut) -------------------------------------------------------------------------
+    def _sideways(self, columns: int) -> None:
+        if not self.allow_horizontal_scroll:
+            raise SkipAction()  # nothing is cut (or wrapped): let the key go to the screen
+        self.scroll_to(x=self.scroll_x + columns, animate=False)
+
+    def action_scroll_left(self) -> None:
+        self._sideways(-SIDEWAYS)
+
+    def action_scroll_right(self) -> None:
+        self._sideways(SIDEWAYS)
+
+    def action_scroll_half(self, direction: int) -> None:
+        """Half a screen sideways: `direction` -1 is left, 1 right."""
+        self._sideways(direction * max(SIDEWAYS, self.scrollable_content_region.width // 2))
+
     # --- follow mode ------------------------------------------------------------------------------
     def on_resize(self) -> None:
-        if self.wrap:  # a new width wraps differently: the tail's top line moves
-            self._update_virtual_size()
+        if self.wrap:  # a new width wraps differently, a new height shows more or fewer rows
+            self._rewrap()
+            return
         # Shorter now (a panel above or beside it grew, the terminal shrank): Textual keeps scroll_y,
         # which would leave the newest lines below the bottom edge while the subtitle says "following".
         if self.follow:
@@ -588,6 +781,10 @@ class LogView(ScrollView, can_focus=True):
 
     def watch_scroll_y(self, old_value: float, new_value: float) -> None:
         super().watch_scroll_y(old_value, new_value)
+        if self.wrap:
+            if not self._syncing:
+                self._seek(new_value)
+            return
         at_end = round(new_value) >= self.max_scroll_y
         if at_end != self.follow:
             self.follow = at_end
@@ -598,20 +795,30 @@ class LogView(ScrollView, can_focus=True):
 
     def action_toggle_follow(self) -> None:
         if self.follow:
+            if self.wrap:  # paused where it is: the tail's screen
+                self._anchor = self._tail(*self._wrap_dims())
             self.follow = False
         else:
-            self.follow = True
-            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+            self.action_scroll_end()
 
     def action_scroll_end(self) -> None:
         self.follow = True
-        self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
+        if self.wrap:
+            self._sync_y()
+            self.refresh()
+        else:
+            self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
 
     def action_scroll_home(self) -> None:
         self.follow = False
         self._want_all = True  # the user asked for the start: index all of it
         self._wake.set()
-        self.scroll_to(y=0, animate=False, force=True)
+        if self.wrap:
+            self._anchor = (0, 0)
+            self._sync_y()
+            self.refresh()
+        else:
+            self.scroll_to(y=0, animate=False, force=True)
 
 
 def _close(fd: int) -> None:
