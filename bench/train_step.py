@@ -50,11 +50,6 @@ SD15_UNET = dict(
 )
 
 
-def cpu_case(root: Path, name: str, *, method: str, cache: bool, steps: int, resolution: int, batch: int) -> dict:
-    """The real trainer on the tiny model (CPU mode)."""
-    return trainer_case(root, name, method=method, cache=cache, steps=steps, resolution=resolution, batch=batch)
-
-
 def trainer_case(root: Path, name: str, *, method: str, cache: bool, steps: int, resolution: int, batch: int,
                  base: str = "tiny", mixed_precision: str = "no", images: int = 8, peak: float | None = None) -> dict:
     """Time `train_step` inside the real trainer (`engine.train.loop.train`): whatever the trainer does
@@ -945,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.case:
             method, cache = args.case.split("-")
-            print(json.dumps(cpu_case(root, args.case, method=method, cache=cache == "cached", steps=args.steps,
+            print(json.dumps(trainer_case(root, args.case, method=method, cache=cache == "cached", steps=args.steps,
                                       resolution=args.resolution, batch=args.batch)))
             return 0
         # Each case in a fresh process, so its peak RSS is its own.

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import tomli_w
 
-from engine.schema import ConfigError, Problem, from_dict, load_toml, opt, parse_toml, render_reference, to_dict
+from engine.schema import ConfigError, Problem, from_dict, load_toml, opt, override_key, parse_toml, render_reference, to_dict
 
 Method = Literal["lora", "full", "dreambooth", "textual_inversion", "pivotal"]
 METHODS: tuple[str, ...] = Method.__args__  # type: ignore[attr-defined]
@@ -271,7 +271,7 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
             key = apply_override(data, item)
             lines[key] = 0  # problems with an overridden key point at --set, not at the file
         except ValueError as e:
-            problems.append(Problem("--set", None, item.split("=", 1)[0].strip(), str(e)))
+            problems.append(Problem("--set", None, override_key(item), str(e)))
     try:
         cfg = from_dict(RunConfig, data, file=str(path), lines=lines)
     except ConfigError as e:

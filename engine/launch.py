@@ -388,8 +388,10 @@ def goals_changed_since_launch(run: RunDir) -> list[str]:
 def goals_note(run: RunDir, overrides: Iterable[str] = ()) -> str | None:
     """What `tunelab resume` and the TUI say when the project's goals changed since a run froze them,
     unless this resume sets the prompts itself."""
+    from engine.schema import override_key
+
     unsampled = goals_changed_since_launch(run)
-    if not unsampled or any(o.split("=", 1)[0].strip() == "sample.prompts" for o in overrides):
+    if not unsampled or any(override_key(o) == "sample.prompts" for o in overrides):
         return None
     listed = ", ".join(repr(t) for t in unsampled[:3]) + (" …" if len(unsampled) > 3 else "")
     return (f"project.toml's goals changed since launch; this run keeps the goals it was launched with, so its "

@@ -33,6 +33,7 @@ from typing import Any, Iterable, Iterator
 from engine import atomic
 from engine.launch import LaunchError, resume_check, start_supervisor
 from engine.rundir import Checkpoint, RunDir
+from engine.schema import override_key
 
 LENGTH_KEYS = ("train.epochs", "train.max_steps")
 RESUME_LOCK = "resume.lock"  # held by one resume from planning to the supervisor's handshake
@@ -79,10 +80,6 @@ def unknown_key_message(key: str) -> str:
     if close:
         hint = f" (did you mean {close[0]}?" + (")" if allowed_key(close[0]) else " It cannot change on resume.)")
     return f"--set {key}: no such run-config key{hint}; resume can change: {ALLOWED}"
-
-
-def override_key(item: str) -> str:
-    return item.split("=", 1)[0].strip()
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -113,10 +113,15 @@ def key_lines(text: str) -> dict[str, int]:
     return lines
 
 
+def override_key(item: str) -> str:
+    """The key of a `--set key=value` item."""
+    return item.split("=", 1)[0].strip()
+
+
 def key_line(source: str, key: str, overrides: Iterable[str] = ()) -> int | None:
     """Where a problem with `key` points: 0 when `--set` gave the key, else the key's line in
     `source` (or its table's header, where the key is a default), else None."""
-    if key in {o.split("=", 1)[0].strip() for o in overrides}:
+    if key in {override_key(o) for o in overrides}:
         return 0
     lines = key_lines(source)
     return lines.get(key, lines.get(key.split(".")[0]))
