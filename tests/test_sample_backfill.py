@@ -6,7 +6,7 @@ import hashlib
 import json
 
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image, ImageChops, ImageStat
 
 from engine import atomic
 from engine.contact_sheet import load_sheet
@@ -29,8 +29,12 @@ def files(run) -> dict[str, tuple[str, int]]:
             for p in sorted(run.samples_dir.rglob("*.png"))}
 
 
-def same_pixels(a, b) -> bool:
-    return ImageChops.difference(Image.open(a).convert("RGB"), Image.open(b).convert("RGB")).getbbox() is None
+def pixel_distance(a, b) -> float:
+    """Mean absolute difference per channel (0-255). A cell rendered again in a batch of another size may
+    round a few pixels the other way (seen: 0.5% of them by 1/255 on one CPU, none on another); a
+    neighbouring checkpoint of the tiny model differs by over 1 on average."""
+    diff = ImageChops.difference(Image.open(a).convert("RGB"), Image.open(b).convert("RGB"))
+    return sum(ImageStat.Stat(diff).mean) / 3
 
 
 def resume_with(run, overrides):
@@ -71,9 +75,9 @@ def test_new_prompts_and_seeds_are_rendered_for_every_kept_checkpoint_and_nothin
     for col in (cols[0], cols[2], cols[3]):
         assert {k.split("/")[1] for k in after if k.startswith(col + "/")} == every, col
     assert {k.split("/")[1] for k in after if k.startswith(cols[1] + "/")} == {"p00-s0001.png"}
-    assert same_pixels(kept, run.samples_dir / cols[2] / "p00-s0001.png")  # e0002's weights, EMA and all
-    assert not same_pixels(kept, run.samples_dir / cols[3] / "p00-s0001.png")
-    assert not same_pixels(run.samples_dir / cols[0] / "p00-s0001.png", kept)  # the base is the base
+    assert pixel_distance(kept, run.samples_dir / cols[2] / "p00-s0001.png") < 0.1  # e0002's weights, EMA and all
+    assert pixel_distance(kept, run.samples_dir / cols[3] / "p00-s0001.png") > 0.5
+    assert pixel_distance(run.samples_dir / cols[0] / "p00-s0001.png", kept) > 0.5  # the base is the base
     warning = [w for w in events(run, "warning") if w.get("reason") == "backfill_unavailable"]
     assert len(warning) == 1 and warning[0]["columns"] == [cols[1]] and "saved without state/" in warning[0]["message"]
 
