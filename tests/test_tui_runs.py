@@ -250,6 +250,27 @@ def screen_rows(table: DataTable) -> list[str]:
     return ["".join(seg.text for seg in table.render_line(y)) for y in range(table.size.height)]
 
 
+def stop_cells(table: DataTable) -> list[str]:
+    """Every stopping run's state cell as one string, whether its countdown is on the row's line
+    (`stopping · TERM in 9m`) or on the line under it (a narrow table)."""
+    lines = screen_rows(table)
+    cells = []
+    for i, line in enumerate(lines):
+        col = line.find(" stopping")
+        if col < 0:
+            continue
+        rest = line[col + 1:].split("  ")[0].strip()
+        if rest != "stopping":
+            cells.append(rest)
+        elif i + 1 < len(lines):
+            cells.append("stopping · " + lines[i + 1][col + 1:].split("  ")[0].strip())
+    return cells
+
+
+def header_columns(table: DataTable) -> set[str]:
+    return set(screen_rows(table)[0].split())
+
+
 def test_values_that_grow_while_the_run_goes_widen_their_columns_instead_of_being_cut(tmp_path):
     project = make_project(tmp_path)
     rd = write_run(project, "20260101-000000-lora", state="running", epochs=120, steps=720, done_epochs=0)
@@ -385,10 +406,10 @@ def test_a_stopping_run_shows_the_escalation_countdown_whole_at_100_to_200_colum
             app = PaneApp(project, clock=lambda: clock[0], poll=0.1)
             async with app.run_test(size=(width, 14)) as pilot:
                 table = app.query_one(DataTable)
-                await until(pilot, lambda: "stopping · TERM in 9m" in "\n".join(screen_rows(table)), what="TERM in")
+                await until(pilot, lambda: stop_cells(table) == ["stopping · TERM in 9m"], what="TERM in")
                 clock[0] = FIXED_NOW + 560
                 rd.update_status(stop_escalation=[{"signal": "SIGTERM", "t": FIXED_NOW + 541, "why": "…"}])
-                await until(pilot, lambda: "stopping · KILL in 41s" in "\n".join(screen_rows(table)), what="KILL in")
+                await until(pilot, lambda: stop_cells(table) == ["stopping · KILL in 41s"], what="KILL in")
                 text = "\n".join(screen_rows(table))
                 # Nothing cut: every value whole, no sideways scrolling, the other row's values intact.
                 assert table.max_scroll_x == 0, (width, text)
@@ -405,6 +426,49 @@ def test_a_stopping_run_shows_the_escalation_countdown_whole_at_100_to_200_colum
                 kill = time.strftime("%H:%M:%S", time.localtime(FIXED_NOW + 601))
                 assert (f"stopping: stop requested; the supervisor sent SIGTERM at {at}; SIGKILL at {kill} "
                         "if it has not exited") in details
+    try:
+        body()
+    finally:
+        os.close(lock)
+
+
+def test_a_stopping_runs_countdown_costs_no_column_at_100_to_130_columns(tmp_path):
+    """Below ~130 columns the one-line `stopping · TERM in 9m` used to drop smoothed, img/s or elapsed
+    until the run ended; the countdown now goes under the state, and the table keeps the columns it
+    shows once the stop is over."""
+    project = make_project(tmp_path)
+    write_run(project, "20260101-000000-lora", state="finished", epochs=120, steps=720, done_epochs=120)
+    rd = write_run(project, "20260102-000000-lora", state="running", epochs=120, steps=720, done_epochs=30)
+    lock = rd.take_lock(wait=1)  # a live supervisor holds it
+    clock = [FIXED_NOW]
+
+    @sync
+    async def body():
+        for width in (100, 110, 120, 130):
+            rd.update_status(state="running", stop_deadline_t=None, stop_escalation=[])
+            app = PaneApp(project, clock=lambda: clock[0], poll=0.1)
+            async with app.run_test(size=(width, 14)) as pilot:
+                table = app.query_one(DataTable)
+                await until(pilot, lambda: "30/120" in "\n".join(screen_rows(table)), what="running row")
+                await pilot.pause(0.3)
+                running = header_columns(table)
+                rd.update_status(state="stopping", stop_reason="request", stop_requested_t=FIXED_NOW - 60,
+                                 stop_deadline_t=FIXED_NOW + 540, stop_kill_after_s=60)
+                await until(pilot, lambda: stop_cells(table) == ["stopping · TERM in 9m"], what="TERM in")
+                assert header_columns(table) == running, (width, screen_rows(table))
+                assert {"smoothed", "img/s", "elapsed"} & running == \
+                    ({"img/s", "elapsed"} if width == 100 else {"smoothed", "img/s", "elapsed"}), width
+                assert table.max_scroll_x == 0, width
+                table.focus()
+                await pilot.press("home")  # the two-line row is one row for the cursor and its details
+                await pilot.pause()
+                assert "stop requested" in str(app.query_one("#run-details").render())
+                # The stop ends: one line a row again, every column back (no ETA now: maybe one more).
+                rd.update_status(state="stopped", ended_t=FIXED_NOW + 30, exit_code=0)
+                await until(pilot, lambda: not stop_cells(table) and "stopped" in "\n".join(screen_rows(table)),
+                            what="stopped")
+                assert header_columns(table) >= running
+                assert all(table.rows[k].height == 1 for k in table.rows)
     try:
         body()
     finally:

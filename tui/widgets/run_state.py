@@ -10,7 +10,9 @@ has one short column, so while the run is alive the cell says only what comes ne
     stopping · KILL in 40s    SIGTERM sent; SIGKILL follows
     stopping · KILL sent      SIGKILL sent; waiting for the processes to go
 
-A countdown is rounded up (never "in 0m"), so the cell is at most 22 cells wide. An ended run's cell is
+A countdown is rounded up (never "in 0m"), so the cell is at most 22 cells wide. Where that would cost
+the table a column, the tag goes on a second line of the row (`state_cell(..., two_lines=True)`):
+the column is then as wide as `KILL in 41s`. An ended run's cell is
 its state alone (an old escalated run must not widen the column for good); the details under the table
 name the signals it took (`escalation_note`).
 """
@@ -112,11 +114,14 @@ def escalation_tag(state: str, esc: StopEscalation | None, now: float) -> str:
     return ""
 
 
-def state_cell(state: str, esc: StopEscalation | None, now: float) -> Text:
+def state_cell(state: str, esc: StopEscalation | None, now: float, two_lines: bool = False) -> Text:
+    """`stopping · TERM in 9m` on one line, or with `two_lines` the tag under the state (the Runs table
+    on a narrow terminal: the column stays about as wide as `stopping`, so no other column goes)."""
     cell = Text(state, style=STATE_STYLES.get(state, ""))
     tag = escalation_tag(state, esc, now)
     if tag:
-        cell.append(" · " + tag, style="red" if "KILL" in tag or tag.endswith("due") else "yellow")
+        cell.append(("\n" if two_lines else " · ") + tag,
+                    style="red" if "KILL" in tag or tag.endswith("due") else "yellow")
     return cell
 
 

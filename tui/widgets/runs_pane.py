@@ -34,7 +34,7 @@ from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
 from tui.actions import bindings
 from tui.widgets.loss_plot import SMOOTHING, Ema
-from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, state_cell
+from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, escalation_tag, state_cell
 
 POLL_SECONDS = 1.0
 
@@ -82,6 +82,11 @@ class RunRow:
     escalation: StopEscalation | None = None  # status.json's stop deadline and the signals sent
     now: float = 0.0  # the poll's clock, for the stop countdown
 
+    @property
+    def has_stop_tag(self) -> bool:
+        """The state cell says what the supervisor does next (`stopping · TERM in 9m`)."""
+        return bool(escalation_tag(self.summary.state, self.escalation, self.now))
+
 
 COLUMNS = ("run", "state", "progress", "epoch", "loss", "smoothed", "img/s", "ETA", "elapsed", "cost", "best")
 # On a narrow terminal these go first, in this order: cost and best only while no run has a value,
@@ -101,12 +106,12 @@ def best_label(best: str | None) -> str:
     return f"★ e{parsed[0]}" if parsed else f"★ {best}"
 
 
-def row_cells(row: RunRow, bar: int = 12) -> dict[str, Any]:
-    """The table's cells of one run, by column name."""
+def row_cells(row: RunRow, bar: int = 12, two_lines: bool = False) -> dict[str, Any]:
+    """The table's cells of one run, by column name (`two_lines`: a stop's countdown under the state)."""
     s = row.summary
     return {
         "run": s.run_id,
-        "state": state_cell(s.state, row.escalation, row.now),
+        "state": state_cell(s.state, row.escalation, row.now, two_lines),
         "progress": progress_bar(summary_fraction(s), bar),
         "epoch": fmt_progress(s),
         "loss": _num(s.loss, ".4f"),
@@ -157,14 +162,15 @@ def details_text(s: RunSummary, escalation: StopEscalation | None = None) -> Tex
 
 
 def _cell_width(value: Any) -> int:
-    return value.cell_len if isinstance(value, Text) else Text(str(value)).cell_len
+    text = value if isinstance(value, Text) else Text(str(value))
+    return max(line.cell_len for line in text.split("\n"))
 
 
-def column_widths(rows: list[RunRow]) -> dict[str, int]:
+def column_widths(rows: list[RunRow], two_lines: bool = False) -> dict[str, int]:
     """Each column's width: its widest value or its header (the progress column's at bar width 0)."""
     widths = {c: Text(c).cell_len for c in COLUMNS}
     for row in rows:
-        for c, value in row_cells(row, 0).items():
+        for c, value in row_cells(row, 0, two_lines).items():
             widths[c] = max(widths[c], _cell_width(value))
     return widths
 
@@ -177,36 +183,45 @@ def empty_columns(rows: list[RunRow]) -> set[str]:
 
 @dataclass(frozen=True)
 class TableLayout:
-    """Which columns the table shows and how wide the progress bar is."""
+    """Which columns the table shows, how wide the progress bar is, and whether a stopping run's
+    countdown goes on a second line of its row (`two_lines`) instead of widening the state column."""
 
     columns: tuple[str, ...]
     bar: int
+    two_lines: bool = False
 
     def width(self, rows: list[RunRow], widths: dict[str, int] | None = None) -> int:
         """Cells the table needs for `rows` (every column as wide as its widest value)."""
-        widths = widths or column_widths(rows)
+        widths = widths or column_widths(rows, self.two_lines)
         return sum((max(widths[c], self.bar + PERCENT_W) if c == "progress" else widths[c]) + CELL_PAD
                    for c in self.columns)
+
+    def row_height(self, row: RunRow) -> int:
+        return 2 if self.two_lines and row.has_stop_tag else 1
 
 
 def plan_layout(width: int, rows: list[RunRow], widths: dict[str, int] | None = None) -> TableLayout:
     """The columns and bar width that fit `width` terminal cells: every value whole (never cut), the bar
-    as long as the room left allows, columns dropped only when even a short bar does not fit. With no
-    way to fit, the table scrolls sideways (DataTable does that by itself)."""
-    widths = widths or column_widths(rows)
+    as long as the room left allows; then a stopping run's countdown under its state (two-line row);
+    columns dropped only when even that and a short bar do not fit. With no way to fit, the table
+    scrolls sideways (DataTable does that by itself). `widths`: the one-line cells' (column_widths)."""
     room = max(0, width - SCROLLBAR_W)
     empty = empty_columns(rows)
-    candidates = [COLUMNS]
+    wrap = any(row.has_stop_tag for row in rows)
+    one_line = widths or column_widths(rows)
+    by_wrap = {False: one_line, True: column_widths(rows, two_lines=True) if wrap else one_line}
+    candidates = [(COLUMNS, False)] + ([(COLUMNS, True)] if wrap else [])
     dropped: list[str] = []
     for c in [c for c in DROPPABLE_IF_EMPTY if c in empty] + list(DROPPABLE):
         dropped.append(c)
-        candidates.append(tuple(x for x in COLUMNS if x not in dropped))
-    for columns in candidates:
+        candidates.append((tuple(x for x in COLUMNS if x not in dropped), wrap))
+    for columns, two_lines in candidates:
+        widths = by_wrap[two_lines]
         others = sum(widths[c] + CELL_PAD for c in columns if c != "progress")
         bar = min(BAR_MAX, room - others - CELL_PAD - PERCENT_W)
         if bar >= BAR_MIN:
-            return TableLayout(columns, bar)
-    return TableLayout(candidates[-1], BAR_MIN)
+            return TableLayout(columns, bar, two_lines)
+    return TableLayout(candidates[-1][0], BAR_MIN, wrap)
 
 
 # --- modals --------------------------------------------------------------------------------------
@@ -429,10 +444,9 @@ class RunsPane(Vertical):
         rows = list(self.rows.values())
         width = self.size.width or self.app.size.width
         layout = self._layout
-        widths = column_widths(rows)
-        planned = plan_layout(width, rows, widths)
-        if layout is None or resized or layout.width(rows, widths) > width - SCROLLBAR_W \
-                or set(layout.columns) != set(planned.columns):
+        planned = plan_layout(width, rows)
+        if layout is None or resized or layout.width(rows) > width - SCROLLBAR_W \
+                or set(layout.columns) != set(planned.columns) or layout.two_lines != planned.two_lines:
             if planned != layout:
                 self._rebuild(table, planned)
                 return
@@ -440,14 +454,19 @@ class RunsPane(Vertical):
         for run_id in [str(k.value) for k in table.rows]:
             if run_id not in self.rows:
                 table.remove_row(run_id)
+        if any(run_id in table.rows and table.rows[run_id].height != self._layout.row_height(row)
+               for run_id, row in self.rows.items()):
+            self._rebuild(table, self._layout)  # a run began or ended a two-line stop countdown
+            return
         for run_id, row in self.rows.items():
-            cells = row_cells(row, self._layout.bar)
+            cells = row_cells(row, self._layout.bar, self._layout.two_lines)
             if run_id in table.rows:
                 for name in self._layout.columns:
                     # update_width: a value that grew ("0/120" → "30/120") widens its column, never cut.
                     table.update_cell(run_id, name, cells[name], update_width=True)
             else:
-                table.add_row(*[cells[c] for c in self._layout.columns], key=run_id)
+                table.add_row(*[cells[c] for c in self._layout.columns], key=run_id,
+                              height=self._layout.row_height(row))
         if [str(k.value) for k in table.rows] != list(self.rows):  # newest first, as list_runs gives them
             table.sort("run", reverse=True)
 
@@ -459,8 +478,8 @@ class RunsPane(Vertical):
         for name in layout.columns:
             table.add_column(name, key=name)
         for run_id, row in self.rows.items():
-            cells = row_cells(row, layout.bar)
-            table.add_row(*[cells[c] for c in layout.columns], key=run_id)
+            cells = row_cells(row, layout.bar, layout.two_lines)
+            table.add_row(*[cells[c] for c in layout.columns], key=run_id, height=layout.row_height(row))
         if selected is not None and selected.run_id in self.rows:
             table.move_cursor(row=list(self.rows).index(selected.run_id), animate=False)
 
