@@ -259,6 +259,19 @@ from engine.train import checkpoint as ckpt, loop
 STEP_S = float(os.environ.get("RELIABILITY_STEP_S") or 0)
 SAVE_S = float(os.environ.get("RELIABILITY_SAVE_S") or 0)
 SAVE_FROM = int(os.environ.get("RELIABILITY_SAVE_FROM_STEP") or 0)  # only saves at this step or later pause
+LOAD_S = float(os.environ.get("RELIABILITY_LOAD_S") or 0)
+
+if LOAD_S:
+    # A slow base-model load (SD 1.5 from a cold disk: 10-60 s inside library calls): a marker file, then
+    # one blocking sleep before the real load.
+    from pathlib import Path
+    from engine.train import models
+    real_load = models.load_components
+    def slow_load(*args, **kw):
+        (Path(os.environ["TUNELAB_RUN_DIR"]) / "LOADING").write_text(str(os.getpid()))
+        time.sleep(LOAD_S)
+        return real_load(*args, **kw)
+    models.load_components = slow_load
 
 if STEP_S:
     real_step = loop.train_step
@@ -308,7 +321,8 @@ class TrainerRun:
         self.tail = EventTail(self.run.events_path)
         self.seen: list[dict] = []
 
-    def hooks(self, step_s: float = 0.0, save_s: float = 0.0, save_from_step: int = 0) -> None:
+    def hooks(self, step_s: float = 0.0, save_s: float = 0.0, save_from_step: int = 0, load_s: float = 0.0) -> None:
+        self.mp.setenv("RELIABILITY_LOAD_S", str(load_s))
         self.mp.setenv("RELIABILITY_STEP_S", str(step_s))
         self.mp.setenv("RELIABILITY_SAVE_S", str(save_s))
         self.mp.setenv("RELIABILITY_SAVE_FROM_STEP", str(save_from_step))
@@ -411,6 +425,45 @@ def test_the_real_trainer_survives_stop_a_kill_mid_epoch_and_a_kill_mid_save(tmp
         assert st["attempt"] == 4 and [h["state"] for h in st["history"]] == ["stopped", "failed", "failed"]
     finally:
         kill_run_processes(rd)
+
+
+@pytest.mark.slow
+def test_a_stop_while_the_base_model_loads_ends_the_run_at_once_as_stopped(tmp_path, monkeypatch, tiny_base):
+    """`tunelab stop` (and a SIGTERM) while the base model loads: the load is cut short, not waited for;
+    the run ends `stopped` with nothing trained and nothing written (was: seen only when the load returned)."""
+    t = TrainerRun(tmp_path, monkeypatch)
+    rd = t.run
+    try:
+        t.hooks(load_s=300)  # far longer than the test may wait
+        launch.start_supervisor(rd)
+        wait_for(lambda: (rd.path / "LOADING").exists(), 120, what="the base-model load under way")
+        asked = time.monotonic()
+        assert launch.stop_run(rd, timeout=60) == "stopped"
+        assert time.monotonic() - asked < 20, "the stop waited for the load"
+        (stopped,) = t.events("stopped")
+        assert (stopped["step"], stopped["reason"]) == (0, "request")
+        assert not t.events("progress") and not t.events("start") and not rd.checkpoints()
+        assert not list(rd.path.glob("checkpoints/*")) and not list(rd.path.glob("samples/*"))
+        status = rd.read_status()
+        assert status["exit_code"] == 0 and status["error"] is None
+        assert not (rd.control_dir / "stop").exists()  # consumed: it does not stop the next attempt
+
+        # A SIGTERM to the trainer's process group (a scheduler) during the load: the same.
+        run2 = launch.create_run(t.project, "tiny")
+        tail2 = EventTail(run2.events_path)
+        launch.start_supervisor(run2)
+        wait_for(lambda: (run2.path / "LOADING").exists(), 120, what="the second run's load under way")
+        sent = time.monotonic()
+        os.killpg(run2.read_status()["trainer_pgid"], signal.SIGTERM)
+        assert wait_state(run2, {"stopped", "failed", "finished"}, timeout=60) == "stopped"
+        assert time.monotonic() - sent < 20
+        seen = tail2.read_new()
+        assert [e["kind"] for e in seen] == ["stopped"] and seen[0]["reason"] == "signal"
+        assert not run2.checkpoints()
+    finally:
+        kill_run_processes(rd)
+        for extra in sorted((t.project / "runs").glob("2*")):
+            kill_run_processes(RunDir(extra))
 
 
 @pytest.mark.slow

@@ -19,7 +19,7 @@ from engine.rundir import RunDir
 from engine.train import checkpoint as ckpt
 from engine.train import data as datamod
 from engine.train.events import EventWriter, Progress
-from engine.train.interrupt import raise_if_stop_requested
+from engine.train.interrupt import interrupting, raise_if_stop_requested
 from engine.train.loop import Position, Session, TrainingAborted
 
 DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -96,9 +96,10 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
 
     weight_dtype = DTYPES[t.mixed_precision]
     try:
-        components = load_components(cfg.model.base, project_dir, dtype=torch.float32,
-                                     prediction_type=cfg.model.prediction_type, config=cfg.model.config or None,
-                                     log=lambda msg: events.say(f"building the tiny model: {msg}"))
+        with interrupting():  # a stop request ends the load at once: nothing trained, nothing written yet
+            components = load_components(cfg.model.base, project_dir, dtype=torch.float32,
+                                         prediction_type=cfg.model.prediction_type, config=cfg.model.config or None,
+                                         log=lambda msg: events.say(f"building the tiny model: {msg}"))
     except BaseModelError as e:
         events.error(str(e))  # the message names the key and the value
         raise TrainingAborted() from None
