@@ -365,3 +365,40 @@ async def test_without_a_tokenizer_on_disk_the_count_stays_an_estimate(project, 
         editor = await select(pilot, pane, "images/tiny.png")
         await app.workers.wait_for_complete()  # the look for a tokenizer has ended
         assert editor._counter_asked > 0 and editor.counter is None and "~5/77 tokens" in str(editor.query_one("#caption-status").render())
+
+
+def type_burst(app, keys) -> None:
+    """Keys arriving in one read from the terminal (a fast typist, a paste, a slow SSH link): all queued
+    before the app handles the first, unlike `pilot.press`, which waits for each key to be handled."""
+    from textual import events
+
+    for key in keys:
+        app.post_message(events.Key(key, {"slash": "/", "enter": "\r"}.get(key, key if len(key) == 1 else None)))
+
+
+@sync
+async def test_keys_typed_in_the_same_burst_as_e_or_enter_go_into_the_editor(project):
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        type_burst(app, ["e", *"xy "])
+        await wait_for(pilot, lambda: editor.text.startswith("xy"))
+        assert editor.item.rel == "images/cat_01.png" and editor.text == "xy a photo of a ginger cat, sitting"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: pane.table.has_focus)
+        editor = await select(pilot, pane, "images/cat_02.png")
+        # enter, then end: `end` reaches the editor (its cursor), it does not jump the list to the last image
+        type_burst(app, ["enter", "end", *"zz"])
+        await wait_for(pilot, lambda: "zz" in editor.text)
+        assert editor.item.rel == "images/cat_02.png" and pane.table.current.rel == "images/cat_02.png"
+        await pilot.press("escape")
+        await wait_for(pilot, lambda: pane.table.has_focus)
+        # `/` then words: the filter gets all of them
+        type_burst(app, ["slash", *"dog"])
+        await wait_for(pilot, lambda: pane.query_one("#dataset-filter").value == "dog")
+        # in the filter and in the editor, e, enter and / are typed, not bindings
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: pane.table.has_focus)
+        await pilot.press("e", "end", *" e/")
+        assert pane.editor.text.endswith(" e/") and pane.editor.text_area.has_focus

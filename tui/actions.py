@@ -69,11 +69,13 @@ ACTIONS: tuple[Action, ...] = (
     Action("project.runs", "3,f4", "show_tab('runs')", "Runs", "project", show=False, help="Show the Runs tab"),
     Action("project.compare", "4,f5", "show_tab('compare')", "Compare", "project", show=False, help="Show the Compare tab"),
     # dataset
-    Action("dataset.filter", "slash", "focus_filter", "Filter", "dataset",
+    # filter and edit are priority bindings (acting only from the list, see DatasetPane.check_action): they
+    # move the focus before the next key is routed, so keys typed in the same burst land where they should.
+    Action("dataset.filter", "slash", "focus_filter", "Filter", "dataset", priority=True,
            help="Filter the images by text (file, concept, caption)"),
     Action("dataset.flag", "f", "cycle_flag", "Flag", "dataset",
            help="Show only images with a flag (cycles: all, any flag, each flag)"),
-    Action("dataset.edit", "e", "edit_caption", "Edit caption", "dataset",
+    Action("dataset.edit", "e,enter", "edit_caption", "Edit caption", "dataset", priority=True,
            help="Edit the selected image's caption"),
     Action("dataset.bulk", "b", "bulk", "Bulk captions", "dataset",
            help="Bulk caption operation on the shown images (preview, then apply)"),
@@ -90,8 +92,6 @@ ACTIONS: tuple[Action, ...] = (
     Action("list.pageup", "pageup", "page(-1)", "Page up", "list", show=False, help="A page up"),
     Action("list.first", "home", "jump(0)", "First", "list", show=False, help="First image"),
     Action("list.last", "end", "jump(-1)", "Last", "list", show=False, help="Last image"),
-    Action("list.select", "enter", "select", "Edit caption", "list", show=False,
-           help="Edit the selected image's caption"),
     # caption editor
     Action("caption.save", "ctrl+s", "save", "Save", "caption", priority=True,
            help="Save the caption (atomic write; also saved when moving to another image)"),

@@ -14,7 +14,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical
 from textual.message import Message
-from textual.widgets import Input, Static
+from textual.widgets import Input, Static, TextArea
 
 from engine.captions import CaptionError, UndoConflict, estimate_tokens, undo_last, with_trigger
 from engine.project import FLAG_NO_CAPTION, FLAG_TOO_LONG, IMAGE_EXTS, Dataset, Item, scan_project
@@ -302,13 +302,19 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "focus_list":  # only from the filter; elsewhere escape means "back to projects"
             return self.query_one("#dataset-filter", Input).has_focus
+        if action in ("edit_caption", "focus_filter"):
+            # Priority bindings, run by the app before it routes the next key: `e` then `end` arriving
+            # in one read (a paste, a slow SSH link) moves the focus first, so `end` reaches the editor.
+            # Not while typing (the screen's focus, so the command palette on top still offers them): in the
+            # filter or the editor the key is text.
+            return not isinstance(self.screen.focused, (Input, TextArea))
         return True
 
     def action_focus_list(self) -> None:
         self.table.focus()
 
     def action_focus_filter(self) -> None:
-        self.query_one("#dataset-filter", Input).focus()
+        self.screen.set_focus(self.query_one("#dataset-filter", Input))  # now: `.focus()` waits a turn
 
     def action_cycle_flag(self) -> None:
         cycle: list[str | None] = [None, ANY_FLAG, *self.flags_present()]

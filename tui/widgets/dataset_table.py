@@ -85,7 +85,7 @@ class DatasetTable(ScrollView, can_focus=True):
             return self.table
 
     class Selected(Message):
-        """Enter on an item: the user wants to edit it."""
+        """A double click on the current item: the user wants to edit it (enter and `e` are the pane's)."""
 
         def __init__(self, table: "DatasetTable", item: Item) -> None:
             super().__init__()
