@@ -2,7 +2,12 @@
 
 A caption lives next to its image with the same stem and `.txt` (kohya/EveryDream/OneTrainer).
 Reading is forgiving and says what it forgave (`CaptionText.flags`): a BOM is stripped, CRLF
-normalised, several lines joined with a space, invalid UTF-8 read with replacement characters.
+normalised, several lines joined with a space. A file that is not UTF-8 is read as what such files
+are in practice, never with replacement characters (which would turn `café` into `caf�` in training
+and, once written back, on disk): UTF-16 when it starts with a UTF-16 BOM (Windows Notepad's
+"Unicode"), else Windows-1252 (Latin-1 and its Windows superset); the flag says which. Anything
+written is UTF-8, so a bulk operation or a save in the editor converts such a file (the plan says so;
+undo restores the original bytes).
 
 Bulk edits are two steps, so the CLI's `--dry-run` and the TUI's preview show exactly what will be
 written: a `plan_*` function returns a `Plan` (one `Change` per file that would change, nothing
@@ -60,15 +65,33 @@ def sidecar_path(image: str | os.PathLike) -> Path:
     return Path(image).with_suffix(CAPTION_EXT)
 
 
-def decode_caption(raw: bytes) -> CaptionText:
-    flags: list[str] = []
+FLAG_NOT_UTF8 = "caption not UTF-8"  # flags are "caption not UTF-8 (read as <encoding>; …)"
+
+
+def decode_text(raw: bytes) -> tuple[str, str | None]:
+    """(the text of a caption file as stored, BOM removed; the encoding it was read as when not UTF-8)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            return raw.decode("utf-16"), "UTF-16"
+        except UnicodeDecodeError:
+            pass
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8"), None
     except UnicodeDecodeError:
-        text = raw.decode("utf-8", errors="replace")
-        flags.append("caption not UTF-8")
+        pass
+    try:
+        return raw.decode("cp1252"), "Windows-1252"
+    except UnicodeDecodeError:  # the five bytes cp1252 leaves undefined: Latin-1 reads every byte
+        return raw.decode("latin-1"), "Latin-1"
+
+
+def decode_caption(raw: bytes) -> CaptionText:
+    flags: list[str] = []
+    text, encoding = decode_text(raw)
+    if encoding:
+        flags.append(f"{FLAG_NOT_UTF8} (read as {encoding}; a save writes UTF-8)")
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     lines = [ln.strip() for ln in text.split("\n")]
     lines = [ln for ln in lines if ln]
@@ -182,6 +205,7 @@ class Plan:
     changes: list[Change] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (rel path, reason)
     root: Path | None = None  # the project, where the undo journal goes
+    reencoded: list[str] = field(default_factory=list)  # changed files that were not UTF-8 (written as UTF-8)
 
     def __len__(self) -> int:
         return len(self.changes)
@@ -207,6 +231,9 @@ class Plan:
             for _, r in self.skipped:
                 reasons[r] = reasons.get(r, 0) + 1
             s += "; skipped " + ", ".join(f"{n} ({r})" for r, n in sorted(reasons.items()))
+        if self.reencoded:
+            s += (f"; {len(self.reencoded)} of them not UTF-8 ({_some(self.reencoded, 3)}): "
+                  f"{'written' if applied else 'will be written'} as UTF-8, the same text")
         return s
 
 
@@ -245,13 +272,13 @@ def _rel_caption(t: Target) -> str:
     return str(Path(t.rel).with_suffix(CAPTION_EXT).as_posix()) if t.rel else t.caption_path.name
 
 
-def _exact_old(t: Target) -> str | None:
-    """The file's text as stored (for the diff), or None when absent."""
+def _exact_old(t: Target) -> tuple[str | None, str | None]:
+    """(the file's text as stored, for the diff, or None when absent; its encoding when not UTF-8)."""
     try:
         raw = t.caption_path.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    return raw.decode("utf-8", errors="replace")
+        return None, None
+    return decode_text(raw)
 
 
 def _plan(operation: str, items: Sequence[Target], compute: Callable[[Target, str | None], str | None | tuple[None, str]],
@@ -267,8 +294,10 @@ def _plan(operation: str, items: Sequence[Target], compute: Callable[[Target, st
             continue
         if cur == result:  # the same caption once read (BOM, CRLF, trailing newline aside): leave the file be
             continue
-        old = _exact_old(t)
+        old, encoding = _exact_old(t)
         plan.changes.append(Change(t.caption_path, old, result, _rel_caption(t)))
+        if encoding:
+            plan.reencoded.append(_rel_caption(t))
     return plan
 
 
@@ -516,7 +545,7 @@ def undo_plan(project_dir: str | os.PathLike) -> Plan:
         p = Path(project_dir) / e["path"]
         now, old = _read_bytes(p), _journal_old(e)
         if now != old:
-            text = lambda b: None if b is None else b.decode("utf-8", errors="replace")  # noqa: E731
+            text = lambda b: None if b is None else decode_text(b)[0]  # noqa: E731
             plan.changes.append(Change(p, text(now), text(old), e.get("rel") or e["path"]))
     return plan
 

@@ -27,8 +27,8 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from engine import atomic
-from engine.captions import (CAPTION_EXT, CaptionError, decode_caption, estimate_tokens, render_template,
-                             template_fields, tidy, with_trigger)
+from engine.captions import (CAPTION_EXT, FLAG_NOT_UTF8, CaptionError, decode_caption, estimate_tokens,
+                             render_template, template_fields, tidy, with_trigger)
 from engine.metadata import Metadata, MetadataError, find_metadata, load_metadata
 from engine.schema import ConfigError, from_dict, load_toml, opt, render_reference
 
@@ -609,7 +609,7 @@ def _caption_item(item: Item, spath: str, concept: Concept, meta: Metadata | Non
         else:
             ct = decode_caption(raw)
             text = ct.text
-            item.flags.extend(f for f in ct.flags if f == "caption not UTF-8")
+            item.flags.extend(f for f in ct.flags if f.startswith(FLAG_NOT_UTF8))
             if not text:
                 item.flags.append("empty caption")
     elif src == "fixed":

@@ -34,9 +34,38 @@ def test_read_caption_normalises_and_reports_what_it_changed(tmp_path):
     p.write_bytes(b"\xef\xbb\xbfline one\r\nline two\r\n")
     assert C.read_caption(p) == C.CaptionText("line one line two", ("caption has several lines (joined)",))
     p.write_bytes(b"caf\xe9")
-    assert C.read_caption(p) == C.CaptionText("caf\ufffd", ("caption not UTF-8",))
+    assert C.read_caption(p) == C.CaptionText("café", ("caption not UTF-8 (read as Windows-1252; a save writes UTF-8)",))
     with pytest.raises(FileNotFoundError):
         C.read_caption(tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("raw, text, encoding", [
+    ("plüsch à la café".encode("latin-1"), "plüsch à la café", "Windows-1252"),
+    (b"\x93smart quotes\x94 \x80 5", "\u201csmart quotes\u201d \u20ac 5", "Windows-1252"),
+    (b"odd \x81 byte \xe9", "odd \x81 byte é", "Latin-1"),  # undefined in cp1252: every byte still read
+    ("ünïcode, two\r\nlines".encode("utf-16"), "ünïcode, two lines", "UTF-16"),  # Notepad's "Unicode"
+])
+def test_a_caption_that_is_not_utf8_is_read_as_written_never_with_replacement_characters(tmp_path, raw, text,
+                                                                                       encoding):
+    p = tmp_path / "c.txt"
+    p.write_bytes(raw)
+    read = C.read_caption(p)
+    assert read.text == text and "\ufffd" not in read.text
+    assert f"caption not UTF-8 (read as {encoding}; a save writes UTF-8)" in read.flags
+
+
+def test_a_bulk_edit_of_a_latin1_caption_writes_the_same_letters_as_utf8_says_so_and_undo_restores_the_bytes(
+        tmp_path):
+    latin = "plüsch à la café".encode("latin-1")
+    items = make(tmp_path, {"a.png": latin, "b.png": "a plush"})
+    plan = C.plan_prefix(items, "sks", root=tmp_path)
+    assert "-plüsch à la café" in plan.diff() and "+sks, plüsch à la café" in plan.diff()
+    assert "1 of them not UTF-8 (imgs/a.txt): will be written as UTF-8, the same text" in plan.summary()
+    C.apply_plan(plan)
+    assert (tmp_path / "imgs/a.txt").read_bytes() == "sks, plüsch à la café".encode("utf-8")
+    assert C.undo_plan(tmp_path).changes[0].new == "plüsch à la café"  # undo --dry-run shows the letters too
+    C.undo_last(tmp_path)
+    assert (tmp_path / "imgs/a.txt").read_bytes() == latin
 
 
 def test_write_caption_writes_exactly_the_text_and_leaves_no_temporary_files(tmp_path):

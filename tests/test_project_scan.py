@@ -172,8 +172,9 @@ def test_sidecar_captions_are_read_forgivingly_and_say_what_was_forgiven(tmp_pat
     items = by_rel(scan_project(tmp_path))
     assert items["d/bom.png"].caption == "a cat" and items["d/bom.png"].flags == []
     assert items["d/crlf.png"].caption == "a cat, sitting"
-    assert items["d/latin1.png"].caption == "caf\ufffd au lait"
-    assert "caption not UTF-8" in items["d/latin1.png"].flags and items["d/latin1.png"].usable
+    assert items["d/latin1.png"].caption == "café au lait"  # read as Windows-1252, not as "caf\ufffd au lait"
+    assert items["d/latin1.png"].flags == ["caption not UTF-8 (read as Windows-1252; a save writes UTF-8)"]
+    assert items["d/latin1.png"].usable
     assert items["d/none.png"].caption is None and "no caption" in items["d/none.png"].flags
     assert "empty caption" in items["d/blank.png"].flags
 

@@ -402,3 +402,17 @@ async def test_keys_typed_in_the_same_burst_as_e_or_enter_go_into_the_editor(pro
         await wait_for(pilot, lambda: pane.table.has_focus)
         await pilot.press("e", "end", *" e/")
         assert pane.editor.text.endswith(" e/") and pane.editor.text_area.has_focus
+
+
+@sync
+async def test_a_latin1_caption_is_edited_as_its_letters_and_saved_as_utf8_not_as_replacement_characters(project):
+    (project / "images/cat_01.txt").write_bytes("chat au café, très mignon".encode("latin-1"))
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        assert editor.text == "chat au café, très mignon" and not editor.dirty
+        assert pane.table.current.caption == "chat au café, très mignon"
+        await pilot.press("e", "end", *", roux", "ctrl+s")
+        await wait_for(pilot, lambda: not editor.dirty)
+        assert (project / "images/cat_01.txt").read_bytes() == "chat au café, très mignon, roux".encode("utf-8")
