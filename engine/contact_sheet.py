@@ -14,8 +14,15 @@ optional):
     {"epoch": 5, "step": 1200, "seeds": [42], "guidance": 7.5, "steps": 25,
      "prompts": [{"text": "...", "kind": "accuracy", "seeds": [42], "guidance": 7.5, "steps": 25}, ...]}
 
-(a prompt may also be a plain string). The PNG (`render_sheet`) uses PIL only, with PIL's default font,
-and is shared by `tunelab grid` and the TUI's Compare tab (`e`), so both export the same picture.
+(a prompt may also be a plain string), plus `width`, `height`, `scheduler`, and after a resume that added
+prompts or seeds a `backfilled` list: `{"prompt": 0, "seed": 2, "steps": 30, "guidance": 7.5, "width": 64,
+"height": 64, "scheduler": "dpm++", "negative_prompt": "", "t": ...}` per cell rendered later, with the
+settings of that resume (`engine.train.sampling.merged_samples_json`). `Sheet.cell_render` says what one
+cell was rendered with and, for such a later cell, which settings differ from the rest of its column;
+the TUI marks those cells (`↻`), and so does the PNG (a corner mark and a legend line).
+
+The PNG (`render_sheet`) uses PIL only, with PIL's default font, and is shared by `tunelab grid` and the
+TUI's Compare tab (`e`), so both export the same picture.
 """
 from __future__ import annotations
 
@@ -69,6 +76,49 @@ def column_label(epoch: int, step: int) -> str:
     return "base" if epoch == 0 else f"epoch {epoch} · step {step}"
 
 
+SETTINGS = ("steps", "guidance", "width", "height", "scheduler", "negative_prompt")  # what a sample was rendered with
+
+
+@dataclass(frozen=True)
+class CellRender:
+    """What one cell was rendered with (`settings`, keyed by SETTINGS; None where samples.json does not
+    say), and for a cell a resume rendered later (`later`), when (`t`) and which settings differ from
+    the rest of its column (`differs`: name -> (the column's value, this cell's value))."""
+
+    settings: dict[str, Any]
+    later: bool = False
+    t: float | None = None
+    differs: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def fmt_setting(name: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if name == "negative_prompt":
+        return repr(value) if value else "none"
+    return str(value)
+
+
+def differs_text(differs: dict[str, tuple[Any, Any]], short: bool = False) -> str:
+    """`steps 30 (column: 20), 96×96 (column: 64×64)`; `short`: the cell's values only (`steps 30 96×96`)."""
+    parts: list[tuple[str, str]] = []  # (this cell's, the column's)
+    for name in SETTINGS:
+        if name in ("width", "height"):
+            if name == "width" and ("width" in differs or "height" in differs):
+                w = differs.get("width")
+                h = differs.get("height")
+                parts.append((f"{w[1] if w else '='}×{h[1] if h else '='}",
+                              f"{w[0] if w else '='}×{h[0] if h else '='}"))
+            continue
+        if name in differs:
+            old, new = differs[name]
+            label = "negative" if name == "negative_prompt" else name
+            parts.append((f"{label} {fmt_setting(name, new)}", fmt_setting(name, old)))
+    if short:
+        return " ".join(new for new, _ in parts)
+    return ", ".join(f"{new} (column: {old})" for new, old in parts)
+
+
 @dataclass
 class Sheet:
     """What a contact sheet shows for one seed. `rows` are prompts in display order (grouped by kind)."""
@@ -79,6 +129,9 @@ class Sheet:
     seeds: list[int]
     seed: int | None
     files: dict[str, set[str]] = field(default_factory=dict)  # column name -> png names present
+    info: dict[str, dict[str, Any]] = field(default_factory=dict)  # column name -> its samples.json
+    _later_index: dict[str, dict[tuple[Any, Any], dict[str, Any]]] = field(default_factory=dict, repr=False)
+    _later: dict[tuple[int, int], CellRender] | None = field(default=None, repr=False)
 
     def cell_path(self, row: int, col: int, seed: int | None = None) -> Path | None:
         """The image of a cell, or None where it is missing (not sampled yet, or failed)."""
@@ -105,8 +158,86 @@ class Sheet:
         return sum(1 for r in range(len(self.rows)) for c in range(len(self.columns)) if self.cell_path(r, c))
 
     def column_info(self, col: int) -> dict[str, Any]:
-        """The column's `samples.json` (empty when missing)."""
-        return read_samples_json(self.run_dir.samples_dir / self.columns[col].name)
+        """The column's `samples.json` (empty when missing), as `load_sheet` read it."""
+        name = self.columns[col].name
+        if name not in self.info:
+            self.info[name] = read_samples_json(self.run_dir.samples_dir / name)
+        return self.info[name]
+
+    def cell_render(self, row: int, col: int, seed: int | None = None) -> CellRender:
+        """What the cell was rendered with, from its column's samples.json: a `backfilled` entry for a
+        cell a resume added later, else the prompt's record and the column's size and scheduler."""
+        seed = self.seed if seed is None else seed
+        info = self.column_info(col)
+        index = self.rows[row].index
+        entry = self._backfilled(col).get((index, seed))
+        if entry is None:
+            return CellRender(_record_settings(info, _prompt_record(info, index)))
+        settings = {k: entry.get(k) for k in SETTINGS}
+        column = _record_settings(info, _first_hand_record(info, index))
+        differs = {k: (column[k], settings[k]) for k in SETTINGS
+                   if settings[k] is not None and column[k] is not None and settings[k] != column[k]}
+        t = entry.get("t")
+        return CellRender(settings, True, float(t) if isinstance(t, (int, float)) else None, differs)
+
+    def _backfilled(self, col: int) -> dict[tuple[Any, Any], dict[str, Any]]:
+        """The column's `backfilled` entries by (prompt index, seed), the last one for a cell winning."""
+        name = self.columns[col].name
+        index = self._later_index.get(name)
+        if index is None:
+            entries = self.column_info(col).get("backfilled")
+            index = self._later_index[name] = {(b.get("prompt"), b.get("seed")): b for b in
+                                               (entries if isinstance(entries, list) else []) if isinstance(b, dict)}
+        return index
+
+    def later_cells(self) -> dict[tuple[int, int], CellRender]:
+        """Every present cell of this seed that a resume rendered later, by (row, col). Cached: the
+        sheet is read-only once loaded (`load_sheet` makes a new one for each change)."""
+        if self._later is None:
+            out = {}
+            for c in range(len(self.columns)):
+                if self._backfilled(c):
+                    for r in range(len(self.rows)):
+                        if (self.rows[r].index, self.seed) in self._backfilled(c) and self.cell_path(r, c):
+                            out[(r, c)] = self.cell_render(r, c)
+            self._later = out
+        return self._later
+
+
+def _prompt_record(info: dict[str, Any], index: int) -> dict[str, Any]:
+    for n, r in enumerate(info.get("prompts") or []):
+        if isinstance(r, dict) and r.get("index", n) == index:
+            return r
+    return {}
+
+
+def _first_hand_record(info: dict[str, Any], index: int) -> dict[str, Any]:
+    """The settings the column was first rendered with: this prompt's record if some of its cells were
+    rendered with the column, else the first prompt that was (a prompt a resume added has a record
+    with the resume's settings only)."""
+    later = {(b.get("prompt"), b.get("seed")) for b in info.get("backfilled") or [] if isinstance(b, dict)}
+
+    def first_hand(n: int, r: Any) -> bool:
+        return isinstance(r, dict) and any((r.get("index", n), s) not in later for s in r.get("seeds") or [])
+
+    records = list(enumerate(info.get("prompts") or []))
+    for n, r in records:
+        if first_hand(n, r) and r.get("index", n) == index:
+            return r
+    for n, r in records:
+        if first_hand(n, r):
+            return r
+    return {}
+
+
+def _record_settings(info: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    def pick(key: str) -> Any:
+        value = record.get(key)
+        return value if value is not None else info.get(key)
+
+    return {"steps": pick("steps"), "guidance": pick("guidance"), "width": info.get("width"),
+            "height": info.get("height"), "scheduler": info.get("scheduler"),
+            "negative_prompt": pick("negative_prompt")}
 
 
 def read_samples_json(folder: Path) -> dict[str, Any]:
@@ -190,9 +321,11 @@ def load_sheet(run_dir: RunDir | str | os.PathLike, seed: int | None = None) -> 
     prompts: dict[int, SheetPrompt] = {}
     seeds: set[int] = set()
     files: dict[str, set[str]] = {}
+    info: dict[str, dict[str, Any]] = {}
     for col in columns:
         folder = run_dir.samples_dir / col.name
-        for p in _prompts_from_json(read_samples_json(folder)):
+        info[col.name] = read_samples_json(folder)
+        for p in _prompts_from_json(info[col.name]):
             prompts.setdefault(p.index, p)
             seeds.update(p.seeds)
         try:
@@ -213,7 +346,7 @@ def load_sheet(run_dir: RunDir | str | os.PathLike, seed: int | None = None) -> 
     seed_list = sorted(seeds)
     if seed is None or seed not in seeds:
         seed = seed_list[0] if seed_list else seed
-    return Sheet(run_dir, rows, columns, seed_list, seed, files)
+    return Sheet(run_dir, rows, columns, seed_list, seed, files, info)
 
 
 # --- the PNG ----------------------------------------------------------------------------------
@@ -228,11 +361,12 @@ class SheetLayout:
     header_height: int = 28
     group_height: int = 26
     title_height: int = 30
+    note_height: int = 20  # the legend line under the sheet, when it has cells rendered later
 
-    def size(self, n_rows: int, n_cols: int, n_groups: int) -> tuple[int, int]:
+    def size(self, n_rows: int, n_cols: int, n_groups: int, notes: int = 0) -> tuple[int, int]:
         width = self.label_width + n_cols * (self.cell + self.gap) + self.gap
         height = (self.title_height + self.header_height + n_groups * self.group_height
-                  + n_rows * (self.cell + self.gap) + self.gap)
+                  + n_rows * (self.cell + self.gap) + self.gap + notes * self.note_height)
         return width, height
 
 
@@ -241,6 +375,7 @@ FOREGROUND = (230, 230, 230)
 MUTED = (150, 150, 160)
 ACCENT = (240, 190, 80)
 EMPTY = (60, 60, 68)
+LATER = (90, 170, 240)  # the corner mark of a cell a resume rendered later
 
 
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -272,9 +407,11 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: int, max_lines
 
 def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | None = None) -> Image.Image:
     """Draw the sheet: a title, column headers, kind headers, wrapped prompt labels, the images (fitted
-    into square cells) and an empty box for every missing cell. `best` outlines that column."""
+    into square cells) and an empty box for every missing cell. `best` outlines that column. Cells a
+    resume rendered later get a corner mark, explained by a legend line under the sheet."""
     groups = sheet.groups()
-    width, height = layout.size(len(sheet.rows), len(sheet.columns), len(groups))
+    later = sheet.later_cells()
+    width, height = layout.size(len(sheet.rows), len(sheet.columns), len(groups), 1 if later else 0)
     img = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(img)
     font, small, bold = _font(14), _font(12), _font(16)
@@ -320,8 +457,27 @@ def render_sheet(sheet: Sheet, layout: SheetLayout = SheetLayout(), best: str | 
                     draw.rectangle((x0, y0, x0 + cell - 1, y0 + cell - 1), outline=EMPTY)
                 if best == sheet.columns[c].name:
                     draw.rectangle((x0 - 2, y0 - 2, x0 + cell + 1, y0 + cell + 1), outline=ACCENT)
+                if (r, c) in later:
+                    k = max(6, cell // 6)
+                    draw.polygon([(x0 + cell - k, y0), (x0 + cell - 1, y0), (x0 + cell - 1, y0 + k - 1)],
+                                 fill=LATER)
             y += cell + gap
+    if later:
+        draw.polygon([(gap + 9, y + 3), (gap + 18, y + 3), (gap + 18, y + 12)], fill=LATER)
+        draw.text((gap + 24, y + 2), _clip(draw, later_legend(later), small, width - 2 * gap - 24),
+                  fill=FOREGROUND, font=small)
     return img
+
+
+def later_legend(later: dict[tuple[int, int], CellRender]) -> str:
+    """The sheet's note on its cells rendered later: how many, and the settings they differ in."""
+    kinds = sorted({differs_text(r.differs) for r in later.values() if r.differs})
+    text = f"{len(later)} cell(s) rendered later, on resume (new prompts or seeds)"
+    if kinds:
+        text += ", with other settings than their column: " + "; ".join(kinds)
+    else:
+        text += ", with their column's settings"
+    return text
 
 
 def column_header(epoch: int, step: int, phase: str = "") -> tuple[str, str]:

@@ -185,3 +185,71 @@ def test_phases_are_followed_as_the_events_grow(tmp_path):
     with open(run.events_path, "a") as f:
         f.write(json.dumps({"t": 2, "kind": "phase", "phase": "lora", "step": 10}) + "\n")
     assert [c.phase for c in load_sheet(run).columns] == ["", "textual_inversion", "lora"]
+
+
+def resume_adds_seed(run: RunDir, columns, seed: int, steps: int, prompts=PROMPTS) -> None:
+    """What a resume with `--set sample.seeds=[…, seed] sample.steps=N` leaves in earlier columns: the new
+    seed's images and samples.json merged by the trainer's own `merged_samples_json`."""
+    from types import SimpleNamespace
+
+    from engine.train.sampling import merged_samples_json
+
+    current = [SimpleNamespace(text=p["text"], kind=p["kind"], seeds=[42, seed], guidance=7.5, steps=steps,
+                               negative_prompt="") for p in prompts]
+    for epoch, step in columns:
+        folder = run.samples_dir / checkpoint_name(epoch, step)
+        old = json.loads((folder / "samples.json").read_text())
+        old.update(width=16, height=16, scheduler="dpm++")
+        old["prompts"] = [{"index": i, **p, "seeds": [42], "guidance": 7.5, "steps": 25, "negative_prompt": ""}
+                          for i, p in enumerate(prompts)]
+        only = {(i, seed) for i in range(len(prompts))}
+        merged = merged_samples_json(old, current, only, {"width": 16, "height": 16, "scheduler": "dpm++"})
+        (folder / "samples.json").write_text(json.dumps(merged))
+        for i in range(len(prompts)):
+            Image.new("RGB", (16, 16), (10 * i, 200, 30)).save(folder / sample_name(i, seed))
+
+
+def test_cells_a_resume_rendered_later_say_so_with_the_settings_they_differ_in(tmp_path):
+    """`tunelab resume --set sample.seeds=[42, 7] sample.steps=40`: the earlier columns get seed 7 at 40
+    steps while their own cells had 25. The sheet says which cells those are and how they differ; a
+    column rendered after the resume (all at 40 steps) is its own reference, so nothing differs there."""
+    run = RunDir(tmp_path / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0), (1, 10)), seeds=(42,))
+    resume_adds_seed(run, ((0, 0), (1, 10)), seed=7, steps=40)
+    make_samples(run, columns=((2, 20),), seeds=(42, 7))  # after the resume
+    after = run.samples_dir / checkpoint_name(2, 20) / "samples.json"
+    after.write_text(json.dumps({**json.loads(after.read_text()), "steps": 40,
+                                 "prompts": [{**p, "steps": 40} for p in PROMPTS]}))
+
+    seven = load_sheet(run, 7)
+    later = seven.later_cells()
+    assert set(later) == {(r, c) for r in range(4) for c in (0, 1)}
+    render = later[(0, 1)]
+    assert render.later and render.settings["steps"] == 40 and render.differs == {"steps": (25, 40)}
+    assert seven.cell_render(0, 2).later is False and seven.cell_render(0, 2).settings["steps"] == 40
+    # Seed 42 was rendered with each column: nothing later; each cell has its column's own steps.
+    first = load_sheet(run, 42)
+    assert first.later_cells() == {}
+    assert [first.cell_render(0, c).settings["steps"] for c in range(3)] == [25, 25, 40]
+
+    from engine.contact_sheet import later_legend
+    assert later_legend(later) == ("8 cell(s) rendered later, on resume (new prompts or seeds), with other "
+                                   "settings than their column: steps 40 (column: 25)")
+    # The PNG marks them and has one legend line more; seed 42's has none.
+    out, _ = write_sheet(run, tmp_path / "seven.png", seed=7, layout=SheetLayout(cell=32))
+    with Image.open(out) as img:
+        assert img.size == SheetLayout(cell=32).size(4, 3, 3, notes=1)
+        layout = SheetLayout(cell=32)
+        x0 = layout.label_width + layout.gap + 1 * (32 + layout.gap)  # column 1
+        y0 = layout.title_height + layout.header_height + layout.group_height + layout.gap  # first row
+        assert img.getpixel((x0 + 30, y0 + 1)) == (90, 170, 240)  # the corner mark
+        x2 = layout.label_width + layout.gap + 2 * (32 + layout.gap)
+        assert img.getpixel((x2 + 30, y0 + 1)) != (90, 170, 240)  # rendered with its column: no mark
+    out, _ = write_sheet(run, tmp_path / "first.png", seed=42, layout=SheetLayout(cell=32))
+    with Image.open(out) as img:
+        assert img.size == SheetLayout(cell=32).size(4, 3, 3)
+    # tunelab grid says it as well.
+    r = subprocess.run([sys.executable, "-m", "tui.cli", "grid", str(run.path), "--seed", "7", "-o",
+                        str(tmp_path / "cli.png")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "8 cell(s) rendered later, on resume" in r.stderr and "steps 40 (column: 25)" in r.stderr

@@ -240,3 +240,54 @@ async def test_on_a_big_terminal_the_cells_are_bigger_and_paging_cursor_and_zoom
                 await pilot.press("enter")
                 assert isinstance(app.screen, ZoomScreen)
                 assert grid.sheet.rows[5].text in str(app.screen.query_one("#zoom-facts").render())
+
+
+@sync
+async def test_cells_a_resume_rendered_later_are_marked_and_the_zoom_says_which_settings_differ(tmp_path):
+    """After `tunelab resume --set sample.seeds=[42, 7] sample.steps=40`, seed 7's cells of the earlier
+    columns were rendered at 40 steps, their columns' own at 25: the grid marks them (`↻ steps 40` in the
+    gap under the cell), the bar counts them, the status line and the zoom say how they differ, and the
+    zoom's steps are the cell's own (was: the first column's 25 everywhere)."""
+    from tests.test_contact_sheet import resume_adds_seed
+    from tui.widgets.contact_grid import HEADER_H, LABEL_W
+
+    project = make_project(tmp_path)
+    run = RunDir(project / "runs" / "20260101-000000-x")
+    make_samples(run, columns=((0, 0), (1, 10)), seeds=(42,))
+    resume_adds_seed(run, ((0, 0), (1, 10)), seed=7, steps=40)
+    make_samples(run, columns=((2, 20),), seeds=(42, 7))
+    after = run.samples_dir / "e0002-s00000020" / "samples.json"
+    after.write_text(json.dumps({**json.loads(after.read_text()), "prompts": [{**p, "steps": 40} for p in
+                                                                            json.loads(after.read_text())["prompts"]]}))
+    app = CompareApp(project)
+    async with app.run_test(size=(120, 50)) as pilot:
+        pane = app.query_one(ComparePane)
+        grid = app.query_one(ContactGrid)
+        await until(pilot, lambda: filled_cells(app) == 12, what="the sheet")
+        assert pane.sheet.seed == 7  # the first seed
+        bar = str(app.query_one("#compare-bar").render())
+        assert "↻ 8 rendered on resume (8 with other settings)" in bar
+        gap = cell_row_text(grid, HEADER_H + grid.cell[1])  # the gap under the first row
+        cells = [gap[LABEL_W + i * (grid.cell[0] + 1):LABEL_W + (i + 1) * (grid.cell[0] + 1)] for i in range(3)]
+        assert cells[0].startswith("━") and cells[0].rstrip().endswith("↻ steps 40")  # the cursor's cell too
+        assert cells[1].strip() == "↻ steps 40" and cells[2].strip() == ""  # epoch 2: rendered with its column
+        status = str(app.query_one("#compare-status").render())
+        assert status.startswith("↻ rendered on resume, with steps 40 (column: 25)")
+        grid.focus()
+        await pilot.press("right", "enter")
+        assert isinstance(app.screen, ZoomScreen)
+        facts = str(app.screen.query_one("#zoom-facts").render())
+        assert "↻ later" in facts and "with steps 40 (column: 25)" in facts
+        assert "steps      40 (dpm++)" in facts and "size       16×16" in facts
+        await pilot.press("right")  # epoch 2, after the resume: 40 steps, rendered with its column
+        facts = str(app.screen.query_one("#zoom-facts").render())
+        assert "↻ later" not in facts and "steps      40" in facts
+        await pilot.press("escape")
+        await pilot.press("s")  # seed 42: every cell rendered with its column, no mark
+        await until(pilot, lambda: pane.sheet.seed == 42, what="seed 42")
+        await pilot.pause(0.2)
+        assert "↻" not in str(app.query_one("#compare-bar").render())
+        assert "↻" not in cell_row_text(grid, HEADER_H + grid.cell[1])
+        await pilot.press("enter")
+        facts = str(app.screen.query_one("#zoom-facts").render())
+        assert "steps      40" in facts and "↻" not in facts  # epoch 2's own steps, not the base column's 25

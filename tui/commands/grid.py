@@ -46,7 +46,7 @@ def find_run(spec: str, projects: Path = Path("projects")) -> Path | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.contact_sheet import SheetLayout, load_sheet, write_sheet
+    from engine.contact_sheet import SheetLayout, later_legend, load_sheet, write_sheet
 
     run_path = find_run(args.run)
     if run_path is None:
@@ -78,4 +78,6 @@ def run(args: argparse.Namespace) -> int:
         print(written)
         print(f"{len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints, seed {sheet.seed}, "
               f"{sheet.filled()} of {len(sheet.rows) * len(sheet.columns)} cells filled", file=sys.stderr)
+        if sheet.later_cells():  # marked on the sheet too: a corner mark and this line as its legend
+            print(f"  {later_legend(sheet.later_cells())}", file=sys.stderr)
     return 0

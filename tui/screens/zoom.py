@@ -1,9 +1,11 @@
-"""One contact-sheet cell, full screen: the image as large as fits, with its prompt, kind, seed, guidance
-and steps (from the column's `samples.json`, falling back to what the sheet knows), and the checkpoint.
+"""One contact-sheet cell, full screen: the image as large as fits, with its prompt, kind, seed, guidance,
+steps and size as the cell was rendered (its column's `samples.json`; a cell a resume rendered later
+says so, `↻ later`, with the settings it differs in from its column), and the checkpoint.
 Left/right step through the checkpoints for the same prompt and seed; `b` marks the checkpoint best.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from PIL import Image as PILImage
@@ -16,31 +18,55 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
-from engine.contact_sheet import Sheet, column_label
+from engine.contact_sheet import CellRender, Sheet, column_label, differs_text
 from tui.actions import bindings
+from tui.widgets.contact_grid import LATER_MARK
 
 
 def cell_facts(sheet: Sheet, row: int, col: int) -> Text:
+    """The cell's prompt and what it was rendered with (`Sheet.cell_render`: the cell's own settings,
+    which after a `resume --set sample.*` may not be the prompt's first ones), and for a cell a resume
+    rendered later, when and which settings differ from the rest of its column."""
     prompt = sheet.rows[row]
     column = sheet.columns[col]
-    info = sheet.column_info(col)
-    guidance = prompt.guidance if prompt.guidance is not None else info.get("guidance")
-    steps = prompt.steps if prompt.steps is not None else info.get("steps")
+    render = sheet.cell_render(row, col)
+    settings = render.settings
+    width, height = settings.get("width"), settings.get("height")
     t = Text()
     t.append(prompt.kind.upper(), style="bold")
     t.append(f"  prompt {prompt.index}\n", style="dim")
     t.append(prompt.text + "\n\n")
-    for label, value in (("seed", sheet.seed), ("guidance", guidance), ("steps", steps),
+    steps = settings.get("steps")
+    if steps is not None and settings.get("scheduler"):
+        steps = f"{steps} ({settings['scheduler']})"
+    for label, value in (("seed", sheet.seed), ("guidance", settings.get("guidance")), ("steps", steps),
+                         ("size", f"{width}×{height}" if width and height else ""),
                          ("checkpoint", f"{column_label(column.epoch, column.step)}  ({column.name})")):
+        if value == "":
+            continue  # an older samples.json without the size
         t.append(f"{label:<11}", style="dim")
         t.append(f"{value if value is not None else '-'}\n")
-    if prompt.negative_prompt:
+    negative = settings.get("negative_prompt") or prompt.negative_prompt
+    if negative:
         t.append(f"{'negative':<11}", style="dim")
-        t.append(prompt.negative_prompt + "\n")
+        t.append(negative + "\n")
+    if render.later:
+        t.append(f"{LATER_MARK + ' later':<11}", style="yellow bold")
+        t.append(later_note(render) + "\n", style="yellow")
     path = sheet.cell_path(row, col)
     t.append(f"{'file':<11}", style="dim")
     t.append(shown_path(sheet, path) if path else "not sampled yet", style="" if path else "italic")
     return t
+
+
+def later_note(render: CellRender) -> str:
+    """`rendered on resume (2026-12-02 07:42 UTC), with steps 30 (column: 20)`."""
+    when = ""
+    if render.t:
+        when = time.strftime(" (%Y-%m-%d %H:%M UTC)", time.gmtime(render.t))
+    if render.differs:
+        return f"rendered on resume{when}, with {differs_text(render.differs)}"
+    return f"rendered on resume{when}, with its column's settings"
 
 
 def shown_path(sheet: Sheet, path: Path) -> str:
@@ -59,7 +85,7 @@ class ZoomScreen(Screen):
     DEFAULT_CSS = """
     ZoomScreen { layout: vertical; }
     ZoomScreen #zoom-frame { height: 1fr; align: center middle; }
-    ZoomScreen #zoom-facts { height: auto; max-height: 12; padding: 0 2; border-top: solid $primary 40%; }
+    ZoomScreen #zoom-facts { height: auto; max-height: 14; padding: 0 2; border-top: solid $primary 40%; }
     ZoomScreen #zoom-missing { width: 40; height: 5; content-align: center middle; border: round $panel-lighten-2; }
     """
 

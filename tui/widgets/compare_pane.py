@@ -4,7 +4,8 @@ A thread worker re-reads the run's sample folders every second (`engine.contact_
 listdir and a small JSON per folder) and posts the sheet only when it changed, so new columns and cells
 appear while the run writes them. `ContactGrid` shows the page; this pane adds the run and seed choice,
 zoom (`enter`), marking the best checkpoint (`b`, `best.json`), and exporting the sheet as a PNG (`e`,
-the same picture as `tunelab grid`).
+the same picture as `tunelab grid`). Cells a resume rendered later are counted in the bar and explained
+in the status line (`↻ rendered on resume …, with steps 30 (column: 20)`).
 """
 from __future__ import annotations
 
@@ -19,10 +20,10 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static
 
-from engine.contact_sheet import Sheet, column_label, load_sheet, read_best, write_best, write_sheet
+from engine.contact_sheet import Sheet, column_label, differs_text, load_sheet, read_best, write_best, write_sheet
 from engine.rundir import RunDir, list_runs, parse_checkpoint_name
 from tui.actions import bindings
-from tui.widgets.contact_grid import ContactGrid
+from tui.widgets.contact_grid import LATER_MARK, ContactGrid
 
 
 def _signature(sheet: Sheet | None) -> Any:
@@ -121,6 +122,7 @@ class ComparePane(Vertical):
             return
         run = RunDir(self.project_dir / "runs" / run_id)
         sheet = load_sheet(run, seed)
+        sheet.later_cells()  # worked out here, off the UI thread (the sheet caches it)
         best = (read_best(run) or {}).get("checkpoint")
         self.post_message(self.SheetLoaded(run_id, ids, sheet, best, asked))
 
@@ -160,6 +162,11 @@ class ComparePane(Vertical):
                 if len(sheet.seeds) > 1 and sheet.seed in sheet.seeds:
                     t.append(f"  ({sheet.seeds.index(sheet.seed) + 1}/{len(sheet.seeds)}, s: next)", style="dim")
                 t.append(f"   {len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints", style="dim")
+                later = sheet.later_cells()
+                if later:
+                    differ = sum(1 for render in later.values() if render.differs)
+                    t.append(f"   {LATER_MARK} {len(later)} rendered on resume"
+                             + (f" ({differ} with other settings)" if differ else ""), style="cyan")
             if self.best:
                 parsed = parse_checkpoint_name(self.best)
                 t.append(f"   best ★ {column_label(*parsed) if parsed else self.best}", style="yellow")
@@ -178,6 +185,10 @@ class ComparePane(Vertical):
         t.append(sheet.rows[r].text)
         if path is None:
             t.append("  (not sampled yet)", style="italic dim")
+        render = sheet.later_cells().get((r, c))
+        if render is not None:  # first: the line is cut at the edge, and the prompt is in the grid too
+            note = f"with {differs_text(render.differs)}" if render.differs else "with its column's settings"
+            t = Text(f"{LATER_MARK} rendered on resume, {note} · ", style="cyan") + t
         self.query_one("#compare-status", Static).update(t)
 
     @on(ContactGrid.CursorMoved)

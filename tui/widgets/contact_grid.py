@@ -12,7 +12,9 @@ path, modification time and size, so paging back, or a refresh while the run wri
 
 Image modes (`app.image_mode`): `halfblock` (default; textual-image's `HalfcellImage`), `kitty`, `sixel`
 (their textual-image widgets) and `none` (a mark that the sample exists). A missing cell (not sampled
-yet) is an empty box.
+yet) is an empty box. A cell a resume rendered later (`Sheet.later_cells`: new prompts or seeds, maybe
+with other sample settings than its column) has `↻` and the settings it differs in under it, in the gap
+that also carries the cursor's mark (kitty/sixel: a dashed underline).
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ HEADER_H = 2
 KIND_STYLES = {"accuracy": "bold green", "flexibility": "bold cyan", "preservation": "bold magenta",
                "other": "bold"}
 THUMB_CACHE = 512
+LATER_MARK = "↻"  # under a cell a resume rendered later (the zoom and the status line say it in words)
 
 
 def cell_size(width: int, height: int, n_rows: int, n_cols: int) -> tuple[int, int]:
@@ -136,6 +139,7 @@ class SampleCell(Widget):
     SampleCell.-missing {{ background: $surface; border: round $panel-lighten-2; }}
     SampleCell.-cursor {{ outline: heavy $accent; }}
     SampleCell.-best {{ background: $warning 30%; }}
+    SampleCell.-later {{ outline-bottom: dashed $secondary; }}
     SampleCell > .placeholder {{ width: 100%; height: 100%; content-align: center middle; color: $text-muted; }}
     """
 
@@ -178,6 +182,14 @@ class SampleCell(Widget):
             placeholder.update(Text(path.name, style="dim"))
         else:
             placeholder.update(Text("unreadable", style="red"))
+
+
+def later_mark(render: Any, width: int) -> str:
+    """`↻ steps 30` (the settings the cell differs in from its column), or `↻` alone, cut to `width`."""
+    from engine.contact_sheet import differs_text
+
+    text = f"{LATER_MARK} {differs_text(render.differs, short=True)}".rstrip()
+    return text if len(text) <= width else text[:max(1, width - 1)] + "…" if width > 2 else LATER_MARK
 
 
 @dataclass(frozen=True)
@@ -339,6 +351,7 @@ class ContactGrid(Widget, can_focus=True):
                 path = sheet.cell_path(r, c)
                 cell.set_class((r, c) == self.cursor, "-cursor")
                 cell.set_class(sheet.columns[c].name == self.best, "-best")
+                cell.set_class((r, c) in sheet.later_cells(), "-later")
                 if path is None:
                     cell.show(None, None)
                     continue
@@ -538,11 +551,19 @@ class ContactGrid(Widget, can_focus=True):
         text(label_lines[sub] if sub < len(label_lines) and sub < ch else Text(""), LABEL_W)
         box = self.box
         muted = Style(color="grey50")
+        later = sheet.later_cells()
         for i in range(page.cols):
             c = page.col0 + i
-            if sub == ch:  # the gap under a row: the cursor's mark
-                mark = "━" * cw if (r, c) == self.cursor else " " * cw
-                segs.append(Segment(mark, Style(color="yellow", bold=True)))
+            if sub == ch:  # the gap under a row: the cursor's mark, and a cell rendered later says so
+                cursor = (r, c) == self.cursor
+                note = later_mark(later[(r, c)], cw - 2 if cursor else cw) if (r, c) in later else ""
+                fill = "━" if cursor else " "
+                bar = fill * (cw - len(note) - (1 if note and cursor else 0))
+                segs.append(Segment(bar, Style(color="yellow", bold=True)))
+                if note:
+                    if cursor:
+                        segs.append(Segment(" "))
+                    segs.append(Segment(note, Style(color="cyan", bold=bool(later[(r, c)].differs))))
             else:
                 path = sheet.cell_path(r, c)
                 key = self.thumbs.key(path, box) if path is not None and self.mode != "none" else None
