@@ -268,6 +268,37 @@ async def test_wrapped_lines_of_a_short_log_are_all_reachable(tmp_path):
 
 
 @sync
+async def test_home_on_a_partly_indexed_big_log_goes_to_line_1_and_stays_there(tmp_path, monkeypatch):
+    """`home` before the older part of a big log is indexed: the lines indexed meanwhile are above the
+    view, and the view used to keep the line it had reached (the first indexed one), far from line 1.
+    Now it stays on line 1, wrapped or not, while the rest is indexed."""
+    monkeypatch.setattr(lv, "AUTO_INDEX_BYTES", 64 * 1024)
+    monkeypatch.setattr(lv, "BACK_CHUNK", 64 * 1024)
+    path = tmp_path / "train.log"
+    path.write_bytes(b"".join(b"line %05d " % i + b"x" * 88 + b"\n" for i in range(20000)))  # 2 MB
+    for wrap in (False, True):
+        app = LogApp(path)
+        async with app.run_test(size=(60, 10)) as pilot:
+            view = app.query_one(LogView)
+            await wait_for(pilot, lambda: view.index.line_count > 0)
+            if wrap:
+                await pilot.press("W")
+            await pilot.pause(0.3)
+            assert not view.index.complete  # only the tail: line 1 is not indexed yet
+            await pilot.press("home")
+            await wait_for(pilot, lambda: view.index.complete)
+            await pilot.pause()
+            assert visible(view)[0].startswith("line 00000"), (wrap, visible(view)[:2])
+            assert view.top_line == 0 and not view.follow
+            # A move from the top is an ordinary move: a row down (wrapped, line 1's second row).
+            await pilot.press("down")
+            if wrap:
+                assert view.top_line == 0 and visible(view)[0].startswith("xxx")
+            else:
+                assert visible(view)[0].startswith("line 00001")
+
+
+@sync
 async def test_wrapping_a_big_log_still_reads_only_its_tail(tmp_path, monkeypatch):
     monkeypatch.setattr(lv, "AUTO_INDEX_BYTES", 64 * 1024)
     monkeypatch.setattr(lv, "BACK_CHUNK", 64 * 1024)

@@ -6,7 +6,8 @@ How it stays fast and small:
   with `os.pread` and only the visible ones are rendered (Line API on a `ScrollView`, small LRU caches).
 - The index is built **backwards from the end, lazily**: a thread first scans just enough of the tail to
   fill the screen (so a 1 GB log paints at once), then a bounded budget more (`AUTO_INDEX_BYTES`); older
-  parts are indexed only when the user scrolls near the top of what is indexed (or presses `home`).
+  parts are indexed only when the user scrolls near the top of what is indexed (or presses `home`,
+  which then stays on line 1 while the lines above what was indexed come in).
   Memory therefore grows with what was looked at, not with the file.
 - The same thread polls the file (fstat on the open fd; no inotify, so NFS works) for appended data.
   A file that shrank (truncated) or whose path now names another inode (rotated) is scanned afresh.
@@ -224,6 +225,7 @@ class LogView(ScrollView, can_focus=True):
         self._stop = threading.Event()
         self._want_back = threading.Event()
         self._want_all = False
+        self._home = False  # `home` was pressed: stay on line 1 while older lines are still being indexed
         self._missing = False
         self._max_width = 0
         self._text_cache: OrderedDict[tuple[int, int, int], Text] = OrderedDict()
@@ -370,18 +372,23 @@ class LogView(ScrollView, can_focus=True):
             self._clear_caches()
             self._max_width = 0
             self._anchor = (0, 0)
+            self._home = False
             self.follow = True  # a new or truncated file: its tail is what matters
         self._missing = missing and reset is None and self._fd < 0
         added_above = 0
         for offsets, low in back:
             added_above += self.index.add_back(offsets, low)
+        # After `home`, lines indexed above are the ones the user asked for: the view stays on the first
+        # line (instead of keeping the line it showed) until it leaves the top or the start is indexed.
+        home = self._home and (self._anchor == (0, 0) if self.wrap else self.scroll_y == 0)
+        self._home = home and not self.index.complete
         if end is not None:
             self.index.add_forward(fwd, end)
             # The old last line may have grown: its caches are keyed by its byte span, so its old
             # rendering is simply never asked for again; only the laid-out screen is stale.
             self._frame = None
         if self.wrap:
-            if added_above:
+            if added_above and not home:
                 line, row = self._anchor
                 self._anchor = (line + added_above, row)
             self._update_virtual_size()
@@ -390,7 +397,7 @@ class LogView(ScrollView, can_focus=True):
             self._update_virtual_size()
             if self.follow:
                 self.scroll_to(y=self.max_scroll_y, animate=False, force=True)
-            elif added_above:
+            elif added_above and not home:
                 self.scroll_to(y=self.scroll_y + added_above, animate=False, force=True)
         self._update_subtitle()
         self.refresh()
@@ -812,6 +819,7 @@ class LogView(ScrollView, can_focus=True):
     def action_scroll_home(self) -> None:
         self.follow = False
         self._want_all = True  # the user asked for the start: index all of it
+        self._home = not self.index.complete
         self._wake.set()
         if self.wrap:
             self._anchor = (0, 0)
