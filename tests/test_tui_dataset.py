@@ -206,3 +206,48 @@ async def test_escape_leaves_the_filter_first_then_the_project(project):
         assert pane.table.has_focus and len(pane.table.items) == 2
         await pilot.press("escape")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "HomeScreen")
+
+
+def only_configs(project, **configs: str) -> None:
+    for old in (project / "configs").glob("*.toml"):
+        old.unlink()
+    for name, text in configs.items():
+        (project / "configs" / f"{name}.toml").write_text(text)
+
+
+TI = ('method = "textual_inversion"\n\n[model]\nbase = "tiny"\n\n[data]\nresolution = 32\n\n'
+      '[textual_inversion]\nplaceholder_token = "<pet>"\n')
+LORA = 'method = "lora"\n\n[model]\nbase = "tiny"\n\n[data]\nresolution = 32\n'
+
+
+@sync
+async def test_no_caption_is_not_flagged_when_every_config_trains_on_the_placeholder(project):
+    only_configs(project, ti=TI, broken='method = "lora"\n[train]\nepochs = -1\n')  # an invalid config is ignored
+    (project / "images/cat_02.txt").write_text("")  # an empty caption: fine too
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        flags = {it.rel: it.flags for it in pane.table.items}
+        assert flags["images/dog_02.png"] == [] and flags["images/cat_02.png"] == []
+        assert "no caption" not in pane.flags_present() and "empty caption" not in pane.flags_present()
+        # the editor of an uncaptioned image says why that is fine
+        pane.table.cursor = rels(pane).index("images/dog_02.png")
+        editor = pane.editor
+        await wait_for(pilot, lambda: editor.item is not None and editor.item.rel == "images/dog_02.png")
+        assert editor.text == "" and editor.text_area.placeholder == (
+            "no caption — fine: textual inversion trains it on '<pet>'; type one, ctrl+s saves")
+        # emptying a caption in the editor does not bring the flag back
+        pane.table.cursor = rels(pane).index("images/cat_01.png")
+        await wait_for(pilot, lambda: editor.item.rel == "images/cat_01.png")
+        await pilot.press("e", "ctrl+a", "delete", "ctrl+s")
+        await wait_for(pilot, lambda: not editor.dirty)
+        assert pane.table.current.flags == []
+
+
+@sync
+async def test_no_caption_is_flagged_while_any_config_trains_on_the_captions(project):
+    only_configs(project, ti=TI, lora=LORA)
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        assert {it.rel: it.flags for it in pane.table.items}["images/dog_02.png"] == ["no caption"]

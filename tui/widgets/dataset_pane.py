@@ -8,6 +8,7 @@ their undo run through `engine.captions`, exactly as `tunelab caption` does.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from textual import on, work
@@ -29,21 +30,55 @@ ANY_FLAG = "any flag"
 CLIP_CONTENT_TOKENS = 75
 
 
-def training_resolution(project_dir: Path) -> int | None:
-    """The smallest `data.resolution` among the project's valid run configs (None without one).
+@dataclass(frozen=True)
+class ConfigFacts:
+    """What the project's valid run configs decide about the flags (`tunelab check PROJECT CONFIG` decides
+    the same for one config)."""
 
-    Images whose shorter side is below it get the "too small" flag, as `tunelab check PROJECT CONFIG`
-    flags them; with several configs the smallest keeps the flag to images too small for every one.
+    resolution: int | None = None          # the smallest data.resolution: "too small" below it
+    caption_flags_off: tuple[str, ...] = ()  # caption flags that matter to no config (prefixes)
+    caption_note: str = ""                 # said in the editor of an image they would have flagged
+
+
+def config_facts(project_dir: Path) -> ConfigFacts:
+    """Read the configs in configs/ (the invalid ones are the Configs tab's business) and decide:
+
+    - "too small" against the smallest `data.resolution`, so with several configs the flag is kept to
+      images too small for every one;
+    - "no caption" / "empty caption" (and "caption too long") only when some config trains on the
+      captions as written. Textual inversion and pivotal tuning train an uncaptioned image on the
+      placeholder, DreamBooth with an `instance_prompt` reads no caption (`engine.captionuse`, which
+      `tunelab check` uses): when every config is such, the flag would only be noise. Without a config,
+      captions are flagged (the default method, LoRA, trains on them).
     """
+    from engine.captionuse import caption_use
     from engine.config import load_run_config
+    from engine.placeholder import METHODS as PLACEHOLDER_METHODS
 
-    found = []
+    cfgs = []
     for path in sorted((project_dir / "configs").glob("*.toml")):
         try:
-            found.append(load_run_config(path).data.resolution)
+            cfgs.append(load_run_config(path))
         except (ConfigError, OSError, ValueError):
             continue  # the Configs tab shows what is wrong with it
-    return min(found) if found else None
+    if not cfgs:
+        return ConfigFacts()
+    resolution = min(c.data.resolution for c in cfgs)
+    off = set(caption_use(cfgs[0], [], {}).dropped_flags)
+    for cfg in cfgs[1:]:
+        off &= set(caption_use(cfg, [], {}).dropped_flags)
+    if not off:
+        return ConfigFacts(resolution)
+    if all(c.method in PLACEHOLDER_METHODS for c in cfgs):
+        tokens = sorted({c.textual_inversion.placeholder_token for c in cfgs})
+        what = " / ".join(sorted({c.method.replace("_", " ") for c in cfgs}))
+        on = repr(tokens[0]) if len(tokens) == 1 else "its placeholder"
+        note = f"fine: {what} trains it on {on}"
+    elif all(c.method == "dreambooth" for c in cfgs):
+        note = "not needed: dreambooth.instance_prompt is every image's text"
+    else:
+        note = "not needed by any config in configs/"
+    return ConfigFacts(resolution, tuple(sorted(off)), note)
 
 
 def flag_heads(item: Item) -> list[str]:
@@ -66,11 +101,13 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     """
 
     class Scanned(Message):
-        def __init__(self, dataset: Dataset | None, error: str = "", haystack: dict[Path, str] | None = None) -> None:
+        def __init__(self, dataset: Dataset | None, error: str = "", haystack: dict[Path, str] | None = None,
+                     facts: ConfigFacts | None = None) -> None:
             super().__init__()
             self.dataset = dataset
             self.error = error
             self.haystack = haystack or {}  # built in the worker: 10,000 strings are not free
+            self.facts = facts or ConfigFacts()
 
     class Undone(Message):
         def __init__(self, text: str, error: bool = False) -> None:
@@ -92,6 +129,7 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         self._by_caption: dict[Path, Item] = {}
         self._origins: dict[str, CaptionOrigin] = {}  # concept label -> where its captions come from
         self.scanning = False
+        self.facts = ConfigFacts()  # from the configs, at the last scan
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="dataset-bar"):
@@ -129,8 +167,13 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     @work(thread=True, exclusive=True, group="scan", exit_on_error=False)
     def _scan_worker(self) -> None:
         try:
-            dataset = scan_project(self.project_dir, resolution=training_resolution(self.project_dir))
-            self.post_message(self.Scanned(dataset, haystack={it.path: self._hay(it) for it in dataset.items}))
+            facts = config_facts(self.project_dir)
+            dataset = scan_project(self.project_dir, resolution=facts.resolution)
+            if facts.caption_flags_off:
+                for it in dataset.items:
+                    it.flags = [f for f in it.flags if not f.startswith(facts.caption_flags_off)]
+            self.post_message(self.Scanned(dataset, haystack={it.path: self._hay(it) for it in dataset.items},
+                                           facts=facts))
         except ConfigError as e:
             self.post_message(self.Scanned(None, f"project.toml has errors:\n{e}"))
         except OSError as e:
@@ -150,6 +193,10 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
             return
         ds = event.dataset
         self.dataset = ds
+        self.facts = event.facts
+        note = self.facts.caption_note
+        self.editor.text_area.placeholder = (f"no caption — {note}; type one, ctrl+s saves" if note
+                                             else "no caption: type one, ctrl+s saves")
         self.items = ds.items
         self._origins = {c.label: origin_of(c) for c in ds.project.concepts}
         self._haystack = event.haystack
@@ -258,7 +305,8 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
             n = estimate_tokens(caption)
             if caption and n > CLIP_CONTENT_TOKENS:
                 keep.append(f"{FLAG_TOO_LONG} (~{n} tokens, CLIP reads {CLIP_CONTENT_TOKENS})")
-        item.flags = keep
+        off = self.facts.caption_flags_off
+        item.flags = [f for f in keep if not f.startswith(off)] if off else keep
         self._haystack[item.path] = self._hay(item)
         self.table.refresh_items()
 
