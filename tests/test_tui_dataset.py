@@ -126,6 +126,17 @@ def test_thumbnails_are_cached_by_path_mtime_and_size(project):
     assert bad.image is None and "not an image" in bad.error
 
 
+def test_a_sixteen_bit_greyscale_png_previews_with_its_brightness(project):
+    import numpy as np
+    from PIL import Image
+
+    src = project / "images/grey16.png"
+    Image.fromarray(np.full((40, 60), 32768, dtype=np.uint16)).save(src)  # mid grey, 16 bits
+    thumb = make_thumbnail(src, project, (64, 64), use_cache=False)
+    assert thumb.error == "" and thumb.image is not None  # was "cannot decode: image has wrong mode"
+    assert thumb.image.getpixel((5, 5)) == (128, 128, 128)  # not clipped to white
+
+
 @sync
 async def test_new_images_on_disk_appear_without_restart(project):
     app = make_app(project.parent, images="none", watch=False, animations=False)
