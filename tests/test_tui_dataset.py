@@ -262,3 +262,15 @@ async def test_no_caption_is_flagged_while_any_config_trains_on_the_captions(pro
     async with app.run_test(size=(120, 40)) as pilot:
         pane = await open_dataset(pilot, app)
         assert {it.rel: it.flags for it in pane.table.items}["images/dog_02.png"] == ["no caption"]
+
+
+@sync
+async def test_in_a_narrow_terminal_the_file_column_keeps_the_file_names(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        pane = await open_dataset(pilot, app)
+        await pilot.pause()
+        lines = ["".join(seg.text for seg in pane.table.render_line(y)) for y in range(1, 7)]
+        files = [line.split(" ", 1)[0] for line in lines]
+        assert len(set(files)) == 6, files  # cut at the end, every row read "images/ca…" or "images/do…"
+        assert all(f.startswith("…") for f in files) and any(f.endswith("at_01.png") for f in files), files

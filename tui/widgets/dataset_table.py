@@ -35,6 +35,22 @@ def fit(text: str, width: int) -> str:
     return set_cell_size(text, width - 1) + "…"
 
 
+def fit_end(text: str, width: int) -> str:
+    """Exactly `width` cells, cut at the start: a path keeps its file name (`…plush/photo.png`), which is
+    what tells rows apart when they share a long folder."""
+    if width <= 0:
+        return ""
+    if cell_len(text) <= width:
+        return set_cell_size(text, width)
+    kept, used = [], 0
+    for ch in reversed(text):
+        used += cell_len(ch)
+        if used > width - 1:
+            break
+        kept.append(ch)
+    return set_cell_size("…" + "".join(reversed(kept)), width)
+
+
 def short_flags(flags: Sequence[str]) -> str:
     """`unreadable: truncated (…)` → `unreadable`; keeps the list readable in a narrow column."""
     out = []
@@ -257,7 +273,7 @@ class DatasetTable(ScrollView, can_focus=True):
         flag_style = row_style + self._style("dataset-table--unusable" if not item.usable else "dataset-table--flagged")
         muted = row_style + self._style("dataset-table--muted")
         segments = [
-            Segment(fit(item.rel, w_file) + " ", row_style),
+            Segment(fit_end(item.rel, w_file) + " ", row_style),
             Segment(fit(item.concept, w_concept) + " ", muted if not is_cursor else row_style),
             Segment(fit(size, w_size) + " ", muted if not is_cursor else row_style),
             Segment(fit(caption, w_caption) + " ", row_style if item.caption is not None else muted),
