@@ -37,6 +37,7 @@ from tui.widgets.loss_plot import SMOOTHING, Ema
 from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, escalation_tag, state_cell
 
 POLL_SECONDS = 1.0
+FORCE_KILL_AFTER_S = 5.0  # force stop: SIGTERM, then SIGKILL this much later
 
 
 
@@ -588,8 +589,10 @@ class RunsPane(Vertical):
                 self._stop(run, force=True)
 
         self.app.push_screen(ConfirmModal(
-            f"Force stop {run.run_id}?\n\nThe trainer is killed (SIGTERM, then SIGKILL) without saving a "
-            f"checkpoint; progress since the last checkpoint is lost.", yes="Force stop"), answered)
+            f"Force stop {run.run_id}?\n\nIts processes get SIGTERM now and SIGKILL "
+            f"{FORCE_KILL_AFTER_S:g} s later. On SIGTERM the trainer saves a checkpoint (without samples) "
+            f"if it can in that time; what it trained since its last complete checkpoint may be lost.",
+            yes="Force stop"), answered)
 
     @work(thread=True, group="runs-action", exit_on_error=False)
     def _stop(self, run: RunDir, force: bool) -> None:
@@ -597,7 +600,7 @@ class RunsPane(Vertical):
 
         try:
             if force:
-                state = stop_run(run, force=True, timeout=20.0, kill_after=5.0)
+                state = stop_run(run, force=True, timeout=20.0, kill_after=FORCE_KILL_AFTER_S)
                 self.post_message(self.ActionDone(f"{run.run_id}: {state}"))
             else:
                 state = stop_run(run, force=False, timeout=0.0)  # the poll shows it end
