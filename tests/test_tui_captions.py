@@ -416,3 +416,19 @@ async def test_a_latin1_caption_is_edited_as_its_letters_and_saved_as_utf8_not_a
         await pilot.press("e", "end", *", roux", "ctrl+s")
         await wait_for(pilot, lambda: not editor.dirty)
         assert (project / "images/cat_01.txt").read_bytes() == "chat au café, très mignon, roux".encode("utf-8")
+
+
+@sync
+async def test_when_the_edited_image_leaves_the_filtered_list_the_list_keeps_the_keys(project):
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        await pilot.press("f", "f")  # any flag, then the first flag: "no caption" (only dog_02)
+        await wait_for(pilot, lambda: pane.flag == "no caption" and len(pane.table.items) == 1)
+        await pilot.press("e", *"a brown dog", "ctrl+s")
+        await wait_for(pilot, lambda: (project / "images/dog_02.txt").exists())
+        pane.rescan()  # as the file watcher does: dog_02 is no longer flagged, the list is empty
+        await wait_for(pilot, lambda: not pane.table.items)
+        assert pane.table.has_focus  # not a disabled editor, where f, / and escape did nothing
+        await pilot.press("f")
+        assert pane.flag != "no caption"  # the key reached the pane

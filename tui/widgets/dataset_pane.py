@@ -266,8 +266,11 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         event.stop()
         item = event.item
         if item is None:
+            typing = self.editor.text_area.has_focus
             self.query_one(ImagePreview).show(None, "")
-            self.editor.load(None)
+            self.editor.load(None)  # disables the text area: focus on it would be lost, keys going nowhere
+            if typing:
+                self.screen.set_focus(self.table)
             return
         size = f"{item.width}x{item.height}" if item.width else "size unknown"
         facts = f"{item.rel} · {size} · {item.concept}"
