@@ -509,3 +509,30 @@ def test_the_runs_table_follows_a_real_escalation_to_its_end(tmp_path, fake_env,
             assert "supervisor sent: SIGTERM at " in str(app.query_one("#run-details").render())
             assert ", SIGKILL at " in str(app.query_one("#run-details").render())
     body()
+
+
+def test_a_force_stopped_run_says_how_it_stopped_not_error(tmp_path):
+    """A force stop ends `stopped` with the supervisor's note "stopped on request (killed by signal 15
+    (SIGTERM))": the details, the monitor and `tunelab status RUN` give it as part of the stop (it was
+    under a red `error:`, for a stop the user asked for); a failed run's error stays an error."""
+    import subprocess
+    import sys
+
+    from engine.runinfo import summarize
+    from tui.screens.monitor import notes
+    from tui.widgets.runs_pane import details_text
+
+    project = make_project(tmp_path)
+    rd = write_run(project, "20260101-000000-lora", state="stopped", epochs=120, steps=720, done_epochs=30)
+    note = "stopped on request (killed by signal 15 (SIGTERM))"
+    rd.update_status(stop_reason="request", error=note)
+    s = summarize(rd)
+    assert [(label, text) for label, text, _ in notes(s)] == [("stopped:", f"stop requested; {note}")]
+    details = str(details_text(s))
+    assert f"stopped: stop requested; {note}" in details and "error:" not in details
+    out = subprocess.run([sys.executable, "-m", "tui.cli", "status", str(rd.path)], capture_output=True,
+                         text=True, timeout=60).stdout
+    assert f"stopped:     stop requested; {note}" in out and "error:" not in out
+    failed = write_run(project, "20260102-000000-lora", state="failed", epochs=120, steps=720, done_epochs=3)
+    failed.update_status(error="killed by signal 9 (SIGKILL)")
+    assert ("error:", "killed by signal 9 (SIGKILL)") in [(a, b) for a, b, _ in notes(summarize(failed))]

@@ -119,5 +119,9 @@ def print_details(s) -> None:
         print(f"stopping:    {fmt_stop_reason(s)}")
     if s.state == "lost":
         print("lost:        the supervisor is gone; `tunelab stop --force RUN` settles it, then `tunelab resume RUN`")
-    if s.error:
+    if s.state == "stopped" and (s.error or s.stop_reason):  # the supervisor's note says how the stop went
+        from engine.runinfo import fmt_stop_reason
+
+        print("stopped:     " + "; ".join(x for x in (fmt_stop_reason(s), s.error) if x))
+    elif s.error:
         print(f"error:       {s.error}")

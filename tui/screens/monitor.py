@@ -69,6 +69,15 @@ def notes(s: RunSummary, escalation: StopEscalation | None = None) -> list[tuple
     elif s.state in ("stopping", "stopped") and (s.stop_reason or s.stop_deadline_t):
         out.append((s.state + ":", fmt_stop_reason(s), "magenta"))
     error = s.error or (s.errors[-1] if s.errors else "")
+    if s.state == "stopped" and s.error:
+        # The supervisor's note on how a stop went ("stopped on request (killed by signal 15)" after a
+        # force stop): part of why it stopped, not a failure, so not under a red "error:".
+        if out and out[-1][0] == "stopped:":
+            label, reason, style = out.pop()
+            out.append((label, f"{reason}; {s.error}" if reason else s.error, style))
+        else:
+            out.append(("stopped:", s.error, "magenta"))
+        error = s.errors[-1] if s.errors else ""
     if error:
         out.append(("error:", error, "red"))
     if s.last_warning:
