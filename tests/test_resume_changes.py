@@ -184,6 +184,9 @@ def test_the_runs_tab_asks_for_more_epochs_before_resuming_a_finished_run(tmp_pa
                 assert app.screen.query_one("#resume-epochs", Input).value == "4"
                 texts = [str(w.render()) for w in app.screen.query("Static")]
                 assert "It finished its 2 epochs. Train it on to more:" in texts
+                labels = [w for w in app.screen.query("Label") if "budget" in str(w.render())]
+                assert [str(w.render()) for w in labels] == ["budget.max_hours"]
+                assert labels[0].content_size.height == 1  # whole on one line (was cut "budget.max_hour / s")
                 await pilot.press("enter")
                 await until(pilot, lambda: (rd.read_status() or {}).get("attempt") == 2, what="resumed")
 

@@ -23,7 +23,7 @@ class ResumeChangesScreen(ModalScreen[list[str] | None]):
     ResumeChangesScreen { align: center middle; }
     ResumeChangesScreen > Vertical { width: 68; height: auto; border: thick $primary; background: $surface; padding: 0 1; }
     ResumeChangesScreen Horizontal { height: auto; }
-    ResumeChangesScreen Label { width: 16; padding: 1 1 0 0; }
+    ResumeChangesScreen Label { width: 18; padding: 1 1 0 0; }  /* "budget.max_hours" whole */
     ResumeChangesScreen Input { width: 1fr; }
     ResumeChangesScreen #resume-error { color: $error; height: auto; }
     ResumeChangesScreen Button { margin-right: 1; }
