@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from transformers import BlipForConditionalGeneration, BlipProcessor
 from transformers.utils import logging as hf_logging
+
+from engine.pixels import to_rgb
 
 hf_logging.disable_progress_bar()  # tunelab prints its own "captioned n/N" lines
 
@@ -59,7 +61,7 @@ class BlipCaptioner:
         pil = []
         for p in images:
             with Image.open(p) as im:
-                pil.append(im.convert("RGB"))
+                pil.append(to_rgb(ImageOps.exif_transpose(im)))  # the pixels training reads
         kwargs = {"images": pil, "return_tensors": "pt"}
         if self.prompt:
             kwargs["text"] = [self.prompt] * len(pil)

@@ -287,3 +287,28 @@ def test_an_injected_enospc_in_the_tensor_writer_keeps_earlier_checkpoints(tmp_p
     monkeypatch.setattr(ckpt, "save_file", save_file)
     assert train(run.path) == 1
     _assert_nothing_lost(run)
+
+
+def test_transparency_trains_and_previews_over_white_not_the_colour_hidden_under_it(tmp_path):
+    """A cut-out PNG keeps some colour under alpha 0 (here pure green); convert("RGB") would train on it."""
+    from PIL import Image
+
+    from engine.train.data import load_image
+    from tui.thumbnails import make_thumbnail
+
+    im = Image.new("RGBA", (64, 64), (0, 255, 0, 0))        # transparent, green underneath
+    im.paste((200, 0, 0, 255), (16, 16, 48, 48))           # an opaque red square in the middle
+    im.save(tmp_path / "cutout.png")
+    im.convert("RGBA").convert("LA").save(tmp_path / "grey-alpha.png")
+    im.convert("RGB").quantize(4).save(tmp_path / "palette.png", transparency=0)
+
+    pixels = load_image(tmp_path / "cutout.png", 64)
+    corner, centre = pixels[:, :8, :8], pixels[:, 28:36, 28:36]
+    assert float(corner.min()) > 0.99                      # white ([-1, 1] scale), not green
+    assert abs(float(centre[0].mean()) - (200 / 127.5 - 1)) < 0.02 and float(centre[1].max()) < -0.99
+    for name in ("grey-alpha.png", "palette.png"):
+        assert float(load_image(tmp_path / name, 64)[:, :8, :8].min()) > 0.99, name
+
+    thumb = make_thumbnail(tmp_path / "cutout.png", tmp_path, (64, 64), use_cache=False)
+    assert thumb.image.getpixel((2, 2)) == (255, 255, 255)  # the preview shows what trains
+    assert thumb.image.getpixel((32, 32))[0] > 190

@@ -16,6 +16,7 @@ from pathlib import Path
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine import atomic
+from engine.pixels import eight_bit, to_rgb
 
 THUMBS_DIR = Path(".cache") / "thumbs"
 BUCKET = 64        # boxes are rounded up to multiples of this, so small resizes reuse the cache
@@ -47,26 +48,6 @@ def cache_path(project_dir: Path, key: str) -> Path:
     return project_dir / THUMBS_DIR / key[:2] / f"{key}.png"
 
 
-def _eight_bit(im: Image.Image) -> Image.Image:
-    """16-bit greyscale as 8-bit (its high byte), as the trainer reads it (engine/train/data.py): PIL can
-    neither thumbnail it ("image has wrong mode") nor convert it to RGB without clipping at 255."""
-    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        import numpy as np
-
-        return Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "L")
-    return im
-
-
-def _flatten(im: Image.Image) -> Image.Image:
-    """RGB for display; transparency over a neutral grey so it reads as 'nothing here'."""
-    if im.mode in ("RGBA", "LA") or (im.mode == "P" and "transparency" in im.info):
-        im = im.convert("RGBA")
-        bg = Image.new("RGBA", im.size, (64, 64, 64, 255))
-        bg.alpha_composite(im)
-        return bg.convert("RGB")
-    return im.convert("RGB")
-
-
 def make_thumbnail(source: str | os.PathLike, project_dir: str | os.PathLike, box: tuple[int, int],
                    use_cache: bool = True) -> Thumbnail:
     """A thumbnail of `source` that fits `box` pixels (bucketed), from the cache when possible."""
@@ -88,9 +69,9 @@ def make_thumbnail(source: str | os.PathLike, project_dir: str | os.PathLike, bo
     try:
         with Image.open(source) as im:
             im.draft("RGB", box)  # JPEG: decode at reduced size, much faster for big photos
-            im = _eight_bit(ImageOps.exif_transpose(im))
+            im = eight_bit(ImageOps.exif_transpose(im))
             im.thumbnail(box, Image.Resampling.BILINEAR, reducing_gap=2.0)
-            thumb = _flatten(im)
+            thumb = to_rgb(im)  # as training reads it: transparency over white
     except Image.DecompressionBombError as e:
         return Thumbnail(source, None, f"too large to decode safely: {e}")
     except UnidentifiedImageError:

@@ -28,6 +28,7 @@ from engine.train.data import DECODE_ERRORS, Example, decode_error_reason, load_
 from engine.train.interrupt import raise_if_stop_requested
 
 CACHE_VERSION = "1"
+PIXELS_VERSION = "2"  # how a file's pixels are read (engine.pixels); 2: transparency over white
 ENCODE_BATCH = 8
 
 
@@ -60,7 +61,8 @@ class LatentCache:
         self.vae_id = module_fingerprint(vae)
 
     def key(self, content_hash: str) -> str:
-        spec = f"v{CACHE_VERSION}:{content_hash}:{self.resolution}:center:{len(self.variants)}:{self.vae_id}"
+        spec = (f"v{CACHE_VERSION}:{content_hash}:{self.resolution}:center:{len(self.variants)}:{self.vae_id}"
+                f":px{PIXELS_VERSION}")
         return hashlib.sha256(spec.encode()).hexdigest()
 
     def path(self, key: str) -> Path:

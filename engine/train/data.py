@@ -121,12 +121,10 @@ def load_image(path: Path, resolution: int, *, crop: str = "center", flip: bool 
     import numpy as np
     from PIL import Image, ImageOps
 
+    from engine.pixels import to_rgb
+
     with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-            # 16-bit greyscale: convert("RGB") would clip at 255 (a mid grey turns white); keep the high byte.
-            im = Image.fromarray((np.asarray(im).astype(np.int64) >> 8).clip(0, 255).astype(np.uint8), "L")
-        im = im.convert("RGB")
+        im = to_rgb(ImageOps.exif_transpose(im))  # 16-bit by its high byte, transparency over white
         w, h = im.size
         scale = resolution / min(w, h)
         nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
