@@ -701,17 +701,22 @@ def plan_template_captions(ds: Dataset, items: list[Item], template: str | None 
         except ValueError:
             return str(path)
 
+    # Every concept is checked before raising: concepts often share the project's metadata file, and
+    # the count must be of all the images the plan covers, not of the first concept's.
+    short: dict[Path, tuple[Metadata, list[str], list[str]]] = {}
     for concept in dict.fromkeys(i.concept for i in usable):
         meta = meta_for(concept)
         lacking = [n for n in names if n not in meta.columns]
         if lacking:
-            ims = [i.rel for i in usable if i.concept == concept]
-            raise CaptionError(
-                f"template {template!r}: field " + ", ".join(f"{{{n}}}" for n in lacking)
-                + f" {'is' if len(lacking) == 1 else 'are'} missing from {shown(meta.path)} "
-                f"(its columns: {', '.join(c for c in meta.columns if c != 'file_name') or 'none'}), so "
-                f"{len(ims)} image(s) lack {'it' if len(lacking) == 1 else 'them'}: "
-                + ", ".join(ims[:10]) + (f" and {len(ims) - 10} more" if len(ims) > 10 else ""))
+            short.setdefault(meta.path, (meta, lacking, []))[2].extend(i.rel for i in usable if i.concept == concept)
+    if short:
+        raise CaptionError(f"template {template!r}: " + "; ".join(
+            "field " + ", ".join(f"{{{n}}}" for n in lacking)
+            + f" {'is' if len(lacking) == 1 else 'are'} missing from {shown(meta.path)} "
+            f"(its columns: {', '.join(c for c in meta.columns if c != 'file_name') or 'none'}), so "
+            f"{len(ims)} image(s) lack {'it' if len(lacking) == 1 else 'them'}: "
+            + ", ".join(ims[:10]) + (f" and {len(ims) - 10} more" if len(ims) > 10 else "")
+            for meta, lacking, ims in short.values()))
     concept_of = {i.path: i.concept for i in usable}
     source = " / ".join(sorted({shown(m.path) for m in metas.values()})) or "the metadata"
     return plan_template([Target(i.path, i.rel) for i in usable], template,

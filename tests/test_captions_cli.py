@@ -67,6 +67,26 @@ def test_a_template_field_missing_from_metadata_is_an_error_naming_field_and_ima
     assert not (project / "images" / "002.txt").exists()
 
 
+def two_concepts_sharing_project_metadata(root: Path) -> Path:
+    """8 + 6 images in two concept folders, one metadata.csv at the project's top without a type1 column."""
+    p = root / "shared"
+    for i in range(8):
+        write_image(p / "a" / f"a{i}.png")
+    for i in range(6):
+        write_image(p / "b" / f"b{i}.png")
+    (p / "metadata.csv").write_text("file_name,name\n" + "".join(f"a/a{i}.png,x{i}\n" for i in range(8))
+                                    + "".join(f"b/b{i}.png,y{i}\n" for i in range(6)))
+    return p
+
+
+def test_a_missing_field_counts_the_images_of_every_concept_not_only_the_first(tmp_path, capsys):
+    p = two_concepts_sharing_project_metadata(tmp_path)
+    rc, _, err = caption(capsys, p, "template", "{name} {type1}", "--dry-run")
+    assert rc == 1
+    assert "field {type1} is missing from metadata.csv" in err and "14 image(s) lack it" in err
+    assert "8 image(s)" not in err and "and 4 more" in err
+
+
 def test_images_without_a_metadata_row_are_named_and_skip_missing_captions_the_rest(project, capsys):
     write_image(project / "images" / "004.png")  # not in metadata.csv
     rc, _, err = caption(capsys, project, "template", "--concept", "images")

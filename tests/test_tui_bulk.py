@@ -105,6 +105,16 @@ def test_template_plan_uses_the_projects_metadata(project):
         build_plan("template", ds, ds.items, "{nope}")
 
 
+def test_the_dialogs_template_error_counts_every_image_it_covers(tmp_path):
+    from engine.captions import CaptionError
+    from engine.project import scan_project
+    from tests.test_captions_cli import two_concepts_sharing_project_metadata
+
+    ds = scan_project(two_concepts_sharing_project_metadata(tmp_path))
+    with pytest.raises(CaptionError, match=r"14 image\(s\) lack it"):
+        build_plan("template", ds, ds.items, "{name} {type1}")
+
+
 @sync
 async def test_the_dialog_warns_when_training_will_not_read_the_files_it_writes(project):
     with open(project / "project.toml", "a") as f:
