@@ -181,6 +181,25 @@ async def test_conflict_merge_by_editing_writes_the_merge(project):
         assert editor.text == "a photo of a ginger cat, sitting MINE, THEIRS ok"
 
 
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+@sync
+async def test_every_conflict_button_is_whole_on_screen_at_80_columns_too(project, size):
+    app = app_for(project)
+    async with app.run_test(size=size) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        editor.text_area.insert("MINE, ")
+        path = project / "images/cat_01.txt"
+        path.write_text("a photo of a ginger cat, THEIRS")
+        pane.files_changed({path})
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ConflictScreen")
+        box = app.screen.query_one("ConflictScreen > Vertical")
+        for button in app.screen.query("Button"):
+            label = str(button.label)
+            assert box.content_region.contains_region(button.region), f"{label!r} cut off at {size}"
+            assert button.content_region.width >= len(label), label
+
+
 @sync
 async def test_conflict_decide_later_keeps_both_versions(project):
     app = app_for(project)

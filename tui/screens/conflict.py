@@ -44,6 +44,9 @@ def merge_start(mine: str, theirs: str | None, base: str | None = None) -> str:
 class ConflictScreen(ModalScreen[tuple[str, str] | None]):
     ACTION_SCOPE = "conflict"
     BINDINGS = actions.bindings("conflict")
+    # The four buttons take 95 cells in a row: narrower than that (an 80-column terminal) they go
+    # two by two without their borders, in the same three rows, so "Decide later" is not cut off.
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
 
     DEFAULT_CSS = """
     ConflictScreen { align: center middle; }
@@ -58,6 +61,10 @@ class ConflictScreen(ModalScreen[tuple[str, str] | None]):
     ConflictScreen #conflict-merge { height: 5; }
     ConflictScreen #conflict-buttons { height: auto; margin-top: 1; }
     ConflictScreen Button { margin-right: 1; }
+    ConflictScreen.-narrow #conflict-buttons { layout: grid; grid-size: 2; grid-gutter: 1 2; }
+    ConflictScreen.-narrow #conflict-buttons Button { border: none; height: 1; width: 1fr; min-width: 0;
+        margin: 0; }
+    ConflictScreen.-narrow #theirs, ConflictScreen.-narrow #later { background: $panel-lighten-1; }
     """
 
     def __init__(self, path: Path, rel: str, mine: str, theirs: str | None, base: str | None = None) -> None:
