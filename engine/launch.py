@@ -323,6 +323,9 @@ def trainer_env(run_dir: RunDir, cfg: Any) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env["TQDM_DISABLE"] = "1"  # no progress bars in train.log
     env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    # tunelab never downloads: diffusers' single-file loader fetches a missing config from the hub even
+    # with local_files_only=True; offline mode makes that an error the trainer explains instead.
+    env.setdefault("HF_HUB_OFFLINE", "1")
     launch = getattr(cfg, "launch", None)
     if launch is not None and (launch.num_processes > 1 or launch.num_machines > 1) \
             and not launch.accelerate_config and not _gpu_visible():

@@ -168,3 +168,28 @@ def test_checking_a_base_imports_neither_torch_nor_diffusers(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_a_run_on_a_single_file_whose_configs_are_not_cached_names_them_and_stays_offline(
+        single_file, tmp_path, empty_hf_cache, monkeypatch):
+    """diffusers' single-file loader fetches missing configs from the hub even with local_files_only; the
+    trainer runs offline, and the error says which configs are missing and what to do (was: 'Got:
+    ConnectError: [Errno -2] Name or service not known')."""
+    from engine import launch
+    from tests.train_fixtures import events, make_project, make_run, tiny_config
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    cfg = tiny_config()
+    cfg.model.base = str(single_file)
+    run = make_run(make_project(tmp_path / "p"), cfg)
+    env = launch.trainer_env(run, cfg)
+    assert env["HF_HUB_OFFLINE"] == "1"
+    proc = subprocess.run([sys.executable, "-m", "engine.train", str(run.path)], cwd=run.path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    (error,) = events(run, "error")
+    message = error["message"]
+    assert str(single_file) in message and "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
+    assert "model.config" in message and "never downloads" in message and "ConnectError" not in message
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # a user's own choice is kept
+    assert launch.trainer_env(run, cfg)["HF_HUB_OFFLINE"] == "0"

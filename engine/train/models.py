@@ -158,6 +158,16 @@ def _load_single_file(spec: str, path: Path, config_dir: Path | None, dtype: tor
     try:
         pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
     except Exception as e:  # diffusers raises many types here; all mean "cannot load this file"
+        wanted = _uncached_config_repo(e, path) if config_dir is None else None
+        if wanted:
+            raise BaseModelError(
+                f"model.base = {spec!r}: cannot load the single-file checkpoint {path}: without model.config, "
+                f"diffusers takes its component configs from {wanted} (the model it takes this file for), which "
+                f"is not in the local Hugging Face cache, and tunelab never downloads. Set model.config to a "
+                f"diffusers folder (or a cached hub id) with this model's configs, e.g. the base it was "
+                f"fine-tuned from; or fetch them where there is network (`huggingface-cli download {wanted} "
+                f"--include '*.json' '*.txt'`) and copy the cache here"
+            ) from e
         hint = (
             "" if config_dir is not None else
             " Set model.config to a diffusers folder (or a cached hub id) with the matching component "
@@ -169,6 +179,32 @@ def _load_single_file(spec: str, path: Path, config_dir: Path | None, dtype: tor
     finally:
         dlogging.set_verbosity(verbosity)
     return pipe.tokenizer, pipe.text_encoder, pipe.vae, pipe.unet, dict(pipe.scheduler.config)
+
+
+def _uncached_config_repo(error: BaseException, path: Path) -> str | None:
+    """The hub repo whose configs diffusers looked for (and did not find in the cache) when it failed to
+    load the single file `path` without `model.config`; None when the failure was something else."""
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    if not any(isinstance(x, (LocalEntryNotFoundError, OfflineModeIsEnabled)) for x in chain):
+        return None
+    try:
+        import json
+        import struct
+        from types import SimpleNamespace
+
+        from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+        with open(path, "rb") as f:  # the safetensors header: tensor names and shapes, no weights
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        shapes = {k: SimpleNamespace(shape=tuple(v["shape"])) for k, v in header.items() if k != "__metadata__"}
+        return str(fetch_diffusers_config(shapes)["pretrained_model_name_or_path"])
+    except Exception:  # noqa: BLE001 - only the message's detail is lost
+        return "the default SD config"
 
 
 def _first_line(e: BaseException) -> str:
