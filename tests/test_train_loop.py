@@ -178,6 +178,28 @@ def test_a_stop_before_the_first_step_ends_at_once_without_a_checkpoint(tmp_path
     assert not (run.control_dir / "stop").exists()  # consumed: a resume does not stop at once
 
 
+def test_a_cpu_run_with_more_threads_than_cores_warns_that_it_is_oversubscribed(tmp_path):
+    cores = len(os.sched_getaffinity(0))
+    run = make_run(make_project(tmp_path / "a"), tiny_config())
+    run.request("stop")  # the warning comes first; nothing needs to train
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cores + 1)  # as OMP_NUM_THREADS = cores does to each of 2 processes, or more
+    try:
+        assert train(run.path) == 0
+    finally:
+        torch.set_num_threads(threads)
+    (warning,) = [w for w in events(run, "warning") if w.get("reason") == "cpu_oversubscribed"]
+    assert f"x {cores + 1} torch thread(s) each" in warning["message"]
+    assert f"on {cores} CPU core(s)" in warning["message"] and "set OMP_NUM_THREADS=" in warning["message"]
+    assert (warning["threads"], warning["processes"], warning["cores"]) == (cores + 1, 1, cores)
+
+    run = make_run(make_project(tmp_path / "b"), tiny_config())
+    run.request("stop")
+    assert torch.get_num_threads() <= cores  # conftest: OMP_NUM_THREADS=1
+    assert train(run.path) == 0
+    assert not [w for w in events(run, "warning") if w.get("reason") == "cpu_oversubscribed"]
+
+
 @pytest.mark.slow
 def test_a_full_fine_tune_with_ema_resumes_exactly_too(tmp_path):
     cfg = tiny_config(method="full", **{"train.epochs": 3, "train.ema": True, "train.ema_decay": 0.9,

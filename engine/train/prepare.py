@@ -64,6 +64,8 @@ def prepare(run: RunDir, cfg: RunConfig, accelerator: Any, events: EventWriter, 
         events.error("train.mixed_precision = \"fp16\" needs a GPU; this run is on the CPU. "
                      "Use train.mixed_precision = \"bf16\" (CPU autocast) or \"no\"")
         raise TrainingAborted()
+    if accelerator.device.type == "cpu":
+        warn_if_cpu_oversubscribed(events, accelerator.num_processes)
     resume_from = None
     if resume:
         resume_from = ckpt.resumable_checkpoint(run)
@@ -267,6 +269,30 @@ def retarget_schedule(cfg: RunConfig, lr_scheduler: Any, optimizer: Any, before:
            f"goes from {old[0]:.3g} to {optimizer.param_groups[0]['lr']:.3g}")
     return {"total_steps_before": before, "lr_before": old[0], "lr_now": optimizer.param_groups[0]["lr"],
             "lr_schedule": f"training length changed from {before} to {total_steps} steps; learning rate {how}"}
+
+
+def cpu_oversubscription(threads: int, processes: int, cores: int) -> str | None:
+    """Why a CPU run's threads outnumber the cores, or None. torch runs `threads` intra-op threads in each of
+    the machine's `processes`; more than one per core makes them wait on each other (measured on 2 cores:
+    2 processes x 2 threads train 17x slower than x 1, docs/performance.md)."""
+    if threads * processes <= cores:
+        return None
+    omp = os.environ.get("OMP_NUM_THREADS")
+    return (f"{processes} training process(es) x {threads} torch thread(s) each "
+            f"(OMP_NUM_THREADS={omp if omp is not None else 'unset'}) on {cores} CPU core(s) oversubscribe "
+            f"the CPU, which trains many times slower; set OMP_NUM_THREADS={max(1, cores // processes)} "
+            "(cores // processes) or unset it (accelerate launch then gives each process one thread)")
+
+
+def warn_if_cpu_oversubscribed(events: EventWriter, num_processes: int) -> None:
+    """A `warning` (reason `cpu_oversubscribed`) when this machine's training processes run more torch
+    threads than it has cores: a user's OMP_NUM_THREADS set to the core count, with 2 processes."""
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE") or num_processes)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = torch.get_num_threads()
+    message = cpu_oversubscription(threads, processes, cores)
+    if message:
+        events.warning(message, reason="cpu_oversubscribed", threads=threads, processes=processes, cores=cores)
 
 
 def make_optimizer(cfg: RunConfig, events: EventWriter, groups: list[dict[str, Any]], device: torch.device) -> Any:
