@@ -49,6 +49,30 @@ def test_from_copies_images_captions_and_metadata_keeping_subfolders(tmp_path, c
     assert tree_digest(src) == src_before
 
 
+def test_from_says_what_it_skipped_and_why_with_a_count_and_a_few_names(tmp_path, capsys):
+    src = tmp_path / "src"
+    write_image(src / "a.png", caption="a dog")
+    (src / ".DS_Store").write_bytes(b"junk")
+    (src / ".git").mkdir()
+    (src / ".git" / "HEAD").write_text("ref")
+    for name in ("notes.md", "a.psd", "b.psd", "c.npz", "d.json"):
+        (src / name).write_text("not data")
+    write_image(src / "k" / "b.png", caption="the txt wins")
+    (src / "k" / "b.caption").write_text("ignored")
+    (src / "elsewhere").mkdir()
+    (src / "linked").symlink_to(src / "elsewhere")
+    rc, out, err = new(capsys, tmp_path / "proj", "--from", src)
+    assert rc == 0, err
+    assert "skipped 9 file(s)/folder(s):" in out
+    assert "2 hidden: .git/, .DS_Store\n" in out
+    assert "5 not images, captions or metadata: a.psd, b.psd, c.npz and 2 more\n" in out
+    assert "1 .caption files beside a .txt (the .txt is taken): k/b.caption" in out
+    assert "1 folder symlinks (not followed): linked/" in out
+    write_image(tmp_path / "plain" / "x.png", caption="x")
+    rc, out, _ = new(capsys, tmp_path / "proj2", "--from", tmp_path / "plain")
+    assert rc == 0 and "skipped " not in out
+
+
 def test_from_with_link_symlinks_the_images(tmp_path, capsys):
     src = tmp_path / "src"
     write_image(src / "a.png", caption="a dog")

@@ -8,6 +8,7 @@ keeping DIR's subfolders; `images` is then the project's one concept (list more 
 A kohya_ss dataset (`DIR/10_sks dog/…`: N repeats, then the concept's name) becomes one concept per
 top-level folder, with the repeats from its name, written into project.toml. kohya's `.caption`
 sidecars are copied as `.txt` (tunelab's, and kohya's current default) unless a `.txt` is beside them.
+What is left out (hidden entries, files of other kinds, folder symlinks, ...) is counted and named by reason.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import re
 import shutil
 import sys
 from pathlib import Path, PurePath
+from typing import NamedTuple
 
 HELP = "create a project"
 KOHYA_FOLDER = re.compile(r"^(\d+)_(.+)$")  # kohya_ss: "<repeats>_<name>"
@@ -80,25 +82,72 @@ def project_path(name: str, projects_dir: str | os.PathLike = "projects") -> Pat
     return Path(projects_dir) / name
 
 
-def _sources(src: Path) -> list[Path]:
+# Why an entry of --from was left out, as read after its count; the order they are reported in.
+SKIP_HIDDEN = "hidden"
+SKIP_OTHER = "not images, captions or metadata"
+SKIP_KOHYA_TWIN = ".caption files beside a .txt (the .txt is taken)"
+SKIP_PROJECT = "runs/ or configs/ folders of a project"
+SKIP_LINKED_DIR = "folder symlinks (not followed)"
+SKIP_UNREADABLE = "unreadable folders"
+SKIP_ORDER = (SKIP_HIDDEN, SKIP_OTHER, SKIP_KOHYA_TWIN, SKIP_PROJECT, SKIP_LINKED_DIR, SKIP_UNREADABLE)
+
+
+def _sources(src: Path) -> tuple[list[Path], dict[str, list[str]]]:
+    """The files to bring in, and what was left out by reason (paths relative to `src`, folders end in
+    `/`), so `tunelab new` can say what it skipped instead of dropping it silently."""
     from engine.captions import CAPTION_EXT
     from engine.metadata import METADATA_NAMES
     from engine.project import IGNORED_TOP, IMAGE_EXTS
 
-    out = []
-    for dirpath, dirnames, filenames in os.walk(src):
+    out: list[Path] = []
+    skipped: dict[str, list[str]] = {}
+
+    def skip(reason: str, path: str, folder: bool = False) -> None:
+        skipped.setdefault(reason, []).append(Path(path).relative_to(src).as_posix() + ("/" if folder else ""))
+
+    def unreadable(e: OSError) -> None:
+        if e.filename and Path(e.filename) != src:
+            skip(SKIP_UNREADABLE, e.filename, folder=True)
+
+    for dirpath, dirnames, filenames in os.walk(src, onerror=unreadable):
         top = Path(dirpath) == src
-        # hidden folders never; a project's runs/ and configs/ neither (--from may be another project)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (top and d in IGNORED_TOP))
+        kept = []
+        for d in sorted(dirnames):
+            full = os.path.join(dirpath, d)
+            if d.startswith("."):
+                skip(SKIP_HIDDEN, full, folder=True)
+            elif top and d in IGNORED_TOP:  # --from may be another project
+                skip(SKIP_PROJECT, full, folder=True)
+            elif os.path.islink(full):
+                skip(SKIP_LINKED_DIR, full, folder=True)
+            else:
+                kept.append(d)
+        dirnames[:] = kept
         for fn in sorted(filenames):
+            full = os.path.join(dirpath, fn)
             if fn.startswith("."):
+                skip(SKIP_HIDDEN, full)
                 continue
             ext = os.path.splitext(fn)[1].lower()
             if ext == KOHYA_CAPTION and os.path.splitext(fn)[0] + CAPTION_EXT in filenames:
-                continue  # the .txt beside it wins
-            if ext in IMAGE_EXTS or ext in (CAPTION_EXT, KOHYA_CAPTION) or fn in METADATA_NAMES:
-                out.append(Path(dirpath) / fn)
-    return out
+                skip(SKIP_KOHYA_TWIN, full)
+            elif ext in IMAGE_EXTS or ext in (CAPTION_EXT, KOHYA_CAPTION) or fn in METADATA_NAMES:
+                out.append(Path(full))
+            else:
+                skip(SKIP_OTHER, full)
+    return out, skipped
+
+
+def skipped_summary(skipped: dict[str, list[str]], shown: int = 3) -> list[str]:
+    """Lines saying how many entries were left out, one line per reason with its first few names."""
+    if not skipped:
+        return []
+    lines = [f"skipped {sum(map(len, skipped.values()))} file(s)/folder(s):"]
+    for reason in sorted(skipped, key=SKIP_ORDER.index):
+        names = skipped[reason]
+        lines.append(f"  {len(names)} {reason}: {', '.join(names[:shown])}"
+                     + (f" and {len(names) - shown} more" if len(names) > shown else ""))
+    return lines
 
 
 def kohya_concepts(src: Path) -> tuple[list[dict], list[str]]:
@@ -122,8 +171,14 @@ def kohya_concepts(src: Path) -> tuple[list[dict], list[str]]:
     return concepts, loose
 
 
-def create_project(path: Path, source: Path | None = None, link: bool = False) -> tuple[int, int]:
-    """Create the project; returns (images, other files) brought in from `source`.
+class Created(NamedTuple):
+    images: int                   # brought in from --from
+    other: int                    # captions and metadata files brought in
+    skipped: dict[str, list[str]]  # left out, by reason (`_sources`)
+
+
+def create_project(path: Path, source: Path | None = None, link: bool = False) -> Created:
+    """Create the project; returns what was brought in from `source` and what was left out.
 
     `source` laid out kohya-style gets its concepts (folder, repeats, name) written into project.toml."""
     import tomli_w
@@ -134,7 +189,7 @@ def create_project(path: Path, source: Path | None = None, link: bool = False) -
 
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise FileExistsError(f"{path}: already exists and is not empty; pick another name or empty it")
-    files = _sources(source) if source is not None else []
+    files, skipped = _sources(source) if source is not None else ([], {})
     path.mkdir(parents=True, exist_ok=True)
     (path / "configs").mkdir(exist_ok=True)
     images_dir = path / "images"
@@ -161,7 +216,7 @@ def create_project(path: Path, source: Path | None = None, link: bool = False) -
             shutil.copy2(f, dest)
         n_images += is_image
         n_other += not is_image
-    return n_images, n_other
+    return Created(n_images, n_other, skipped)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,7 +238,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError:
             pass
     try:
-        n_images, n_other = create_project(path, source, link=args.link)
+        n_images, n_other, skipped = create_project(path, source, link=args.link)
     except FileExistsError as e:
         print(f"tunelab new: {e}", file=sys.stderr)
         return 1
@@ -194,6 +249,8 @@ def run(args: argparse.Namespace) -> int:
     if source is not None:
         verb = "linked" if args.link else "copied"
         print(f"  {verb} {n_images} image(s) and {n_other} caption/metadata file(s) from {source} into {path / 'images'}")
+        for line in skipped_summary(skipped):
+            print(f"  {line}")
         concepts, loose = kohya_concepts(source)
         if concepts:
             shown = ", ".join(f"{c['name']} x{c['repeats']}" for c in concepts)
