@@ -45,7 +45,9 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
         description="Fine-tune Stable Diffusion from a terminal. With no command, opens the TUI on PROJECTS_DIR.",
     )
     parser.add_argument("--version", action="version", version=f"tunelab {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    # prog="tunelab": argparse would otherwise build each command's prog from the custom usage above, and
+    # `tunelab run --help` (and every argument error) began with both lines of the TUI's usage.
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", prog="tunelab")
     wanted = argv[0] if argv and argv[0] in COMMANDS else None
     for name, module in COMMANDS.items():
         p = sub.add_parser(name, help=HELPS[name], description=HELPS[name])
