@@ -438,6 +438,27 @@ async def test_a_latin1_caption_is_edited_as_its_letters_and_saved_as_utf8_not_a
 
 
 @sync
+async def test_saving_a_latin1_caption_clears_its_not_utf8_flag_at_once_and_a_latin1_write_sets_it(project):
+    path = project / "images/cat_01.txt"
+    path.write_bytes("chat au café".encode("latin-1"))
+    app = app_for(project)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_dataset(pilot, app)
+        editor = await select(pilot, pane, "images/cat_01.png")
+        not_utf8 = lambda: [f for f in pane.table.current.flags if f.startswith("caption not UTF-8")]  # noqa: E731
+        assert not_utf8() and "not UTF-8" in str(pane.query_one("#preview-facts").render())
+        await pilot.press("e", "end", *", roux", "ctrl+s")
+        await wait_for(pilot, lambda: not editor.dirty)
+        assert not not_utf8()  # the row and the details, without waiting for a rescan
+        assert "not UTF-8" not in str(pane.query_one("#preview-facts").render())
+        pane.files_changed({path})  # as the watcher reports our own write: still UTF-8
+        assert not not_utf8()
+        path.write_bytes("chat au café, très".encode("latin-1"))  # another program writes Latin-1
+        pane.files_changed({path})
+        assert not_utf8() and pane.table.current.caption == "chat au café, très"
+
+
+@sync
 async def test_when_the_edited_image_leaves_the_filtered_list_the_list_keeps_the_keys(project):
     app = app_for(project)
     async with app.run_test(size=(120, 40)) as pilot:

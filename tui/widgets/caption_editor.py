@@ -38,7 +38,7 @@ from textual.containers import Vertical
 from textual.message import Message
 from textual.widgets import Static, TextArea
 
-from engine.captions import decode_caption, estimate_tokens, with_trigger, write_caption
+from engine.captions import CaptionText, decode_caption, estimate_tokens, with_trigger, write_caption
 from engine.project import Item
 from tui import actions
 
@@ -125,8 +125,14 @@ def normalise(text: str) -> str:
 
 def read_disk(path: Path) -> str | None:
     """The caption on disk, normalised; None when there is no file."""
+    read = read_disk_caption(path)
+    return read.text if read is not None else None
+
+
+def read_disk_caption(path: Path) -> CaptionText | None:
+    """The caption on disk with what reading it forgave (its encoding); None when there is no file."""
     try:
-        return decode_caption(path.read_bytes()).text
+        return decode_caption(path.read_bytes())
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
         return None
 

@@ -17,12 +17,12 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Input, Static, TextArea
 
-from engine.captions import CaptionError, UndoConflict, estimate_tokens, undo_last, with_trigger
+from engine.captions import FLAG_NOT_UTF8, CaptionError, UndoConflict, estimate_tokens, undo_last, with_trigger
 from engine.project import FLAG_NO_CAPTION, FLAG_TOO_LONG, IMAGE_EXTS, Dataset, Item, scan_project
 from engine.schema import ConfigError
 from tui import actions
 from tui.screens.error import ReportsWorkerErrors
-from tui.widgets.caption_editor import CaptionEditor, CaptionOrigin, origin_of, read_disk
+from tui.widgets.caption_editor import CaptionEditor, CaptionOrigin, origin_of, read_disk_caption
 from tui.widgets.dataset_table import DatasetTable, short_flags
 from tui.widgets.image_preview import ImagePreview
 
@@ -272,12 +272,16 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
             if typing:
                 self.screen.set_focus(self.table)
             return
+        self._show_preview(item)
+        self.editor.load(item, self._origins.get(item.concept, CaptionOrigin()))
+
+    def _show_preview(self, item: Item) -> None:
+        """The image and its facts line (again for the same image only updates the line)."""
         size = f"{item.width}x{item.height}" if item.width else "size unknown"
         facts = f"{item.rel} · {size} · {item.concept}"
         if item.flags:
             facts += " · " + "; ".join(item.flags)
         self.query_one(ImagePreview).show(item.path, facts)
-        self.editor.load(item, self._origins.get(item.concept, CaptionOrigin()))
 
     @on(DatasetTable.Selected)
     def _selected(self, event: DatasetTable.Selected) -> None:
@@ -287,16 +291,18 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
     @on(CaptionEditor.Saved)
     def _saved(self, event: CaptionEditor.Saved) -> None:
         event.stop()
-        self._recaption(event.item, event.text)
+        self._recaption(event.item, event.text)  # written as UTF-8: no "not UTF-8" flag any more
 
-    def _recaption(self, item: Item, text: str | None) -> None:
-        """Update an item after its sidecar changed (the list shows what training will read)."""
+    def _recaption(self, item: Item, text: str | None, read_flags: tuple[str, ...] = ()) -> None:
+        """Update an item after its sidecar changed (the list shows what training will read).
+        `read_flags`: what reading the new file forgave (`decode_caption`), e.g. that it is not UTF-8."""
         origin = self._origins.get(item.concept, CaptionOrigin())
         if not origin.editable:
             return  # training reads no sidecar for this concept: the list keeps what it does read
         trigger = origin.trigger
         keep = [f for f in item.flags if f != FLAG_NO_CAPTION and f != "empty caption"
-                and not f.startswith(FLAG_TOO_LONG)]
+                and not f.startswith((FLAG_TOO_LONG, FLAG_NOT_UTF8))]
+        keep += [f for f in read_flags if f.startswith(FLAG_NOT_UTF8)]
         if text is None:
             item.caption = None
             keep.append(FLAG_NO_CAPTION)
@@ -312,6 +318,8 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         item.flags = [f for f in keep if not f.startswith(off)] if off else keep
         self._haystack[item.path] = self._hay(item)
         self.table.refresh_items()
+        if self.table.current is item:
+            self._show_preview(item)
 
     @on(CaptionEditor.Navigate)
     def _navigate(self, event: CaptionEditor.Navigate) -> None:
@@ -337,7 +345,8 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
                 item = self._by_caption.get(p)
                 if item is not None:
                     try:
-                        self._recaption(item, read_disk(p))
+                        read = read_disk_caption(p)
+                        self._recaption(item, read.text if read else None, read.flags if read else ())
                     except OSError:
                         pass  # unreadable right now; the editor reports it when it matters
                 if current is not None and p == current:
