@@ -48,6 +48,7 @@ SCOPES: dict[str, str] = {
     "monitor": "Run monitor",
     "log": "Log view",
     "compare": "Compare (contact sheet)",
+    "grid": "Contact sheet cells",
     "zoom": "Zoomed sample",
     "help": "This help",
 }
@@ -138,7 +139,8 @@ ACTIONS += (
     Action("runs.stop", "s", "stop", "Stop", "runs",
            help="Stop the selected run gracefully (it saves a checkpoint first)"),
     Action("runs.force_stop", "K", "force_stop", "Force stop", "runs",
-           help="Kill the selected run without a final checkpoint (asks first); settles a lost run"),
+           help="Force stop, after asking: SIGTERM to its processes now (the trainer saves a checkpoint, "
+                "without samples, if it can), SIGKILL 5 s later; settles a lost run"),
     Action("runs.resume", "r", "resume", "Resume", "runs",
            help="Resume the selected run from its newest complete checkpoint (a finished or budget-stopped "
                 "run asks for more epochs or hours first)"),
@@ -167,6 +169,16 @@ ACTIONS += (
            help="Log view, long lines cut: scroll half a screen left"),
     Action("log.half_right", "shift+right", "scroll_half(1)", "Half screen right", "log", show=False,
            help="Log view, long lines cut: scroll half a screen right"),
+    # ScrollView's own keys (↑/↓ and pages move by screen rows when wrapped: LogView.scroll_up & co.)
+    Action("log.up", "up", "scroll_up", "Up", "log", builtin=True, help="Log view: a row up (stops following)"),
+    Action("log.down", "down", "scroll_down", "Down", "log", builtin=True, help="Log view: a row down"),
+    Action("log.pageup", "pageup", "page_up", "Page up", "log", builtin=True, help="Log view: a screen up"),
+    Action("log.pagedown", "pagedown", "page_down", "Page down", "log", builtin=True,
+           help="Log view: a screen down"),
+    Action("log.page_left", "ctrl+pageup", "page_left", "Screen left", "log", builtin=True,
+           help="Log view, long lines cut: scroll a screen left"),
+    Action("log.page_right", "ctrl+pagedown", "page_right", "Screen right", "log", builtin=True,
+           help="Log view, long lines cut: scroll a screen right"),
     Action("log.top", "home,g", "scroll_home", "Top", "log", show=False,
            help="Log view: go to the first line (indexes the whole file)"),
     Action("log.end", "end,G", "scroll_end", "End", "log", show=False,
@@ -184,6 +196,14 @@ ACTIONS += (
            help="Next page of prompts"),
     Action("compare.pageup", "pageup", "page(-1)", "Previous page", "compare", show=False,
            help="Previous page of prompts"),
+    # moving in the contact sheet (tui/widgets/contact_grid.py)
+    Action("grid.up", "up", "move(-1, 0)", "Up", "grid", show=False, help="The prompt above"),
+    Action("grid.down", "down", "move(1, 0)", "Down", "grid", show=False, help="The prompt below"),
+    Action("grid.left", "left", "move(0, -1)", "Left", "grid", show=False, help="The previous checkpoint"),
+    Action("grid.right", "right", "move(0, 1)", "Right", "grid", show=False, help="The next checkpoint"),
+    Action("grid.first", "home", "jump(0)", "First column", "grid", show=False,
+           help="The first checkpoint (epoch 0, the base)"),
+    Action("grid.last", "end", "jump(-1)", "Last column", "grid", show=False, help="The last checkpoint"),
     Action("zoom.close", "escape,enter,q", "close", "Close", "zoom", help="Back to the contact sheet"),
     Action("zoom.prev", "left", "move(-1)", "Previous checkpoint", "zoom",
            help="The same prompt and seed at the previous checkpoint"),
@@ -250,7 +270,7 @@ class ActionsProvider(Provider):
         keymap = getattr(self.app, "_keymap", {}) or {}
         out = []
         for a in ACTIONS:
-            if a.builtin or a.scope in ("list", "help"):
+            if a.builtin or a.scope in ("list", "grid", "help"):
                 continue
             for node in owners(self.screen, a.scope)[:1]:
                 name = a.action.split("(", 1)[0]

@@ -13,7 +13,8 @@ from tui import actions
 
 def help_table(keymap: dict[str, str] | None = None) -> Table:
     table = Table(box=None, show_header=False, expand=True, padding=(0, 2, 0, 0))
-    table.add_column("keys", style="bold", no_wrap=True, width=22)
+    # wraps, so a section title longer than the column ("Compare (contact sheet)") is not cut to "…shee…"
+    table.add_column("keys", style="bold", width=22, overflow="fold")
     table.add_column("what", ratio=1)
     table.add_column("id", style="dim", no_wrap=True)  # what the settings file's [keys] table names
     for scope, title in actions.SCOPES.items():

@@ -31,7 +31,6 @@ from rich.style import Style
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.reactive import reactive
@@ -40,6 +39,7 @@ from textual.widget import Widget
 from textual.widgets import Static
 
 from engine.contact_sheet import Sheet
+from tui.actions import bindings
 
 CELL_W = 16  # terminal columns of the smallest cell (and of every kitty/sixel cell)
 PHASE_STYLES = {"textual_inversion": "bold magenta", "lora": "bold cyan"}
@@ -212,14 +212,8 @@ class ContactGrid(Widget, can_focus=True):
     ContactGrid .empty {{ padding: 1 2; color: $text-muted; }}
     """
 
-    BINDINGS = [
-        Binding("up", "move(-1, 0)", "Up", show=False),
-        Binding("down", "move(1, 0)", "Down", show=False),
-        Binding("left", "move(0, -1)", "Left", show=False),
-        Binding("right", "move(0, 1)", "Right", show=False),
-        Binding("home", "jump(0)", "First column", show=False),
-        Binding("end", "jump(-1)", "Last column", show=False),
-    ]
+    ACTION_SCOPE = "grid"
+    BINDINGS = bindings("grid")  # from tui.actions, so F1 lists them and [keys] rebinds them
 
     cursor: reactive[tuple[int, int]] = reactive((0, 0), init=False)
 
