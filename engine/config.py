@@ -124,8 +124,8 @@ class TextualInversionConfig:
 
 @dataclass
 class PivotalConfig:
-    ti_fraction: float = opt(0.5, help="Share of steps that train the embedding before the switch to LoRA.",
-                             gt=0, max=1)
+    ti_fraction: float = opt(0.5, help="Share of steps that train the embedding before the switch to LoRA; "
+                             "method `pivotal` refuses 1 (the LoRA would never train).", gt=0, max=1)
     embedding_learning_rate: float = opt(5e-3, help="Learning rate of the embedding (the LoRA trains at "
                                          "train.learning_rate).", gt=0, max=1)
     train_embeddings_after_switch: bool = opt(False, help="Keep training the embedding after the switch "

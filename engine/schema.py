@@ -451,7 +451,7 @@ def type_name(tp: Any) -> str:
     if origin is dict:
         return f"table of {type_name(get_args(tp)[1])}"
     if dataclasses.is_dataclass(tp):
-        return "table"
+        return "string or table" if hasattr(tp, "from_string") else "table"  # a bare string is its short form
     return {bool: "bool", int: "int", float: "float", str: "string"}.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -468,7 +468,10 @@ def default_repr(f: dataclasses.Field) -> str:
         return ""
     if value is None:
         return "(unset)"
-    return tomli_w.dumps({"x": to_dict(value)}).split("=", 1)[1].strip()
+    value = to_dict(value)
+    if isinstance(value, list):  # inline: tomli_w puts one item a line, which breaks the Markdown table row
+        return "[" + ", ".join(tomli_w.dumps({"x": v}).split("=", 1)[1].strip() for v in value) + "]"
+    return tomli_w.dumps({"x": value}).split("=", 1)[1].strip()
 
 
 def render_reference(cls: type, title: str, intro: str) -> str:
