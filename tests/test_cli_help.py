@@ -1,4 +1,4 @@
-"""What a newcomer reads first: `tunelab --help`, each command's `--help` and its argument errors."""
+"""What a newcomer reads on the command line: `tunelab --help`, each command's `--help`, its errors, `--wait` lines."""
 from __future__ import annotations
 
 import pytest
@@ -23,3 +23,12 @@ def test_an_argument_error_names_the_command_not_the_tui_usage(capsys):
     err = capsys.readouterr().err
     assert "tunelab run: error: the following arguments are required: project, config" in err
     assert "[--images MODE]" not in err
+
+
+def test_run_wait_names_the_first_step_of_a_pivotal_phase_as_train_log_does():
+    from tui.commands.run import describe_event
+
+    # 24 steps, ti_fraction 0.5: the embedding trains steps 1-12, the LoRA from step 13
+    assert describe_event({"kind": "phase", "phase": "textual_inversion", "step": 0, "until_step": 12}) == \
+        "phase textual_inversion from step 1"
+    assert describe_event({"kind": "phase", "phase": "lora", "step": 12}) == "phase lora from step 13"

@@ -104,7 +104,11 @@ def describe_event(ev: dict[str, Any]) -> str | None:
     if kind == "prior":  # DreamBooth class images, drawn (or reused) before training starts
         return f"class images {ev.get('done')}/{ev.get('total')} ({ev.get('reused', 0)} reused)"
     if kind == "phase":  # pivotal tuning: textual inversion, then LoRA
-        return f"phase {ev.get('phase')} from step {ev.get('step')}"
+        # the event's step is the steps done before the phase; steps count from 1, as train.log says
+        # ("switching to LoRA at step 13", "textual inversion for steps 1-12")
+        step = ev.get("step")
+        first = step + 1 if isinstance(step, int) else step
+        return f"phase {ev.get('phase')} from step {first}"
     if kind == "warning":
         return f"warning: {ev.get('message', '')}"
     if kind == "error":
