@@ -32,3 +32,21 @@ def test_run_wait_names_the_first_step_of_a_pivotal_phase_as_train_log_does():
     assert describe_event({"kind": "phase", "phase": "textual_inversion", "step": 0, "until_step": 12}) == \
         "phase textual_inversion from step 1"
     assert describe_event({"kind": "phase", "phase": "lora", "step": 12}) == "phase lora from step 13"
+
+
+def test_grid_of_a_run_without_samples_says_why_and_writes_nothing(tmp_path, capsys):
+    from engine.rundir import RunDir
+
+    run = RunDir(tmp_path / "projects" / "p" / "runs" / "20260101-000000-lora")
+    run.samples_dir.mkdir(parents=True)
+    (run.path / "config.toml").write_text('method = "lora"\n[sample]\nprompts = []\n')
+    out = tmp_path / "sheet.png"
+    assert cli.main(["grid", str(run.path), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "has no sample images: its config has no sample.prompts and the project had no goals" in err
+    assert "tunelab resume 20260101-000000-lora --set 'sample.prompts=[" in err
+    assert not out.exists()  # was: an empty sheet, 'seed None', exit 0
+
+    (run.path / "config.toml").write_text('method = "lora"\n[sample]\nprompts = ["a red circle"]\n')
+    assert cli.main(["grid", str(run.path), "-o", str(out)]) == 1
+    assert "none rendered yet" in capsys.readouterr().err and not out.exists()

@@ -1,7 +1,8 @@
 """`tunelab grid RUN [-o sheet.png] [--seed N|all]`: write a run's contact sheet (prompts × checkpoints) as a PNG.
 
 RUN is a run directory, or a run id looked up under ./projects/*/runs/. The picture is the one the TUI's
-Compare tab exports (`engine.contact_sheet`).
+Compare tab exports (`engine.contact_sheet`). A run with no sample images yet writes nothing and exits 1,
+saying why (no prompts at launch, or none rendered yet).
 """
 from __future__ import annotations
 
@@ -56,7 +57,12 @@ def run(args: argparse.Namespace) -> int:
     if args.cell < 16:
         print(f"tunelab grid: --cell {args.cell}: must be >= 16", file=sys.stderr)
         return 2
-    seeds = load_sheet(run_path).seeds
+    first = load_sheet(run_path)
+    if not first.columns:  # an empty PNG and exit 0 told nothing; say why there is nothing to show
+        print(f"tunelab grid: {run_path} has no sample images: {_why_no_samples(run_path)}; nothing written",
+              file=sys.stderr)
+        return 1
+    seeds = first.seeds
     if args.seed == "all":
         base = Path(args.output) if args.output else run_path / "contact-sheet.png"
         jobs = [(seed, base.with_name(f"{base.stem}-s{seed}{base.suffix or '.png'}")) for seed in seeds] \
@@ -81,3 +87,18 @@ def run(args: argparse.Namespace) -> int:
         if sheet.later_cells():  # marked on the sheet too: a corner mark and this line as its legend
             print(f"  {later_legend(sheet.later_cells())}", file=sys.stderr)
     return 0
+
+
+def _why_no_samples(run_path: Path) -> str:
+    """The likely reason, from the run's config.toml (the prompts it was launched with are frozen there)."""
+    import tomllib
+
+    try:
+        sample = tomllib.loads((run_path / "config.toml").read_text(encoding="utf-8")).get("sample", {})
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return "no sample folder yet"
+    if not sample.get("prompts"):
+        return ("its config has no sample.prompts and the project had no goals when it was launched; add "
+                f"prompts with `tunelab resume {run_path.name} --set 'sample.prompts=[\"...\"]'` (rendered for "
+                "every checkpoint it kept), or goals in project.toml for the next run")
+    return "none rendered yet (samples are drawn at each save, and before training with sample.at_start)"
