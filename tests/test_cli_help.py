@@ -50,3 +50,15 @@ def test_grid_of_a_run_without_samples_says_why_and_writes_nothing(tmp_path, cap
     (run.path / "config.toml").write_text('method = "lora"\n[sample]\nprompts = ["a red circle"]\n')
     assert cli.main(["grid", str(run.path), "-o", str(out)]) == 1
     assert "none rendered yet" in capsys.readouterr().err and not out.exists()
+
+
+def test_caption_auto_with_a_model_path_that_does_not_exist_says_so(tmp_path, capsys):
+    from tests.projectkit import write_image
+
+    write_image(tmp_path / "p" / "images" / "a.png")  # no caption: auto has work to do
+    missing = tmp_path / "models" / "blip-base"
+    assert cli.main(["caption", str(tmp_path / "p"), "auto", "--model", str(missing)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot load BLIP from --model {missing}: no such folder" in err
+    assert "Repo id must be in the form" not in err and "as a hub id" not in err
+    assert not (tmp_path / "p" / "images" / "a.txt").exists()

@@ -155,6 +155,14 @@ def _auto_plan(args, targets, mode, project_dir: Path):
     if not todo:
         return C.Plan("auto", root=project_dir,
                       skipped=[(t.rel, "already captioned; --overwrite replaces") for t in targets])
+    missing = _missing_folder(str(args.model))
+    if missing:  # say so before loading torch, not "cannot load … as a hub id: Repo id must be in the form …"
+        print(f"tunelab caption auto: cannot load BLIP from --model {args.model}: no such folder ({missing} does "
+              "not exist)\n  Pass --model with a local BLIP folder or a hub id (NAME or OWNER/NAME) in the local "
+              "Hugging Face cache; download it where there is network "
+              "(`huggingface-cli download Salesforce/blip-image-captioning-base`) and copy the cache over.",
+              file=sys.stderr)
+        return None
     from engine.autocaption import AutoCaptionError, BlipCaptioner
 
     try:
@@ -170,3 +178,10 @@ def _auto_plan(args, targets, mode, project_dir: Path):
     return C.plan_generated(targets, lambda batch: cap([t.image for t in batch]), mode,
                             operation=f"auto ({args.model})", root=project_dir, batch_size=args.batch_size,
                             progress=progress)
+
+
+def _missing_folder(model: str) -> Path | None:
+    """The folder `model` names when it can only be a path (not NAME or OWNER/NAME) and it is not there."""
+    looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
+    path = Path(model).expanduser()
+    return path if looks_like_path and not path.exists() else None
