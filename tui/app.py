@@ -102,6 +102,13 @@ class TunelabApp(App[None]):
         if not isinstance(self.screen, HelpScreen):
             self.push_screen(HelpScreen())
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "show_help":  # not offered (footer, palette) on the help screen itself
+            from tui.screens.help import HelpScreen
+
+            return not isinstance(self.screen, HelpScreen)
+        return True
+
 
 def make_app(projects_dir: str | os.PathLike, *, images: str = "auto", watch: bool = True,
              animations: bool = True, settings: dict[str, Any] | None = None) -> TunelabApp:

@@ -6,9 +6,10 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from tui import actions
+from tui.widgets.key_footer import KeyFooter
 
 
 def help_table(keymap: dict[str, str] | None = None) -> Table:
@@ -50,7 +51,7 @@ class HelpScreen(Screen[None]):
         with VerticalScroll():
             yield Static(INTRO, id="help-intro", markup=False)
             yield Static(help_table(getattr(self.app, "_keymap", None)), id="help-table")
-        yield Footer()
+        yield KeyFooter()
 
     def action_close(self) -> None:
         self.dismiss(None)

@@ -16,7 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 from textual.worker import get_current_worker
 
 from engine.project import load_project_file, scan_project
@@ -24,6 +24,7 @@ from engine.rundir import STATES, list_runs
 from engine.schema import ConfigError
 from tui import actions
 from tui.screens.error import ReportsWorkerErrors
+from tui.widgets.key_footer import KeyFooter
 
 COLUMNS = ("project", "images", "captioned", "runs", "last activity", "notes")
 WIDTHS = (18, 7, 9, 24, 20, 40)  # fixed: rows fill in after the first paint, and DataTable does not re-widen
@@ -136,7 +137,7 @@ class HomeScreen(ReportsWorkerErrors, Screen[None]):
             table.add_column(label, width=width)
         yield table
         yield Static("", id="home-empty", markup=False)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#home-empty").display = False

@@ -18,12 +18,13 @@ from textual.geometry import Size
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.rundir import ALIVE_STATES, RunDir, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress, fmt_stop_reason
 from tui.actions import bindings
 from tui.widgets.gpu_panel import GpuPanel
+from tui.widgets.key_footer import KeyFooter
 from tui.widgets.log_view import LogView
 from tui.widgets.loss_plot import LossPlot, TrainingHistory
 from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, state_cell
@@ -173,7 +174,7 @@ class MonitorScreen(Screen):
             with Vertical(id="monitor-side"):
                 yield LossPlot(self.history, id="monitor-plot")
                 yield GpuPanel(id="monitor-gpu")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one(LogView).focus()

@@ -11,7 +11,7 @@ from pathlib import Path
 from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
-from textual.widgets import Footer, Static, TabbedContent, TabPane
+from textual.widgets import Static, TabbedContent, TabPane
 
 from engine.project import load_project_file
 from engine.schema import ConfigError
@@ -20,6 +20,7 @@ from tui.watch import FilesChanged, ProjectWatcher
 from tui.widgets.compare_pane import ComparePane
 from tui.widgets.configs_pane import ConfigsPane
 from tui.widgets.dataset_pane import DatasetPane
+from tui.widgets.key_footer import KeyFooter
 from tui.widgets.runs_pane import RunsPane
 
 TABS = ("dataset", "configs", "runs", "compare")
@@ -62,7 +63,7 @@ class ProjectScreen(Screen[None]):
                 yield RunsPane(self.project_dir)
             with TabPane("Compare", id="compare"):
                 yield ComparePane(self.project_dir)
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         if getattr(self.app, "watch_files", False):

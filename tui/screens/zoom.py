@@ -16,11 +16,12 @@ from textual.containers import Center
 from textual.message import Message
 from textual.screen import Screen
 from textual.widget import Widget
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from engine.contact_sheet import CellRender, Sheet, column_label, differs_text
 from tui.actions import bindings
 from tui.widgets.contact_grid import LATER_MARK
+from tui.widgets.key_footer import KeyFooter
 
 
 def cell_facts(sheet: Sheet, row: int, col: int) -> Text:
@@ -116,7 +117,7 @@ class ZoomScreen(Screen):
                 yield self._image_widget
             yield Static("", id="zoom-missing")
         yield Static("", id="zoom-facts")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self._show()
