@@ -117,3 +117,15 @@ def test_ci_runs_exactly_the_readme_test_command():
     assert "./dev test" in readme.split("## ", 1)[0]  # in the opening, before the first section
     assert [ln for ln in ci.splitlines() if ln and not ln.startswith(("#", "set ", "cd "))] == ["./dev test"]
     assert os.access(REPO / "dev", os.X_OK) and os.access(REPO / ".ci" / "run", os.X_OK)
+
+
+def test_a_first_set_up_says_what_it_installs_and_a_second_says_nothing(checkout):
+    rc, _, err = setup(checkout)
+    assert rc == 0, err
+    lines = err.splitlines()  # pip runs -q: without these a first ./dev tui sat silent for minutes
+    assert lines[0] == "./dev: creating the virtual environment .venv"
+    assert lines[1].startswith("./dev: installing torch 2.13.0 (CPU build")
+    assert lines[2].startswith("./dev: installing tunelab and its dependencies")
+    assert lines[3].startswith("./dev: set up in ")
+    rc, _, err = setup(checkout)
+    assert rc == 0 and err == ""
