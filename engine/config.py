@@ -90,7 +90,9 @@ class LoraConfig:
     alpha: float = opt(16.0, help="LoRA alpha (scale = alpha / rank).", gt=0)
     dropout: float = opt(0.0, help="LoRA dropout.", min=0, max=1)
     target_modules: list[str] = opt(["to_q", "to_k", "to_v", "to_out.0"],
-                                    help="UNet module names to adapt (attention projections by default).")
+                                    help="UNet module names to adapt (attention projections by default): the end of a "
+                                    "module's full name, as peft matches it (`to_q`, `attn2.to_k`); `tunelab check` "
+                                    "refuses names that match no Linear or Conv2d layer and lists the accepted ones.")
     train_text_encoder: bool = opt(False, help="Also train a LoRA on the text encoder's attention.")
     text_encoder_rank: int = opt(8, help="Rank of the text-encoder LoRA.", min=1, max=1024)
 

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from engine import atomic
 from engine.rundir import ALIVE_STATES, RunDir, new_run_id
@@ -415,8 +415,9 @@ def freeze_goal_prompts(cfg, goals: dict[str, list[str]]) -> bool:
 
 
 def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
-               overrides: Iterable[str] = ()) -> RunDir:
+               overrides: Iterable[str] = (), on_warning: Callable[[Any], None] | None = None) -> RunDir:
     """Validate the config (with overrides) and create `runs/<run-id>/` with the frozen config.
+    `on_warning` gets each `prelaunch_warnings` problem (what launches but looks like a mistake).
 
     Raises `engine.schema.ConfigError` (printable problems, in the config or in project.toml) or
     `LaunchError`, before creating anything.
@@ -439,6 +440,8 @@ def create_run(project_dir: str | os.PathLike, config_path: str | os.PathLike,
         from engine.schema import ConfigError
 
         raise ConfigError(problems)
+    for warning in prelaunch_warnings(cfg, _display_path(path), source, overrides) if on_warning else ():
+        on_warning(warning)
     from_goals = freeze_goal_prompts(cfg, project.goals.as_dict())
     frozen = dump_config(cfg)
 
@@ -477,7 +480,8 @@ def prelaunch_check(cfg: Any, project_dir: str | os.PathLike, path: str | os.Pat
     """Every reason `tunelab run` refuses a config that passed the schema, as `engine.schema.Problem`s
     naming the config file and the key's line (0: given with --set): a `model.base`/`model.config` that
     names nothing loadable, a textual-inversion placeholder or initializer that does not fit the base's
-    tokenizer (checked only once the base resolves), a `launch.accelerate_config` that is not a file.
+    tokenizer (checked only once the base resolves), a `launch.accelerate_config` that is not a file,
+    `lora.target_modules` that can adapt no layer of the UNet (or name a block or norm peft cannot wrap).
 
     The one check shared by `create_run`, `tunelab check` and the TUI's Configs tab, so all three agree.
     Light (file system and `tokenizers` only); reading a tokenizer takes a moment, so UIs call it in a worker.
@@ -489,7 +493,28 @@ def prelaunch_check(cfg: Any, project_dir: str | os.PathLike, path: str | os.Pat
     if not problems:
         problems += located_problems(cfg, project_dir, path, source, overrides)
     problems += accelerate_config_problems(cfg, project_dir, path, source, overrides)
+    problems += lora_target_problems(cfg, path, source, overrides)[0]
     return problems
+
+
+def prelaunch_warnings(cfg: Any, path: str | os.PathLike, source: str, overrides: Iterable[str] = ()) -> list[Any]:
+    """What launches but is likely a mistake, as `Problem`s to print as warnings (`tunelab check`, `tunelab run`):
+    for now a `lora.target_modules` name that matches nothing while the others do (peft ignores it)."""
+    return lora_target_problems(cfg, path, source, overrides)[1]
+
+
+def lora_target_problems(cfg: Any, path: str | os.PathLike, source: str,
+                         overrides: Iterable[str]) -> tuple[list[Any], list[Any]]:
+    """(errors, warnings) for `lora.target_modules` of a method that trains LoRA (`engine.loratargets`): names
+    that can match no layer of an SD 1.x/2.x UNet fail ~8 s into the run, after the base has loaded."""
+    from engine.loratargets import KEY, target_problems, uses_lora
+    from engine.schema import Problem, key_line
+
+    if not uses_lora(cfg):
+        return [], []
+    line = key_line(source, KEY, overrides)
+    errors, warnings = target_problems(list(cfg.lora.target_modules))
+    return ([Problem(str(path), line, KEY, m) for m in errors], [Problem(str(path), line, KEY, m) for m in warnings])
 
 
 def base_model_problems(cfg: Any, project_dir: Path, path: str | os.PathLike, source: str,

@@ -156,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
             kind = f.split(" (", 1)[0]
             warnings[kind].append(f"{i.rel}: {f}")
     method_warnings = use.warnings if use else []
+    if cfg is not None:  # what `tunelab run` launches but warns about: the same function
+        from engine.launch import prelaunch_warnings
+
+        method_warnings = method_warnings + [str(p) for p in prelaunch_warnings(
+            cfg, cpath, cpath.read_text(encoding="utf-8"), args.overrides)]
     if warnings or method_warnings:
         print("\nwarnings:", file=out)
         for w in method_warnings:

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         project = find_project(args.project)
-        run_dir = launch.create_run(project, args.config, args.overrides)
+        run_dir = launch.create_run(project, args.config, args.overrides,
+                                    on_warning=lambda w: print(f"warning: {w}", file=sys.stderr))
     except ConfigError as e:
         for problem in e.problems:
             print(f"error: {problem}", file=sys.stderr)
