@@ -34,6 +34,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from engine.atomic import current_umask
+
 # Bump when the drawing code changes in a way the spec hash cannot see.
 DEMO_VERSION = "1"
 SEED = 1234
@@ -173,6 +175,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; the images were unreadable to others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

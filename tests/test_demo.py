@@ -158,3 +158,13 @@ def test_demo_configs_load_and_train_the_tiny_model_at_64px(name, method):
     assert cfg.save.epochs[-1] <= cfg.train.epochs
     assert 2 <= len(cfg.sample.seeds) <= 4
     assert not cfg.check()
+
+
+def test_generated_files_get_the_mode_a_plain_write_would(tmp_path):
+    old = os.umask(0o022)
+    try:
+        images, _ = demo.ensure_demo(tmp_path)
+    finally:
+        os.umask(old)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in images.iterdir()}
+    assert set(modes.values()) == {0o644}, modes  # was 0600 (mkstemp's), unlike every other tunelab write
