@@ -184,6 +184,26 @@ def test_launch_shows_the_check_errors_in_a_modal_and_launches_nothing(tmp_path)
     body()
 
 
+def test_the_config_picker_says_its_keys_and_escape_launches_nothing(tmp_path):
+    project = make_project(tmp_path)
+
+    @sync
+    async def body():
+        app = PaneApp(project)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            app.query_one(DataTable).focus()
+            await pilot.press("n")
+            await until(pilot, lambda: isinstance(app.screen, ConfigPicker), what="the config picker")
+            hint = app.screen.query_one("#picker-keys")
+            assert str(hint.render()) == "↑ / ↓ choose · enter launch · esc cancel"
+            assert hint.region.width and app.screen.query_one(OptionList).region.bottom <= hint.region.y
+            await pilot.press("escape")
+            await until(pilot, lambda: not isinstance(app.screen, ConfigPicker), what="closed")
+            assert not (project / "runs").exists() or not any((project / "runs").iterdir())
+    body()
+
+
 def test_live_progress_stop_resume_and_a_second_tui_sees_the_same(tmp_path, fake_env, monkeypatch):
     monkeypatch.setenv("TUNELAB_FAKE_STEP_S", "0.15")
     monkeypatch.setenv("TUNELAB_FAKE_STEPS_PER_EPOCH", "4")

@@ -32,7 +32,7 @@ from textual.widgets import Button, DataTable, Label, OptionList, Static
 
 from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
-from tui.actions import bindings
+from tui.actions import bindings, effective_keys, in_scope, key_display
 from tui.widgets.loss_plot import SMOOTHING, Ema
 from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, escalation_tag, state_cell
 
@@ -287,6 +287,11 @@ class ProblemsModal(ModalScreen[None]):
         self.dismiss(None)
 
 
+def picker_keys(keymap: dict[str, str] | None = None) -> str:
+    """The picker's keys as one line (a modal has no footer): `↑ / ↓ choose · enter launch · esc cancel`."""
+    return " · ".join(f"{key_display(effective_keys(a, keymap))} {a.description.lower()}" for a in in_scope("picker"))
+
+
 class ConfigPicker(ModalScreen[str | None]):
     """Pick a run config from the project's `configs/`."""
 
@@ -294,8 +299,10 @@ class ConfigPicker(ModalScreen[str | None]):
     ConfigPicker { align: center middle; }
     ConfigPicker > Vertical { width: 60; height: auto; max-height: 80%; border: thick $primary; background: $surface; padding: 0 1; }
     ConfigPicker OptionList { height: auto; max-height: 20; }
+    ConfigPicker #picker-keys { color: $text-muted; }
     """
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    ACTION_SCOPE = "picker"
+    BINDINGS = bindings("picker")
 
     def __init__(self, names: list[str], about: dict[str, str] | None = None) -> None:
         super().__init__()
@@ -312,6 +319,7 @@ class ConfigPicker(ModalScreen[str | None]):
                     text.append(f"  {self.about[name]}", style="dim")
                 options.append(text)
             yield OptionList(*options, id="configs")
+            yield Static(picker_keys(getattr(self.app, "_keymap", None)), id="picker-keys", markup=False)
 
     @on(OptionList.OptionSelected)
     def _chosen(self, event: OptionList.OptionSelected) -> None:
