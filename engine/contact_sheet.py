@@ -72,6 +72,10 @@ class SheetColumn:
         return PHASE_TAGS.get(self.phase, self.phase)
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def column_label(epoch: int, step: int) -> str:
     return "base" if epoch == 0 else f"epoch {epoch} · step {step}"
 
@@ -153,6 +157,14 @@ class Sheet:
             else:
                 out.append((p.kind, [i]))
         return out
+
+    def shape(self) -> str:
+        """`1 prompt × 2 columns (base + 1 checkpoint)`: the base column (epoch 0) is no checkpoint."""
+        base = sum(1 for c in self.columns if c.epoch == 0)  # the columns `column_label` calls "base"
+        prompts, saved = plural(len(self.rows), "prompt"), plural(len(self.columns) - base, "checkpoint")
+        if not base:  # sample.at_start = false
+            return f"{prompts} × {saved}"
+        return f"{prompts} × {plural(len(self.columns), 'column')} ({'base' if base == 1 else f'{base} base'} + {saved})"
 
     def filled(self) -> int:
         return sum(1 for r in range(len(self.rows)) for c in range(len(self.columns)) if self.cell_path(r, c))

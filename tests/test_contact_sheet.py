@@ -113,13 +113,22 @@ def test_tunelab_grid_writes_the_sheet_and_finds_a_run_by_id(tmp_path):
                                                                            "PATH": "/usr/bin:/bin"})
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "out.png"
-    assert "4 prompts × 3 checkpoints, seed 42, 12 of 12 cells filled" in res.stderr
+    assert "4 prompts × 3 columns (base + 2 checkpoints), seed 42, 12 of 12 cells filled" in res.stderr
     with Image.open(tmp_path / "out.png") as img:
         assert img.size == SheetLayout(cell=24).size(4, 3, 3)
     bad = subprocess.run([sys.executable, "-m", "tui.cli", "grid", run.run_id, "--seed", "5"],
                          cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(env_root),
                                                                            "PATH": "/usr/bin:/bin"})
     assert bad.returncode == 1 and "seed 5 has no samples; seeds with samples: 42" in bad.stderr
+
+
+def test_the_sheet_shape_counts_the_base_column_apart_from_checkpoints_in_right_plurals(tmp_path):
+    one = RunDir(tmp_path / "runs" / "20260101-000000-one")
+    make_samples(one, columns=((0, 0), (1, 10)), prompts=PROMPTS[:1])
+    assert load_sheet(one).shape() == "1 prompt × 2 columns (base + 1 checkpoint)"
+    no_base = RunDir(tmp_path / "runs" / "20260101-000000-nobase")  # sample.at_start = false
+    make_samples(no_base, columns=((1, 10),), prompts=PROMPTS[:2])
+    assert load_sheet(no_base).shape() == "2 prompts × 1 checkpoint"
 
 
 def test_tunelab_grid_seed_all_writes_one_sheet_per_seed(tmp_path):

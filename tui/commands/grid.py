@@ -1,4 +1,4 @@
-"""`tunelab grid RUN [-o sheet.png] [--seed N|all]`: write a run's contact sheet (prompts × checkpoints) as a PNG.
+"""`tunelab grid RUN [-o sheet.png] [--seed N|all]`: write a run's contact sheet (prompts × base and checkpoints) as a PNG.
 
 RUN is a run directory, or a run id looked up under ./projects/*/runs/. The picture is the one the TUI's
 Compare tab exports (`engine.contact_sheet`). A run with no sample images yet writes nothing and exits 1,
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tunelab grid: cannot write {out}: {e.strerror or e}", file=sys.stderr)
             return 1
         print(written)
-        print(f"{len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints, seed {sheet.seed}, "
+        print(f"{sheet.shape()}, seed {sheet.seed}, "
               f"{sheet.filled()} of {len(sheet.rows) * len(sheet.columns)} cells filled", file=sys.stderr)
         if sheet.later_cells():  # marked on the sheet too: a corner mark and this line as its legend
             print(f"  {later_legend(sheet.later_cells())}", file=sys.stderr)

@@ -161,7 +161,7 @@ class ComparePane(Vertical):
                 t.append(str(sheet.seed), style="bold")
                 if len(sheet.seeds) > 1 and sheet.seed in sheet.seeds:
                     t.append(f"  ({sheet.seeds.index(sheet.seed) + 1}/{len(sheet.seeds)}, s: next)", style="dim")
-                t.append(f"   {len(sheet.rows)} prompts × {len(sheet.columns)} checkpoints", style="dim")
+                t.append(f"   {sheet.shape()}", style="dim")
                 later = sheet.later_cells()
                 if later:
                     differ = sum(1 for render in later.values() if render.differs)
