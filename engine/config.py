@@ -140,7 +140,9 @@ class PivotalConfig:
 
 @dataclass
 class SaveConfig:
-    epochs: list[int] = opt([], help="Epochs to save at, e.g. [1, 2, 5, 15, 30, 45, 60, 70, 100].")
+    epochs: list[int] = opt([], help="Epochs to save at, e.g. [1, 2, 5, 15, 30, 45, 60, 70, 100]; each within "
+                            "train.epochs (a `--set train.epochs=N` below one is refused, never trimmed silently: "
+                            "the error names the `--set 'save.epochs=[…]'` to add).")
     every_n_epochs: int = opt(0, help="Also save every N epochs (0: off).", min=0)
     every_n_steps: int = opt(0, help="Also save every N optimiser steps (0: off).", min=0)
     last: bool = opt(True, help="Save at the end of training.")
@@ -256,7 +258,10 @@ class RunConfig:
                 out.append((f"sample.{side}", f"= {v}: must be a multiple of 8 (or 0: data.resolution), e.g. {v // 8 * 8 or 8}"))
         bad = [e for e in self.save.epochs if e < 1 or e > self.train.epochs]
         if bad:
-            out.append(("save.epochs", f"= {bad}: each must be between 1 and train.epochs ({self.train.epochs})"))
+            fit = [e for e in self.save.epochs if e not in bad]
+            longer = f", or raise train.epochs to {max(bad)}" if max(bad) > self.train.epochs else ""
+            out.append(("save.epochs", f"= {bad}: each must be between 1 and train.epochs ({self.train.epochs}); "
+                        f"keep those that fit, save.epochs = {fit}{longer}"))
         return out
 
 
@@ -277,10 +282,25 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     try:
         cfg = from_dict(RunConfig, data, file=str(path), lines=lines)
     except ConfigError as e:
-        raise ConfigError(problems + e.problems) from None
+        raise ConfigError(problems + [_one_go_hint(p, data, overrides) for p in e.problems]) from None
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+def _one_go_hint(problem: Problem, data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Problem:
+    """`--set train.epochs=1` against the file's `save.epochs = [1, 3]`: the save list is the user's to
+    change, so say the one command line that does both (`--set 'save.epochs=[1]'`) rather than change it."""
+    keys = {override_key(o) for o in overrides}
+    if problem.key != "save.epochs" or "train.epochs" not in keys or "save.epochs" in keys:
+        return problem
+    try:
+        epochs = data["train"]["epochs"]
+        fit = [e for e in data["save"]["epochs"] if 1 <= e <= epochs]
+    except (KeyError, TypeError):
+        return problem
+    return dataclasses.replace(problem, message=f"{problem.message} (with --set train.epochs={epochs}, add "
+                               f"--set 'save.epochs={fit}' to the same command)")
 
 
 def parse_run_config(text: str, file: str = "<config>") -> RunConfig:

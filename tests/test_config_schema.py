@@ -61,6 +61,17 @@ def test_cross_field_rules_point_at_the_key_to_fix(tmp_path):
     assert any(":5: save.epochs = [20]: each must be between 1 and train.epochs (10)" in m for m in msgs)
 
 
+def test_a_shorter_train_epochs_from_set_names_the_save_list_and_the_one_command_that_fixes_both(tmp_path):
+    text = "[train]\nepochs = 10\n[save]\nepochs = [1, 3]\n"
+    msgs = errors(tmp_path, text, ["train.epochs=1"])
+    assert msgs == [f"{tmp_path / 'lora.toml'}:4: save.epochs = [3]: each must be between 1 and train.epochs (1); keep "
+                    "those that fit, save.epochs = [1], or raise train.epochs to 3 (with --set train.epochs=1, add "
+                    "--set 'save.epochs=[1]' to the same command)"]
+    cfg = load_run_config(tmp_path / "lora.toml", ["train.epochs=1", "save.epochs=[1]"])  # the hint, followed
+    assert (cfg.train.epochs, cfg.save.epochs) == (1, [1])
+    assert "--set" not in errors(tmp_path, "[train]\nepochs = 2\n[save]\nepochs = [1, 3]\n")[0]  # no --set: none
+
+
 def test_overrides_apply_as_toml_values_and_are_validated(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text("[train]\nepochs = 3\n")
