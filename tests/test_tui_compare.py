@@ -62,6 +62,10 @@ async def test_the_grid_fills_as_sample_files_appear_and_zooms_marks_and_exports
         facts = str(app.screen.query_one("#zoom-facts").render())
         assert "sks dog on the beach" in facts and "42" in facts and "7.5" in facts and "25" in facts
         assert "epoch 2 · step 20" in facts
+        await pilot.press("home")  # the first checkpoint column, then the last, and back
+        assert "checkpoint base  (e0000-s00000000)" in str(app.screen.query_one("#zoom-facts").render())
+        await pilot.press("end")
+        assert "epoch 2 · step 20" in str(app.screen.query_one("#zoom-facts").render())
         await pilot.press("left")
         assert "epoch 1 · step 10" in str(app.screen.query_one("#zoom-facts").render())
         await pilot.press("escape")

@@ -215,6 +215,10 @@ ACTIONS += (
            help="The same prompt and seed at the previous checkpoint"),
     Action("zoom.next", "right", "move(1)", "Next checkpoint", "zoom",
            help="The same prompt and seed at the next checkpoint"),
+    Action("zoom.first", "home", "jump(0)", "First checkpoint", "zoom", show=False,
+           help="The same prompt and seed at the first checkpoint (epoch 0, the base)"),
+    Action("zoom.last", "end", "jump(-1)", "Last checkpoint", "zoom", show=False,
+           help="The same prompt and seed at the last checkpoint"),
     Action("zoom.best", "b", "mark_best", "Mark best", "zoom", help="Mark this checkpoint as the run's best"),
 )
 

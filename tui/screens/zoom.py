@@ -177,6 +177,11 @@ class ZoomScreen(Screen):
         self.col = max(0, min(len(self.sheet.columns) - 1, self.col + delta))
         self._show()
 
+    def action_jump(self, col: int) -> None:
+        """The first (0) or last (-1) checkpoint column, as home/end do in the grid."""
+        self.col = max(0, len(self.sheet.columns) - 1) if col < 0 else 0
+        self._show()
+
     def action_mark_best(self) -> None:
         if self.on_best is not None:
             self.on_best(self.col)
