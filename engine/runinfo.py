@@ -7,7 +7,8 @@ holds those for a caller that prints or plots them. `summarize(run_dir)` is the 
 
 Event fields read (extra fields are ignored, missing ones leave the summary's field None):
   start     epochs, total_steps
-  progress  step, epoch (1-based, under way), epochs, total_steps, loss, lr, img_s, eta_s (seconds)
+  progress  step, epoch (1-based, under way), epochs, total_steps, loss, lr, img_s, eta_s (seconds;
+            an alive run's ETA only from a progress event of its current attempt: t >= status started_t)
   epoch     epoch (completed), epochs, seconds (the epoch's duration)
   checkpoint (path), sample (path: samples/<column>/<file>), warning, error (message), stopped (reason)
 `stop_reason` of a stopped run: the supervisor's (status.json `stop_reason`), else the trainer's `stopped`.
@@ -185,10 +186,15 @@ class RunWatcher:
         s.lr = _float(p.get("lr"))
         s.img_s = _float(p.get("img_s", p.get("img_per_s", p.get("img/s"))))
         s.epoch_seconds = _float(e.get("seconds"))
-        if state in ALIVE_STATES and state != "stopping" and p:  # a stopping run leaves its schedule
+        # A stopping run leaves its schedule; a resumed one has no ETA until this attempt reports a rate
+        # (the last progress event before its start is the previous attempt's, whose ETA would tick on).
+        attempt_t = _float(status.get("started_t"))
+        p_t = _float(p.get("t"))
+        this_attempt = attempt_t is None or p_t is None or p_t >= attempt_t
+        if state in ALIVE_STATES and state != "stopping" and p and this_attempt:
             eta = _float(p.get("eta_s", p.get("eta")))
-            if eta is not None and isinstance(p.get("t"), (int, float)):
-                eta = max(0.0, eta - max(0.0, now - p["t"]))
+            if eta is not None and p_t is not None:
+                eta = max(0.0, eta - max(0.0, now - p_t))
             s.eta_s = eta
         s.elapsed_s = _elapsed(status, state, now, self._last_t)
         s.max_hours = _float(budget.get("max_hours")) or None

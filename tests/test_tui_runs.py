@@ -15,7 +15,8 @@ from textual.widgets import DataTable, Footer, OptionList
 from engine import launch
 from engine.rundir import RunDir, checkpoint_name
 from tests.fake_trainer import FAST_ENV, kill_run_processes, make_project, wait_state
-from tui.widgets.runs_pane import COLUMNS, ConfigPicker, ConfirmModal, ProblemsModal, RunRow, RunsPane, plan_layout
+from tui.widgets.runs_pane import (COLUMNS, ConfigPicker, ConfirmModal, ProblemsModal, RunRow, RunsPane, plan_layout,
+                                   row_cells)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -114,6 +115,37 @@ def start_fake_run(project: Path, fake_env: list[RunDir], config: str = "x") -> 
     fake_env.append(rd)
     launch.start_supervisor(rd)
     return rd
+
+
+def test_a_just_resumed_run_shows_no_eta_until_its_new_attempt_reports_a_rate(tmp_path):
+    import fcntl
+
+    from engine.runinfo import RunWatcher
+    from tui.screens.monitor import stats_items
+    from tui.widgets.loss_plot import TrainingHistory
+
+    project = make_project(tmp_path)
+    now = FIXED_NOW
+    run = write_run(project, "20260101-000000-a", state="running", done_epochs=1, started=now - 3600)
+    fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # standing in for the supervisor: running, not lost
+    try:
+        assert RunWatcher(run).refresh(now - 3600 + 45).eta_s is not None  # the first attempt's own rate
+        # attempt 2 starts now; the newest progress event is attempt 1's (eta_s 80 at t - 3560)
+        run.update_status(state="starting", started_t=now, attempt=2, resumed=True, elapsed_prior_s=1800.0)
+        watcher = RunWatcher(run)
+        summary = watcher.refresh(now + 1)
+        assert summary.eta_s is None
+        assert row_cells(RunRow(summary, None, None))["ETA"] == "-"
+        assert dict(stats_items(summary, TrainingHistory()))["ETA"] == "-"  # the monitor's strip
+        with run.events_path.open("a") as f:
+            f.write(json.dumps({"t": now + 2, "kind": "progress", "step": 5, "epoch": 2, "epochs": 3,
+                                "total_steps": 12, "loss": 0.1, "img_s": 3.0, "eta_s": 70.0}) + "\n")
+        run.update_status(state="running")
+        summary = watcher.refresh(now + 2)
+        assert summary.eta_s == 70.0 and row_cells(RunRow(summary, None, None))["ETA"] == "1m10s"
+    finally:
+        os.close(fd)
 
 
 def test_lost_is_shown_for_a_running_status_nobody_holds(tmp_path):
