@@ -2,8 +2,9 @@
 
 A spec is one of (tried in this order):
 - `tiny` or `tiny:SEED`: the tiny offline SD 1.x model, built once into the tunelab cache;
-- a path (relative paths resolve against the project folder) to a diffusers folder (it has
-  `model_index.json`) or to a single-file checkpoint `.safetensors`;
+- a path (relative paths resolve against the project folder; `--set` makes a relative path absolute
+  from the current folder first, `command_line_spec`) to a diffusers folder (it has `model_index.json`)
+  or to a single-file checkpoint `.safetensors`;
 - a Hugging Face hub id `owner/name` already in the local HF cache (there is no network: nothing is
   downloaded).
 
@@ -104,6 +105,22 @@ def resolve_base(spec: str, project_dir: str | os.PathLike) -> BaseSpec:
             )
         return BaseSpec(spec, "hub", snap)
     raise BaseModelError(f"model.base = {spec!r}: {path} does not exist; {ACCEPTED_FORMS}")
+
+
+def command_line_spec(spec: str, cwd: str | os.PathLike) -> str:
+    """A `model.base`/`model.config` typed with `--set`, as the run should keep it: a relative path is the
+    shell's current folder's, so it is made absolute (a config file's stays the project's). `tiny`, an
+    absolute path, and an `owner/name` hub id that names nothing under `cwd` are kept as given."""
+    text = spec.strip()
+    if not text or _TINY.match(text):
+        return spec
+    path = Path(text).expanduser()
+    if path.is_absolute():
+        return str(path)
+    here = Path(cwd) / path
+    if not here.exists() and _HUB_ID.match(text) and not text.startswith((".", "~")):
+        return spec
+    return os.path.abspath(here)
 
 
 def _resolve_path(spec: str, path: Path) -> BaseSpec:

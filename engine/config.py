@@ -8,6 +8,7 @@ at once, with file:line and the accepted values) and applies `--set key=value` o
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import tomllib
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ class ModelConfig:
     base: str = opt(DEFAULT_BASE, help="The base model: a diffusers folder, a single-file checkpoint (.safetensors), "
                     "a hub id already in the local Hugging Face cache (default: SD 1.5), or `tiny` (the built-in "
                     "tiny model: no download, trains on a CPU in minutes, for trying tunelab out). Relative paths "
-                    "are relative to the project folder.")
+                    "are the project folder's; with `--set`, the current folder's.")
     config: str = opt("", help="For a single-file base: a diffusers folder or cached hub id holding the component "
                       "configs (empty: the diffusers defaults for SD 1.x).")
     prediction_type: Literal["auto", "epsilon", "v_prediction"] = opt(
@@ -194,7 +195,8 @@ class LaunchConfig:
     machine_rank: int = opt(0, help="This machine's rank; passed to accelerate.", min=0)
     main_process_ip: str = opt("", help="Rank-0 machine's address for multi-node; passed to accelerate.")
     main_process_port: int = opt(29500, help="Rank-0 port; passed to accelerate.", min=1, max=65535)
-    accelerate_config: str = opt("", help="An accelerate config file (DeepSpeed/FSDP); passed as --config_file.")
+    accelerate_config: str = opt("", help="An accelerate config file (DeepSpeed/FSDP); passed as --config_file. "
+                                 "Relative: the project folder's; with `--set`, the current folder's.")
     gpu_ids: str = opt("", help="GPU ids to use, e.g. `0,1` (empty: all).")
     stop_timeout_s: float = opt(600.0, help="Seconds a stopping trainer gets to save its checkpoint and exit "
                                 "before the supervisor terminates its processes (SIGTERM, then SIGKILL); allow "
@@ -277,6 +279,7 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         try:
             key = apply_override(data, item)
             lines[key] = 0  # problems with an overridden key point at --set, not at the file
+            _from_cwd(data, key)
         except ValueError as e:
             problems.append(Problem("--set", None, override_key(item), str(e)))
     try:
@@ -286,6 +289,28 @@ def load_run_config(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     if problems:
         raise ConfigError(problems)
     return cfg
+
+
+# Keys whose value is a file-system path. Relative in a config file: the project folder's (a project
+# moves as a whole); relative in `--set`: the shell's current folder's, as anything typed at a prompt,
+# and made absolute there, so the run's frozen config.toml reads the same file at every attempt.
+# (`data.validation_folder` names a folder of the project, not a path: it stays as given.)
+PATH_KEYS = ("model.base", "model.config", "launch.accelerate_config")
+
+
+def _from_cwd(data: dict[str, Any], key: str) -> None:
+    if key not in PATH_KEYS:
+        return
+    section, name = key.split(".")
+    value = data[section][name]
+    if not isinstance(value, str) or not value.strip():
+        return  # the schema reports a non-string; empty means unset
+    if key == "launch.accelerate_config":
+        data[section][name] = os.path.abspath(os.path.expanduser(value.strip()))
+    else:
+        from engine.basemodel import command_line_spec  # light: file system only
+
+        data[section][name] = command_line_spec(value, Path.cwd())
 
 
 def _one_go_hint(problem: Problem, data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> Problem:
@@ -389,7 +414,10 @@ DOCS_INTRO = (
     "Generated from `engine/config.py` by `python -m engine.config --docs > docs/config.md`; a test keeps it "
     "current. A run config is a TOML file in a project's `configs/`. Every key is optional; unknown keys are "
     "errors with a did-you-mean. Override any key at launch with `tunelab run PROJECT CONFIG --set "
-    "train.epochs=20`."
+    "train.epochs=20`. A relative path in a config file (`model.base`, `model.config`, `launch.accelerate_config`) "
+    "is the project folder's; given with `--set` it is the current folder's, as anything typed in a shell, and the "
+    "run's frozen `config.toml` keeps it absolute (`tiny` and an `owner/name` hub id that names nothing there stay "
+    "as typed)."
 )
 
 

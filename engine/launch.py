@@ -540,7 +540,7 @@ def accelerate_config_problems(cfg: Any, project_dir: Path, path: str | os.PathL
     key = "launch.accelerate_config"
     return [Problem(str(path), key_line(source, key, overrides), key, f"= {value!r}: {accelerate_config_path(value, project_dir)} "
                     "is not a file; give an accelerate config file (`accelerate config` writes one; "
-                    "relative paths are the project's)")]
+                    "relative paths are the project's in a config file, the current folder's with --set)")]
 
 
 def _display_path(path: Path) -> Path:

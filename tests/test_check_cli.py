@@ -256,3 +256,38 @@ def test_a_config_naming_no_base_means_sd15_from_the_cache_never_the_tiny_model(
     assert rc == 1
     assert "model.base = 'stable-diffusion-v1-5/stable-diffusion-v1-5'" in err
     assert "huggingface-cli download stable-diffusion-v1-5/stable-diffusion-v1-5" in err and "tiny" in err
+
+
+def test_a_relative_path_given_with_set_is_the_current_folders_and_the_run_keeps_it_absolute(tmp_path, capsys,
+                                                                                            monkeypatch, tiny_base):
+    import tomllib
+
+    from engine import launch
+
+    p = project_with_config(tmp_path, "")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "tiny-sd").symlink_to(tiny_base, target_is_directory=True)
+    (tmp_path / "ds.yaml").write_text("compute_environment: LOCAL_MACHINE\n")
+    monkeypatch.chdir(tmp_path)  # the shell's folder, above the project: paths typed here are read from here
+    sets = ["model.base=models/tiny-sd", "launch.accelerate_config=ds.yaml"]
+    rc, _, err = check(capsys, "projects/dogs", "lora", *[a for s in sets for a in ("--set", s)])
+    assert rc == 0, err  # was: projects/dogs/models/tiny-sd does not exist
+    frozen = tomllib.loads(launch.create_run(Path("projects/dogs"), "lora", sets).config_path.read_text())
+    assert frozen["model"]["base"] == str(tmp_path / "models" / "tiny-sd")
+    assert frozen["launch"]["accelerate_config"] == str(tmp_path / "ds.yaml")
+    monkeypatch.chdir(p)  # from inside the project the same files are two folders up
+    assert check(capsys, ".", "lora", "--set", "model.base=../../models/tiny-sd")[0] == 0
+    rc, _, err = check(capsys, ".", "lora", "--set", "launch.accelerate_config=ds.yaml")
+    assert rc == 1 and f"launch.accelerate_config = '{p / 'ds.yaml'}': {p / 'ds.yaml'} is not a file" in err
+
+
+def test_set_keeps_tiny_and_a_hub_id_as_typed_and_a_config_files_path_stays_the_projects(tmp_path, capsys,
+                                                                                         monkeypatch, tiny_base):
+    p = project_with_config(tmp_path, '[model]\nbase = "models/tiny-sd"\n')
+    (p / "models").mkdir()
+    (p / "models" / "tiny-sd").symlink_to(tiny_base, target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    assert check(capsys, "projects/dogs", "lora")[0] == 0  # the file's relative path: the project's, as before
+    assert check(capsys, "projects/dogs", "lora", "--set", "model.base=tiny")[0] == 0
+    rc, _, err = check(capsys, "projects/dogs", "lora", "--set", "model.base=owner/name")
+    assert rc == 1 and "model.base = 'owner/name': " in err and "no hub model owner/name in the local" in err

@@ -107,7 +107,8 @@ def test_run_refuses_a_base_model_that_is_missing_or_not_a_model_before_launchin
     cli.config("[launch]\nnum_processes = 2\n")
     proc = cli("run", "p", "x", "--set", "launch.accelerate_config=ds.yaml")
     assert proc.returncode == 2
-    assert "launch.accelerate_config = 'ds.yaml': projects/p/ds.yaml is not a file" in proc.stderr
+    ds = cli.root / "ds.yaml"  # typed with --set: the current folder's (a config file's: the project's)
+    assert f"launch.accelerate_config = '{ds}': {ds} is not a file" in proc.stderr
     runs = cli.root / "projects" / "p" / "runs"
     assert not runs.exists() or not any(runs.iterdir())
     assert not cli.created
