@@ -50,8 +50,10 @@ class RunSummary:
     cost_per_epoch: float | None = None
     max_hours: float | None = None  # budget.max_hours, when set
     currency: str = "$"
-    started: str | None = None
+    started: str | None = None  # the current (newest) attempt's start, as status.json has it
     ended: str | None = None
+    first_started: str | None = None  # the run's first start: the first attempt's (status history)
+    attempt: int = 1  # 1 + resumes
     exit_code: int | None = None
     error: str | None = None
     checkpoints: int = 0
@@ -161,6 +163,8 @@ class RunWatcher:
             state=state,
             started=status.get("started"),
             ended=status.get("ended") if state not in ALIVE_STATES else None,
+            first_started=_first_started(status),
+            attempt=_num(status.get("attempt")) or 1,
             exit_code=status.get("exit_code"),
             error=status.get("error"),
             currency=str(budget.get("currency", "$")),
@@ -208,6 +212,14 @@ class RunWatcher:
         s.last_checkpoint = complete[-1].path.name if complete else self._last_checkpoint
         s.sample_columns = len(self.run.sample_columns()) or len(self._sample_cols)
         return s
+
+
+def _first_started(status: dict[str, Any]) -> str | None:
+    """When the run first started: its first attempt's start (status.json `history`), else this one's."""
+    history = status.get("history")
+    if isinstance(history, list) and history and isinstance(history[0], dict) and history[0].get("started"):
+        return str(history[0]["started"])
+    return status.get("started")
 
 
 def _num(v: Any) -> int | None:
@@ -310,6 +322,17 @@ def fmt_progress(summary: RunSummary) -> str:
     if summary.epoch is None:
         return "-" if summary.epochs is None else f"0/{summary.epochs}"
     return f"{summary.epoch}/{summary.epochs}" if summary.epochs else str(summary.epoch)
+
+
+def fmt_started(summary: RunSummary) -> str:
+    """`2026-05-28 19:06:40`, and for a resumed run `… · attempt 2 since 2026-05-29 10:00:00` (UTC)."""
+    def at(iso: str | None) -> str:
+        return (iso or "-").replace("T", " ").rstrip("Z")[:19]
+
+    text = at(summary.first_started or summary.started)
+    if summary.attempt > 1 and summary.started:
+        text += f" · attempt {summary.attempt} since {at(summary.started)}"
+    return text
 
 
 def fmt_stop_reason(summary: RunSummary) -> str:

@@ -148,6 +148,23 @@ def test_a_just_resumed_run_shows_no_eta_until_its_new_attempt_reports_a_rate(tm
         os.close(fd)
 
 
+def test_the_details_of_a_resumed_run_say_its_first_start_and_since_when_the_newest_attempt_runs(tmp_path, capsys):
+    from engine.runinfo import RunWatcher
+    from tui.cli import main
+    from tui.widgets.runs_pane import details_text
+
+    project = make_project(tmp_path)
+    run = write_run(project, "20260101-000000-a", state="finished")
+    once = RunWatcher(run).refresh(FIXED_NOW)
+    assert "started 2026-05-28 19:06:40   ended" in details_text(once).plain  # one attempt: as it was
+    first = {"state": "stopped", "started": "2026-05-28T19:06:40Z", "ended": "2026-05-28T19:36:40Z"}
+    run.update_status(attempt=2, resumed=True, history=[first], started="2026-05-29T10:00:00Z")
+    resumed = RunWatcher(run).refresh(FIXED_NOW)
+    assert "started 2026-05-28 19:06:40 · attempt 2 since 2026-05-29 10:00:00" in details_text(resumed).plain
+    assert main(["status", str(run.path)]) == 0
+    assert "started:     2026-05-28 19:06:40 · attempt 2 since 2026-05-29 10:00:00" in capsys.readouterr().out
+
+
 def test_lost_is_shown_for_a_running_status_nobody_holds(tmp_path):
     project = make_project(tmp_path)
     write_run(project, "20260101-000000-a", state="running", done_epochs=1)

@@ -31,7 +31,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, OptionList, Static
 
 from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
-from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress
+from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress, fmt_started
 from tui.actions import bindings, effective_keys, in_scope, key_display
 from tui.widgets.loss_plot import SMOOTHING, Ema
 from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, escalation_tag, state_cell
@@ -135,7 +135,7 @@ def details_text(s: RunSummary, escalation: StopEscalation | None = None) -> Tex
     if s.description:
         t.append(f" — {s.description}", style="italic")
     t.append("\n")
-    facts = [("started", (s.started or "-").replace("T", " ")[:19])]
+    facts = [("started", fmt_started(s))]
     if s.ended:
         facts.append(("ended", s.ended.replace("T", " ")[:19]))
     last = parse_checkpoint_name(s.last_checkpoint) if s.last_checkpoint else None
