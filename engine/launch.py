@@ -627,6 +627,10 @@ def _read_answer(fd: int, timeout: float) -> str:
 # --------------------------------------------------------------------------------------------
 # Stopping
 
+# A forced stop (`tunelab stop --force`, the TUI's K): SIGTERM, then SIGKILL this many seconds later.
+# One value for both, so the checkpoint the trainer saves on SIGTERM gets the same chance everywhere.
+FORCE_KILL_AFTER_S = 10.0
+
 
 def _mark_stop_requested(run_dir: RunDir, force: bool, by: str) -> None:
     run_dir.control_dir.mkdir(parents=True, exist_ok=True)
@@ -669,7 +673,7 @@ def _wait_state(run_dir: RunDir, timeout: float, poll: float = 0.1) -> str:
 
 
 def stop_run(run_dir: RunDir | str | os.PathLike, force: bool = False, timeout: float = 60.0,
-             kill_after: float = 5.0) -> str:
+             kill_after: float = FORCE_KILL_AFTER_S) -> str:
     """Stop a run and return the state it ended in (or is still in, when `timeout` ran out).
 
     Graceful: drop `control/stop` (the trainer saves a checkpoint and exits) and wait for the supervisor

@@ -25,6 +25,23 @@ def test_an_argument_error_names_the_command_not_the_tui_usage(capsys):
     assert "[--images MODE]" not in err
 
 
+def test_force_stop_waits_as_long_before_sigkill_from_the_cli_as_from_the_tui(capsys):
+    import inspect
+    import re
+
+    from engine import launch
+    from tui import actions
+
+    with pytest.raises(SystemExit):
+        cli.main(["stop", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    cli_default = re.search(r"SIGTERM and SIGKILL \(default ([\d.]+)\)", help_text).group(1)
+    tui_k = re.search(r"SIGKILL ([\d.]+) s later", actions.BY_ID["runs.force_stop"].label).group(1)
+    engine_default = inspect.signature(launch.stop_run).parameters["kill_after"].default
+    # was: K waited 5 s, `tunelab stop --force` 10 s
+    assert float(cli_default) == float(tui_k) == engine_default == launch.FORCE_KILL_AFTER_S, help_text
+
+
 def test_run_wait_names_the_first_step_of_a_pivotal_phase_as_train_log_does():
     from tui.commands.run import describe_event
 

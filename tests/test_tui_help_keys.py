@@ -39,7 +39,9 @@ def test_the_log_views_own_scroll_keys_are_listed_and_really_bound():
 def test_force_stop_is_described_as_the_dialog_and_docs_do():
     text = actions.BY_ID["runs.force_stop"].label
     assert "without a final checkpoint" not in text  # the trainer saves one on SIGTERM if it can
-    assert "SIGTERM" in text and "SIGKILL 5 s later" in text
+    from engine.launch import FORCE_KILL_AFTER_S
+
+    assert "SIGTERM" in text and f"SIGKILL {FORCE_KILL_AFTER_S:g} s later" in text
 
 
 def test_section_titles_are_not_cut():

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from textual.binding import Binding
 
+from engine.launch import FORCE_KILL_AFTER_S
+
 
 @dataclass(frozen=True)
 class Action:
@@ -141,7 +143,7 @@ ACTIONS += (
            help="Stop the selected run gracefully (it saves a checkpoint first)"),
     Action("runs.force_stop", "K", "force_stop", "Force stop", "runs",
            help="Force stop, after asking: SIGTERM to its processes now (the trainer saves a checkpoint, "
-                "without samples, if it can), SIGKILL 5 s later; settles a lost run"),
+                f"without samples, if it can), SIGKILL {FORCE_KILL_AFTER_S:g} s later; settles a lost run"),
     Action("runs.resume", "r", "resume", "Resume", "runs",
            help="Resume the selected run from its newest complete checkpoint (a finished or budget-stopped "
                 "run asks for more epochs or hours first)"),

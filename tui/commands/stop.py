@@ -15,8 +15,9 @@ run to end. The supervisor owns the stop: if the trainer has not exited within l
 (default 600 s, room for a big checkpoint) it sends SIGTERM to the trainer's processes, then SIGKILL,
 and the run ends `stopped` if a complete checkpoint holds every step trained, else `failed`. So
 interrupting this command (or a short --timeout) never leaves a stop half-done; it is printed when
-the supervisor will act. With --force, the trainer's processes get SIGTERM now, then SIGKILL after
---kill-after seconds; only processes whose recorded start time still matches are signalled.
+the supervisor will act. With --force, the trainer's processes get SIGTERM now (the trainer saves a
+checkpoint, without samples, if it can), then SIGKILL after --kill-after seconds (default {kill:g},
+as the TUI's K); only processes whose recorded start time still matches are signalled.
 A `lost` run (its supervisor died) is settled: once its trainer is gone it is marked stopped, so
 `tunelab resume RUN` can continue it.
 
@@ -29,15 +30,17 @@ SETTLE_S = 30.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from engine.launch import FORCE_KILL_AFTER_S
+
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.epilog = EPILOG
+    parser.epilog = EPILOG.format(kill=FORCE_KILL_AFTER_S)
     parser.add_argument("run_dir", metavar="RUN", help="run directory or run id")
     parser.add_argument("--force", action="store_true", help="SIGTERM, then SIGKILL, the trainer's processes")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds to wait for the run to end (default: until the supervisor's stop deadline "
                              "and its SIGKILL have passed; 120 with --force or for a lost run)")
-    parser.add_argument("--kill-after", type=float, default=10.0,
-                        help="with --force: seconds between SIGTERM and SIGKILL (default 10)")
+    parser.add_argument("--kill-after", type=float, default=FORCE_KILL_AFTER_S,
+                        help=f"with --force: seconds between SIGTERM and SIGKILL (default {FORCE_KILL_AFTER_S:g})")
 
 
 def clock(t: float) -> str:

@@ -30,6 +30,7 @@ from textual.message import Message
 from textual.screen import ModalScreen
 from textual.widgets import Button, DataTable, Label, OptionList, Static
 
+from engine.launch import FORCE_KILL_AFTER_S
 from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
 from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress, fmt_started
 from tui.actions import bindings, effective_keys, in_scope, key_display
@@ -37,7 +38,6 @@ from tui.widgets.loss_plot import SMOOTHING, Ema
 from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, escalation_tag, state_cell
 
 POLL_SECONDS = 1.0
-FORCE_KILL_AFTER_S = 5.0  # force stop: SIGTERM, then SIGKILL this much later
 
 
 
