@@ -88,6 +88,25 @@ async def test_the_grid_fills_as_sample_files_appear_and_zooms_marks_and_exports
         assert pane.best == "e0001-s00000010"
 
 
+@sync
+async def test_export_of_a_run_without_samples_writes_nothing_and_says_why_as_tunelab_grid_does(tmp_path):
+    project = make_project(tmp_path)
+    run = RunDir(project / "runs" / "20260101-000000-lora")
+    run.samples_dir.mkdir(parents=True)
+    (run.path / "config.toml").write_text('method = "lora"\n[sample]\nprompts = []\n')
+    app = CompareApp(project)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await until(pilot, lambda: app.query_one(ComparePane).run_id == run.run_id, what="run loaded")
+        await pilot.press("e")
+        await until(pilot, lambda: any("no sample images" in str(n.message) for n in app._notifications),
+                    what="notice")
+        notice = next(str(n.message) for n in app._notifications if "no sample images" in str(n.message))
+        assert "its config has no sample.prompts" in notice
+        assert "tunelab resume 20260101-000000-lora --set 'sample.prompts=[" in notice
+        assert notice.endswith("nothing written")
+        assert not (run.path / "contact-sheet.png").exists()  # was: an empty PNG and 'written to'
+
+
 def test_snapshot_compare(tmp_path, snap_compare):
     project = make_project(tmp_path)
     run = RunDir(project / "runs" / "20260101-000000-x")

@@ -53,9 +53,10 @@ class ComparePane(Vertical):
             return isinstance(message, ComparePane.SheetLoaded)
 
     class Done(Message):
-        def __init__(self, message: str, ok: bool = True) -> None:
+        def __init__(self, message: str, ok: bool = True, severity: str | None = None) -> None:
             super().__init__()
             self.message, self.ok = message, ok
+            self.severity = severity or ("information" if ok else "error")
 
     def __init__(self, project_dir: str | Path, *, poll: float = 1.0, run_id: str | None = None,
                  **kwargs: Any) -> None:
@@ -251,7 +252,15 @@ class ComparePane(Vertical):
 
     @work(thread=True, group="compare-export", exit_on_error=False)
     def _export(self, run: RunDir, out: Path, seed: int | None) -> None:
+        """Write the PNG; a run with no sample images gets nothing written and `tunelab grid`'s reason
+        (an empty PNG told nothing)."""
+        from tui.commands.grid import _why_no_samples
+
         try:
+            if not load_sheet(run, seed).columns:
+                self.post_message(self.Done(f"{run.run_id} has no sample images: {_why_no_samples(run.path)}; "
+                                            "nothing written", ok=False, severity="warning"))
+                return
             written, _ = write_sheet(run, out, seed=seed)
         except OSError as e:
             self.post_message(self.Done(f"Export failed: {e}", ok=False))
@@ -260,7 +269,7 @@ class ComparePane(Vertical):
 
     @on(Done)
     def _done(self, event: Done) -> None:
-        self.notify(event.message, severity="information" if event.ok else "error")
+        self.notify(event.message, severity=event.severity)
 
     def action_next_seed(self) -> None:
         if self.sheet is None or len(self.sheet.seeds) < 2:
