@@ -166,6 +166,32 @@ def test_auto_with_a_model_that_is_not_there_says_how_to_get_it(project, tmp_pat
     assert rc == 1 and "cannot load BLIP" in err and "--model" in err
 
 
+def test_auto_checks_the_model_even_when_every_image_is_already_captioned(project, tmp_path, capsys, monkeypatch):
+    caption(capsys, project, "fixed", "a pokemon")  # nothing left for auto to do
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    not_blip = tmp_path / "clip"
+    not_blip.mkdir()
+    (not_blip / "config.json").write_text('{"model_type": "clip"}')
+    for model, says in [(tmp_path / "no-such-blip", "no such folder"),  # was: exit 0, 'skipped 3'
+                        (tmp_path, "has no config.json"),
+                        (not_blip, "is a clip model's config, not BLIP's"),
+                        (project / "images" / "001.png", "is a file; --model takes a folder"),
+                        ("nobody/blip", "no hub model nobody/blip in the local Hugging Face cache")]:
+        rc, out, err = caption(capsys, project, "auto", "--model", model, "--dry-run")
+        assert rc == 1 and f"cannot load BLIP from --model {model}: " in err and says in err, (model, err)
+        assert "skipped" not in out
+
+    # A model that is there (a folder, or a hub id in the cache) still finds nothing to do.
+    model = tiny_blip(tmp_path / "blip")
+    snapshot = tmp_path / "hf" / "models--someone--blip" / "snapshots" / "abc123"
+    snapshot.parent.mkdir(parents=True)
+    model.rename(snapshot)
+    rc, out, err = caption(capsys, project, "auto", "--model", "someone/blip")
+    assert rc == 0 and "0 caption(s) changed" in out and "(already captioned" in out, err
+    rc, out, err = caption(capsys, project, "auto", "--model", snapshot)
+    assert rc == 0 and "0 caption(s) changed" in out and "(already captioned" in out, err
+
+
 def test_undo_with_dry_run_shows_each_file_going_back_and_restores_nothing(project, capsys):
     caption(capsys, project, "prefix", "sks")
     caption(capsys, project, "fixed", "new one")  # the last operation: creates 002.txt and sub/003.txt

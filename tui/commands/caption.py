@@ -151,18 +151,19 @@ def run(args: argparse.Namespace) -> int:
 def _auto_plan(args, targets, mode, project_dir: Path):
     from engine import captions as C
 
+    # The model first, whatever there is to caption: a mistyped --model is an error even when every
+    # image already has a caption (was: exit 0, the path never looked at). Cheap: no torch yet.
+    problem = _model_problem(str(args.model))
+    if problem:
+        print(f"tunelab caption auto: cannot load BLIP from --model {args.model}: {problem}\n  Pass --model with a "
+              "local BLIP folder or a hub id (NAME or OWNER/NAME) in the local Hugging Face cache; download it "
+              "where there is network (`huggingface-cli download Salesforce/blip-image-captioning-base`) and copy "
+              "the cache over.", file=sys.stderr)
+        return None
     todo = [t for t in targets if mode == "overwrite" or C.read_sidecar(t.image) is None]
     if not todo:
         return C.Plan("auto", root=project_dir,
                       skipped=[(t.rel, "already captioned; --overwrite replaces") for t in targets])
-    missing = _missing_folder(str(args.model))
-    if missing:  # say so before loading torch, not "cannot load … as a hub id: Repo id must be in the form …"
-        print(f"tunelab caption auto: cannot load BLIP from --model {args.model}: no such folder ({missing} does "
-              "not exist)\n  Pass --model with a local BLIP folder or a hub id (NAME or OWNER/NAME) in the local "
-              "Hugging Face cache; download it where there is network "
-              "(`huggingface-cli download Salesforce/blip-image-captioning-base`) and copy the cache over.",
-              file=sys.stderr)
-        return None
     from engine.autocaption import AutoCaptionError, BlipCaptioner
 
     try:
@@ -180,8 +181,45 @@ def _auto_plan(args, targets, mode, project_dir: Path):
                             progress=progress)
 
 
-def _missing_folder(model: str) -> Path | None:
-    """The folder `model` names when it can only be a path (not NAME or OWNER/NAME) and it is not there."""
+def _model_problem(model: str) -> str | None:
+    """Why `model` cannot be a BLIP model, from its files alone (no torch); None when it may be one.
+
+    A path must be a folder with a BLIP config.json, safetensors weights and a processor config; a hub
+    id (NAME or OWNER/NAME that is no folder here) must be in the local Hugging Face cache."""
+    from engine.basemodel import hf_hub_cache
+
     looks_like_path = model.startswith(("/", ".", "~")) or model.count("/") > 1 or "\\" in model
     path = Path(model).expanduser()
-    return path if looks_like_path and not path.exists() else None
+    if path.is_file():
+        return f"{path} is a file; --model takes a folder"
+    if path.is_dir():
+        return _folder_problem(path)
+    if looks_like_path:
+        return f"no such folder ({path} does not exist)"
+    repo = hf_hub_cache() / ("models--" + model.replace("/", "--"))
+    snapshots = sorted((repo / "snapshots").glob("*/"), key=lambda p: p.stat().st_mtime, reverse=True) \
+        if (repo / "snapshots").is_dir() else []
+    if not snapshots:
+        return f"not a folder here, and no hub model {model} in the local Hugging Face cache ({hf_hub_cache()})"
+    problems = [_folder_problem(snap) for snap in snapshots]
+    return None if None in problems else f"the cached hub model {model} ({snapshots[0]}): {problems[0]}"
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """What a folder lacks to be loaded as BLIP (config.json of model_type blip, *.safetensors, a processor)."""
+    import json
+
+    config = folder / "config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except FileNotFoundError:
+        return f"{folder} has no config.json (a BLIP folder holds config.json, model.safetensors and processor files)"
+    except (OSError, ValueError, AttributeError) as e:
+        return f"{config} is not a JSON model config ({e})"
+    if model_type != "blip":
+        return f"{config} is a {model_type or 'untyped'} model's config, not BLIP's (model_type = \"blip\")"
+    if not any(folder.glob("*.safetensors")):
+        return f"{folder} has no .safetensors weights (tunelab loads safetensors only)"
+    if not any((folder / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+        return f"{folder} has no preprocessor_config.json or processor_config.json (BLIP's image processor)"
+    return None
