@@ -8,7 +8,8 @@ holds those for a caller that prints or plots them. `summarize(run_dir)` is the 
 Event fields read (extra fields are ignored, missing ones leave the summary's field None):
   start     epochs, total_steps
   progress  step, epoch (1-based, under way), epochs, total_steps, loss, lr, img_s, eta_s (seconds;
-            an alive run's ETA only from a progress event of its current attempt: t >= status started_t)
+            an alive run's img_s and ETA only from a progress event of its current attempt: t >= status
+            started_t)
   epoch     epoch (completed), epochs, seconds (the epoch's duration)
   checkpoint (path), sample (path: samples/<column>/<file>), warning, error (message), stopped (reason)
 `stop_reason` of a stopped run: the supervisor's (status.json `stop_reason`), else the trainer's `stopped`.
@@ -188,13 +189,15 @@ class RunWatcher:
             s.epoch = epoch_done
         s.loss = _float(p.get("loss"))
         s.lr = _float(p.get("lr"))
-        s.img_s = _float(p.get("img_s", p.get("img_per_s", p.get("img/s"))))
         s.epoch_seconds = _float(e.get("seconds"))
-        # A stopping run leaves its schedule; a resumed one has no ETA until this attempt reports a rate
-        # (the last progress event before its start is the previous attempt's, whose ETA would tick on).
+        # An alive run's rate and ETA come only from this attempt's progress: after a resume the last
+        # progress event is the previous attempt's (another machine, perhaps), whose ETA would tick on.
+        # A stopping run leaves its schedule (no ETA); a finished one keeps its last rate.
         attempt_t = _float(status.get("started_t"))
         p_t = _float(p.get("t"))
         this_attempt = attempt_t is None or p_t is None or p_t >= attempt_t
+        if state not in ALIVE_STATES or this_attempt:
+            s.img_s = _float(p.get("img_s", p.get("img_per_s", p.get("img/s"))))
         if state in ALIVE_STATES and state != "stopping" and p and this_attempt:
             eta = _float(p.get("eta_s", p.get("eta")))
             if eta is not None and p_t is not None:

@@ -117,10 +117,11 @@ def start_fake_run(project: Path, fake_env: list[RunDir], config: str = "x") -> 
     return rd
 
 
-def test_a_just_resumed_run_shows_no_eta_until_its_new_attempt_reports_a_rate(tmp_path):
+def test_a_just_resumed_run_shows_no_eta_nor_img_s_until_its_new_attempt_reports_a_rate(tmp_path):
     import fcntl
 
     from engine.runinfo import RunWatcher
+    from tui.commands.status import COLUMNS as STATUS_COLUMNS, row as status_row
     from tui.screens.monitor import stats_items
     from tui.widgets.loss_plot import TrainingHistory
 
@@ -130,20 +131,28 @@ def test_a_just_resumed_run_shows_no_eta_until_its_new_attempt_reports_a_rate(tm
     fd = os.open(run.lock_path, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)  # standing in for the supervisor: running, not lost
     try:
-        assert RunWatcher(run).refresh(now - 3600 + 45).eta_s is not None  # the first attempt's own rate
+        first = RunWatcher(run).refresh(now - 3600 + 45)
+        assert first.eta_s is not None and first.img_s == 3.5  # the first attempt's own rate
         # attempt 2 starts now; the newest progress event is attempt 1's (eta_s 80 at t - 3560)
         run.update_status(state="starting", started_t=now, attempt=2, resumed=True, elapsed_prior_s=1800.0)
         watcher = RunWatcher(run)
         summary = watcher.refresh(now + 1)
-        assert summary.eta_s is None
+        assert summary.eta_s is None and summary.img_s is None  # not attempt 1's 3.5 img/s
         assert row_cells(RunRow(summary, None, None))["ETA"] == "-"
-        assert dict(stats_items(summary, TrainingHistory()))["ETA"] == "-"  # the monitor's strip
+        assert row_cells(RunRow(summary, None, None))["img/s"] == "-"
+        strip = dict(stats_items(summary, TrainingHistory()))  # the monitor's strip
+        assert strip["ETA"] == "-" and strip["img/s"] == "-"
+        status = dict(zip(STATUS_COLUMNS, status_row(summary)))  # tunelab status
+        assert status["ETA"] == "-" and status["IMG/S"] == "-"
         with run.events_path.open("a") as f:
             f.write(json.dumps({"t": now + 2, "kind": "progress", "step": 5, "epoch": 2, "epochs": 3,
                                 "total_steps": 12, "loss": 0.1, "img_s": 3.0, "eta_s": 70.0}) + "\n")
         run.update_status(state="running")
         summary = watcher.refresh(now + 2)
         assert summary.eta_s == 70.0 and row_cells(RunRow(summary, None, None))["ETA"] == "1m10s"
+        assert summary.img_s == 3.0 and row_cells(RunRow(summary, None, None))["img/s"] == "3.0"
+        run.update_status(state="finished", ended_t=now + 3, exit_code=0)
+        assert watcher.refresh(now + 4).img_s == 3.0  # a run that ended keeps its last rate
     finally:
         os.close(fd)
 
