@@ -244,3 +244,40 @@ async def test_the_timer_checks_only_a_visible_tab_and_keeps_the_view_where_it_w
         await wait_for(pilot, lambda: len(checked) >= before + 6)
         await pilot.pause()
         assert scroll.scroll_y == 40  # the checks did not move the view
+
+
+def test_check_warnings_are_shown_as_warnings_under_their_line_and_the_config_stays_valid(project):
+    configs = project / "configs"
+    (configs / "typo.toml").write_text('method = "lora"\n[model]\nbase = "tiny"\n'
+                                       '[lora]\ntarget_modules = ["to_q", "to_vv"]\n')
+    status = validate_config(configs / "typo.toml", project)
+    assert status.ok and not status.problems  # it launches: a warning, not a ✗
+    text = render_config(status).plain.splitlines()
+    assert text[0].startswith("✓ configs/typo.toml: valid (lora)")
+    assert text[1] == "⚠ 1 warning(s): it launches, but this is likely a mistake"
+    assert text[2].startswith("  line 5: lora.target_modules: 'to_vv' matches no module")
+    i = next(n for n, line in enumerate(text) if 'target_modules = ["to_q", "to_vv"]' in line and "│" in line)
+    assert text[i + 1].strip().startswith("└ ⚠ configs/typo.toml:5: lora.target_modules: 'to_vv' matches no module")
+    assert "did you mean 'to_v'?" in "".join(text[i + 1:])
+    assert not any(line.startswith("✗") for line in text)
+
+    # The placeholder no sample prompt says (tunelab check's other config warning), at sample.prompts.
+    (configs / "ti.toml").write_text('method = "textual_inversion"\n[model]\nbase = "tiny"\n'
+                                     '[textual_inversion]\nplaceholder_token = "<sks>"\n'
+                                     '[sample]\nprompts = ["a photo of a dog"]\n')
+    ti = validate_config(configs / "ti.toml", project)
+    assert [(w.line, w.message.split(",")[0]) for w in ti.warnings] == [
+        (7, "no sample prompt says textual_inversion.placeholder_token '<sks>'")]
+
+
+@sync
+async def test_the_configs_list_marks_a_config_with_warnings_apart_from_one_with_errors(project):
+    (project / "configs" / "typo.toml").write_text('method = "lora"\n[model]\nbase = "tiny"\n'
+                                                   '[lora]\ntarget_modules = ["to_q", "to_vv"]\n')
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40)) as pilot:
+        pane = await open_configs(pilot, app)
+        assert marks(pane) == ["✗ bad.toml (2)", "✓ lora.toml", "✓ typo.toml ⚠1"]
+        await pilot.press("down", "down")
+        view = str(pane.query_one("#config-view").render())
+        assert "valid (lora)" in view and "⚠ 1 warning(s)" in view and "'to_vv' matches no module" in view

@@ -4,7 +4,8 @@ The list marks each config valid or not — valid means `tunelab run` would laun
 `engine.launch.prelaunch_check` (the base model resolves, a textual-inversion placeholder is new to its
 tokenizer, an accelerate config file exists). The view shows the file with line numbers and every
 problem printed under the line it points at (`configs/lora.toml:14: train.learning_rate = -1: must be
-> 0`, the same words as `tunelab check`). `e` opens the config in $VISUAL/$EDITOR with the app
+> 0`, the same words as `tunelab check`), and `tunelab check`'s warnings about the config (what launches
+but is likely a mistake: `engine.launch.prelaunch_warnings`, a placeholder no sample prompt says) as ⚠. `e` opens the config in $VISUAL/$EDITOR with the app
 suspended; `n` writes a new config from a method's defaults (`engine.config.default_config`).
 Validation runs in a worker: at start, whenever a config file changes, when the tab is shown, and every
 `REVALIDATE_S` seconds while it is on screen. The last two catch causes outside configs/ going away
@@ -31,7 +32,7 @@ from textual.widgets.option_list import Option
 
 from engine import atomic
 from engine.config import dump_config, default_config, load_run_config
-from engine.launch import prelaunch_check
+from engine.launch import prelaunch_check, prelaunch_warnings
 from engine.schema import ConfigError, Problem
 from tui import actions
 from tui.screens.error import ReportsWorkerErrors
@@ -43,6 +44,7 @@ class ConfigStatus:
     rel: str
     text: str = ""
     problems: list[Problem] = field(default_factory=list)
+    warnings: list[Problem] = field(default_factory=list)  # it launches, but `tunelab check` warns
     method: str = ""
     description: str = ""
     base: str = ""  # model.base, once the config loads
@@ -75,7 +77,23 @@ def validate_config(path: Path, project_dir: Path) -> ConfigStatus:
     # What `tunelab run` refuses beyond the schema (base model, placeholder, accelerate config): the
     # same function, so a ✓ here means the config launches. It reads files: callers run it in a worker.
     status.problems = prelaunch_check(cfg, project_dir, rel, status.text)
+    status.warnings = prelaunch_warnings(cfg, rel, status.text) + _method_warnings(cfg, project_dir, rel, status.text)
     return status
+
+
+def _method_warnings(cfg, project_dir: Path, rel: str, text: str) -> list[Problem]:
+    """`tunelab check`'s warnings about how the method uses the project (a placeholder no sample prompt
+    says), at `sample.prompts` when the config lists them, else with no line (they are the goals)."""
+    from engine.captionuse import caption_use
+    from engine.project import load_project_file
+    from engine.schema import key_line
+
+    try:
+        goals = load_project_file(project_dir).goals.as_dict()
+    except (ConfigError, OSError):
+        goals = {}
+    line = key_line(text, "sample.prompts") if cfg.sample.prompts else None
+    return [Problem(rel, line, "", message) for message in caption_use(cfg, [], goals).warnings]
 
 
 def list_configs(project_dir: Path) -> list[Path]:
@@ -86,14 +104,21 @@ def list_configs(project_dir: Path) -> list[Path]:
 
 
 def render_config(status: ConfigStatus) -> Text:
-    """The file with line numbers, each problem under its line; problems with no line first."""
+    """The file with line numbers, each problem (✗, red) and warning (⚠, yellow) under its line; those
+    with no line first."""
     out = Text()
     by_line: dict[int, list[Problem]] = {}
+    warned: dict[int, list[Problem]] = {}
     for p in status.problems:
         if p.line:
             by_line.setdefault(p.line, []).append(p)
         else:
             out.append(f"✗ {p}\n", style="bold red")
+    for p in status.warnings:
+        if p.line:
+            warned.setdefault(p.line, []).append(p)
+        else:
+            out.append(f"⚠ {p}\n", style="yellow")
     if status.ok:
         desc = f" — {status.description}" if status.description else ""
         out.append(f"✓ {status.rel}: valid ({status.method}){desc}\n", style="green")
@@ -104,19 +129,30 @@ def render_config(status: ConfigStatus) -> Text:
                 out.append(f"  line {p.line}: ", style="red")
                 sep = " " if p.message.startswith("= ") else ": "
                 out.append(f"{p.key + sep if p.key else ''}{p.message}\n", style="red")
+    if status.warnings:
+        out.append(f"⚠ {len(status.warnings)} warning(s): it launches, but this is likely a mistake\n", style="yellow")
+        for p in status.warnings:
+            if p.line:
+                sep = " " if p.message.startswith("= ") else ": "
+                out.append(f"  line {p.line}: {p.key + sep if p.key else ''}{p.message}\n", style="yellow")
     out.append("\n")
     lines = status.text.splitlines()
     width = len(str(max(1, len(lines))))
     for n, line in enumerate(lines, start=1):
         bad = n in by_line
-        out.append(f"{n:>{width}} │ ", style="red" if bad else "dim")
+        out.append(f"{n:>{width}} │ ", style="red" if bad else "yellow" if n in warned else "dim")
         out.append(line + "\n", style="" if not bad else "bold")
         for p in by_line.get(n, []):
             out.append(" " * width + " └ ", style="red")
             out.append(f"{p}\n", style="red")
+        for p in warned.get(n, []):
+            out.append(" " * width + " └ ⚠ ", style="yellow")
+            out.append(f"{p}\n", style="yellow")
     beyond = [p for ln, ps in by_line.items() if ln > len(lines) for p in ps]
     for p in beyond:
         out.append(f"✗ {p}\n", style="red")
+    for p in (p for ln, ps in warned.items() if ln > len(lines) for p in ps):
+        out.append(f"⚠ {p}\n", style="yellow")
     return out
 
 
@@ -207,6 +243,8 @@ class ConfigsPane(ReportsWorkerErrors, Vertical):
             label = mark + Text(s.path.name)
             if not s.ok:
                 label += Text(f" ({len(s.problems)})", style="red")
+            if s.warnings:
+                label += Text(f" ⚠{len(s.warnings)}", style="yellow")
             listing.add_option(Option(label, id=s.path.name))
         if not self.statuses:
             self.query_one("#config-view", Static).update(
