@@ -301,6 +301,12 @@ def _plan(operation: str, items: Sequence[Target], compute: Callable[[Target, st
     return plan
 
 
+def as_typed(text: str) -> str:
+    r"""`text` in backticks, as the user typed it: a repr doubles every backslash of a regex (`\bplushie\b`
+    shown as '\\bplushie\\b'). Double backticks when the text holds one."""
+    return f"``{text}``" if "`" in text else f"`{text}`"
+
+
 def _gate(mode: Mode, cur: str | None) -> tuple[None, str] | None:
     if mode == "missing" and cur is not None:
         return (None, "already captioned; --overwrite replaces")
@@ -310,7 +316,7 @@ def _gate(mode: Mode, cur: str | None) -> tuple[None, str] | None:
 def plan_fixed(items: Sequence[Target], text: str, mode: Mode = "missing", root=None) -> Plan:
     """Every caption becomes `text`."""
     text = text.strip()
-    return _plan(f"fixed {text!r}", items, lambda t, cur: _gate(mode, cur) or text, root)
+    return _plan(f"fixed {as_typed(text)}", items, lambda t, cur: _gate(mode, cur) or text, root)
 
 
 def plan_empty(items: Sequence[Target], mode: Mode = "missing", root=None) -> Plan:
@@ -355,7 +361,7 @@ def plan_template(items: Sequence[Target], template: str, lookup: Callable[[Targ
         if absent:
             return (None, f"no field {{{absent[0]}}}")
         return _gate(mode, cur) or render_template(template, row)
-    return _plan(f"template {template!r}", items, compute, root)
+    return _plan(f"template {as_typed(template)}", items, compute, root)
 
 
 def _some(names: list[str], n: int = 10) -> str:
@@ -372,7 +378,7 @@ def plan_prefix(items: Sequence[Target], prefix: str, sep: str = ", ", root=None
         if cur is None:
             return (None, "no caption")
         return with_trigger(cur, prefix, sep)
-    return _plan(f"prefix {prefix!r}", items, compute, root)
+    return _plan(f"prefix {as_typed(prefix)}", items, compute, root)
 
 
 def plan_suffix(items: Sequence[Target], suffix: str, sep: str = ", ", root=None) -> Plan:
@@ -387,7 +393,7 @@ def plan_suffix(items: Sequence[Target], suffix: str, sep: str = ", ", root=None
         if cur == suffix or any(cur.endswith(m + suffix) for m in (sep, " ", ",")):
             return cur
         return f"{cur}{sep}{suffix}" if cur else suffix
-    return _plan(f"suffix {suffix!r}", items, compute, root)
+    return _plan(f"suffix {as_typed(suffix)}", items, compute, root)
 
 
 def compile_pattern(pattern: str, *, literal: bool = False, ignore_case: bool = False) -> re.Pattern:
@@ -399,7 +405,7 @@ def compile_pattern(pattern: str, *, literal: bool = False, ignore_case: bool = 
         return re.compile(pattern, flags)
     except re.error as e:
         pos = e.pos if e.pos is not None else 0
-        raise CaptionError(f"regex {pattern!r} does not compile: {e.msg} at position {pos}\n"
+        raise CaptionError(f"regex {as_typed(pattern)} does not compile: {e.msg} at position {pos}\n"
                            f"  {pattern}\n  {' ' * pos}^  (use --literal to match the text as is)") from None
 
 
@@ -415,8 +421,8 @@ def plan_replace(items: Sequence[Target], pattern: str, replacement: str, *, lit
         try:
             return tidy(rx.sub(replacement, cur)) if rx.search(cur) else cur
         except (re.error, IndexError) as e:
-            raise CaptionError(f"replacement {replacement!r}: {e}") from None
-    return _plan(f"replace {pattern!r} -> {replacement!r}", items, compute, root)
+            raise CaptionError(f"replacement {as_typed(replacement)}: {e}") from None
+    return _plan(f"replace {as_typed(pattern)} -> {as_typed(replacement)}", items, compute, root)
 
 
 def plan_generated(items: Sequence[Target], generate: Callable[[list[Target]], list[str]], mode: Mode = "missing",
@@ -525,7 +531,7 @@ def _undo_journal(project_dir: str | os.PathLike) -> tuple[Path, dict, list[dict
             conflicts.append(p)
     if conflicts:
         shown = "\n  ".join(str(p) for p in conflicts)
-        raise UndoConflict(f"cannot undo {data.get('operation', 'the last operation')!r}: {len(conflicts)} file(s) "
+        raise UndoConflict(f"cannot undo {data.get('operation', 'the last operation')}: {len(conflicts)} file(s) "
                            f"changed since; nothing was touched:\n  {shown}", conflicts)
     return jpath, data, files
 

@@ -133,7 +133,15 @@ def test_a_regex_that_does_not_compile_names_the_pattern_and_position(tmp_path):
     ts = make(tmp_path, {"a.png": "a dog"})
     with pytest.raises(C.CaptionError) as e:
         C.plan_replace(ts, "a (dog", "x")
-    assert "'a (dog'" in str(e.value) and "position 2" in str(e.value)
+    assert "regex `a (dog` does not compile" in str(e.value) and "position 2" in str(e.value)
+
+
+def test_the_summary_shows_pattern_and_replacement_as_typed_not_as_a_python_repr(tmp_path):
+    ts = make(tmp_path, {"a.png": "a plushie toy", "b.png": "it's a plushie"})
+    plan = C.plan_replace(ts, r"\bplushie\b", r"sks \0")
+    assert plan.summary().startswith(r"replace `\bplushie\b` -> `sks \0`: 2 caption(s) to change")  # was '\\bplushie\\b'
+    assert C.plan_prefix(ts, "it's").summary().startswith("prefix `it's`:")  # was "it's" in double quotes
+    assert C.plan_fixed(ts, "a `raw` tag", "overwrite").operation == "fixed ``a `raw` tag``"
 
 
 def test_template_fills_fields_and_a_missing_field_names_the_field_and_the_images(tmp_path):

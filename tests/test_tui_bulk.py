@@ -39,7 +39,7 @@ async def test_prefix_shows_the_diff_first_then_applies_and_undoes(project):
         dialog = app.screen
         dialog.query_one("#bulk-op").value = "prefix"
         dialog.query_one("#bulk-text").value = "sks"
-        await wait_for(pilot, lambda: dialog.plan is not None and dialog.plan.operation == "prefix 'sks'")
+        await wait_for(pilot, lambda: dialog.plan is not None and dialog.plan.operation == "prefix `sks`")
         # the preview: a per-file diff, nothing written yet
         shown = "\n".join(str(line.text) for line in dialog.query_one("#bulk-diff").lines)
         assert "-a photo of a ginger cat, sitting" in shown and "+sks, a photo of a ginger cat, sitting" in shown
@@ -138,3 +138,29 @@ async def test_no_warning_for_sidecar_concepts(project):
         await pilot.press("b")
         await wait_for(pilot, lambda: type(app.screen).__name__ == "BulkDialog")
         assert not app.screen.query_one("#bulk-note").display
+
+
+@sync
+async def test_a_regex_in_brackets_is_shown_as_typed_in_the_summary_and_the_toasts(project):
+    app = make_app(project.parent, images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 40), notifications=True) as pilot:  # toasts drawn
+        await open_dataset(pilot, app)
+        await pilot.press("b")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "BulkDialog")
+        dialog = app.screen
+        dialog.query_one("#bulk-op").value = "replace"
+        dialog.query_one("#bulk-text").value = r"\b[ck]at\b"
+        dialog.query_one("#bulk-replacement").value = "pet"
+        await wait_for(pilot, lambda: dialog.plan is not None and dialog.plan.changes)
+        typed = r"replace `\b[ck]at\b` -> `pet`"  # was '\\b[ck]at\\b'
+        assert str(dialog.query_one("#bulk-summary").render()).startswith(typed)
+        await pilot.press("ctrl+s")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+
+        def toasts() -> str:
+            return " ".join(str(t.render()) for t in app.screen.query("Toast"))
+
+        # The toast is not Rich markup: `[ck]` stayed in it (it read 'replace `\bat\b`').
+        await wait_for(pilot, lambda: f"{typed}: wrote" in toasts())
+        await pilot.press("u")
+        await wait_for(pilot, lambda: f"undid {typed}: restored" in toasts())

@@ -410,7 +410,8 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
         plan, _journal = result
         created = sum(1 for c in plan.changes if c.old is None)
         self.app.notify(f"{plan.operation}: wrote {len(plan.changes)} caption file(s)"
-                        + (f" ({created} new)" if created else "") + " — u undoes it", timeout=6)
+                        + (f" ({created} new)" if created else "") + " — u undoes it", timeout=6,
+                        markup=False)  # a regex's [ck] is text, not a style
         self.rescan()
 
     def action_undo_bulk(self) -> None:
@@ -437,5 +438,5 @@ class DatasetPane(ReportsWorkerErrors, Vertical):
 
             self.app.push_screen(ErrorScreen("Nothing was undone", event.text))
             return
-        self.app.notify(event.text, timeout=5)
+        self.app.notify(event.text, timeout=5, markup=False)
         self.rescan()
