@@ -68,3 +68,32 @@ async def test_new_project_is_made_like_tunelab_new(tmp_path, monkeypatch):
         await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
     p = tmp_path / "projects" / "birds"
     assert (p / "project.toml").is_file() and (p / "configs" / "lora.toml").is_file() and (p / "images").is_dir()
+
+
+@sync
+async def test_new_project_from_a_folder_says_what_it_skipped_as_tunelab_new_does(tmp_path, monkeypatch):
+    from tests.projectkit import write_image
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "photos"
+    write_image(src / "10_sks dog" / "a.png")
+    (src / "10_sks dog" / "a.txt").write_text("a dog")
+    (src / ".DS_Store").write_bytes(b"\0")
+    (src / "10_sks dog" / "notes [draft].docx").write_bytes(b"x")
+    app = make_app("projects", images="none", watch=False, animations=False)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await wait_for(pilot, lambda: app.screen.query_one("#home-empty").display)
+        await pilot.press("n")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "NewProjectScreen")
+        app.screen.query_one("#new-project-name").value = "dogs"
+        app.screen.query_one("#new-project-from").value = str(src)
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")
+        notice = next(str(n.message) for n in app._notifications if "created" in str(n.message))
+    lines = notice.splitlines()
+    assert lines[0] == "created projects/dogs"
+    assert lines[1].startswith("copied 1 image(s) and 1 caption/metadata file(s) from ")
+    assert "skipped 2 file(s)/folder(s):" in lines
+    assert "  1 hidden: .DS_Store" in lines
+    assert "  1 not images, captions or metadata: 10_sks dog/notes [draft].docx" in lines  # markup-free
+    assert "kohya-style folders became concepts with their repeats: sks dog x10 (see project.toml)" in lines

@@ -177,6 +177,22 @@ class Created(NamedTuple):
     skipped: dict[str, list[str]]  # left out, by reason (`_sources`)
 
 
+def from_summary(created: Created, source: Path, path: Path, link: bool = False) -> list[str]:
+    """What `--from` brought in and left out, as lines: `tunelab new` prints them, the TUI's new-project
+    dialog shows them in its notice."""
+    lines = [f"{'linked' if link else 'copied'} {created.images} image(s) and {created.other} caption/metadata "
+             f"file(s) from {source} into {path / 'images'}"]
+    lines += skipped_summary(created.skipped)
+    concepts, loose = kohya_concepts(source)
+    if concepts:
+        shown = ", ".join(f"{c['name']} x{c['repeats']}" for c in concepts)
+        lines.append(f"kohya-style folders became concepts with their repeats: {shown} (see project.toml)")
+    if loose:
+        lines.append(f"note: {len(loose)} image(s) directly in {source} are in no concept (as in kohya); "
+                     f"list images/ as a concept in project.toml to train on them")
+    return lines
+
+
 def create_project(path: Path, source: Path | None = None, link: bool = False) -> Created:
     """Create the project; returns what was brought in from `source` and what was left out.
 
@@ -247,17 +263,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"created {path}")
     if source is not None:
-        verb = "linked" if args.link else "copied"
-        print(f"  {verb} {n_images} image(s) and {n_other} caption/metadata file(s) from {source} into {path / 'images'}")
-        for line in skipped_summary(skipped):
+        for line in from_summary(Created(n_images, n_other, skipped), source, path, link=args.link):
             print(f"  {line}")
-        concepts, loose = kohya_concepts(source)
-        if concepts:
-            shown = ", ".join(f"{c['name']} x{c['repeats']}" for c in concepts)
-            print(f"  kohya-style folders became concepts with their repeats: {shown} (see project.toml)")
-        if loose:
-            print(f"  note: {len(loose)} image(s) directly in {source} are in no concept (as in kohya); "
-                  f"list images/ as a concept in project.toml to train on them")
     else:
         print(f"  put images (with photo.txt captions) in {path / 'images'}/")
     print(f"  write your goals in {path / 'project.toml'}, then: tunelab check {path} lora")

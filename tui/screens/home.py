@@ -11,6 +11,7 @@ from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -25,6 +26,9 @@ from engine.schema import ConfigError
 from tui import actions
 from tui.screens.error import ReportsWorkerErrors
 from tui.widgets.key_footer import KeyFooter
+
+if TYPE_CHECKING:
+    from tui.screens.new_project import NewProject
 
 COLUMNS = ("project", "images", "captioned", "runs", "last activity", "notes")
 WIDTHS = (18, 7, 9, 24, 20, 40)  # fixed: rows fill in after the first paint, and DataTable does not re-widen
@@ -225,9 +229,11 @@ class HomeScreen(ReportsWorkerErrors, Screen[None]):
 
         self.app.push_screen(NewProjectScreen(self.projects_dir), self._created)
 
-    def _created(self, path: Path | None) -> None:
-        if path is None:
+    def _created(self, made: NewProject | None) -> None:
+        if made is None:
             return
-        self.notify(f"created {path}", timeout=3)
+        # What --from left out, as `tunelab new` says it: long enough on screen to read the names.
+        self.notify("\n".join([f"created {made.path}", *made.summary]), timeout=15 if made.summary else 3,
+                    markup=False)  # file names are shown as they are ('[1] dog.png')
         self.action_refresh()
-        self.app.open_project(path)  # type: ignore[attr-defined]
+        self.app.open_project(made.path)  # type: ignore[attr-defined]

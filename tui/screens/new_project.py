@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 from textual import on
 from textual.app import ComposeResult
@@ -12,9 +13,14 @@ from textual.widgets import Button, Input, Label, Static
 from tui import actions
 
 
-def create_project(projects_dir: Path, name: str, source: str = "") -> Path:
+class NewProject(NamedTuple):
+    path: Path
+    summary: list[str]  # what --from brought in and left out, as `tunelab new` prints it ([] without a folder)
+
+
+def create_project(projects_dir: Path, name: str, source: str = "") -> NewProject:
     """Create `projects_dir/name` like `tunelab new NAME [--from DIR]`; raises ValueError/OSError with the reason."""
-    from tui.commands.new import create_project as create, project_path
+    from tui.commands.new import create_project as create, from_summary, project_path
 
     if "/" in name:
         raise ValueError(f"{name!r}: a name, not a path (the project goes in {projects_dir})")
@@ -23,12 +29,12 @@ def create_project(projects_dir: Path, name: str, source: str = "") -> Path:
     if src is not None and not src.is_dir():
         raise ValueError(f"{source}: not a folder")
     projects_dir.mkdir(parents=True, exist_ok=True)
-    create(path, src)
-    return path
+    created = create(path, src)
+    return NewProject(path, from_summary(created, src, path) if src is not None else [])
 
 
-class NewProjectScreen(ModalScreen[Path | None]):
-    """Returns the new project's folder, or None."""
+class NewProjectScreen(ModalScreen[NewProject | None]):
+    """Returns the new project's folder and what --from skipped, or None."""
 
     ACTION_SCOPE = "dialog"
     BINDINGS = actions.bindings("dialog")
@@ -73,11 +79,11 @@ class NewProjectScreen(ModalScreen[Path | None]):
         name = self.query_one("#new-project-name", Input).value.strip()
         source = self.query_one("#new-project-from", Input).value
         try:
-            path = create_project(self.projects_dir, name, source)
+            made = create_project(self.projects_dir, name, source)
         except (ValueError, OSError) as e:
             self.query_one("#new-project-error", Static).update(str(e))
             return
-        self.dismiss(path)
+        self.dismiss(made)
 
     @on(Button.Pressed, "#cancel")
     def action_cancel(self) -> None:
