@@ -52,7 +52,7 @@ async def test_at_80_columns_every_screen_shows_f1_help_and_its_first_keys_whole
         seen["monitor"] = footer_keys(app.screen)
     for where, keys in seen.items():
         assert keys and keys[0] == "f1", (where, keys)
-    assert seen["home"][1:3] == ["n", "r"]
+    assert seen["home"][1:4] == ["⏎", "n", "r"]  # enter Open: the next step, shown
     assert seen["dataset"][1:6] == ["/", "f", "e", "b", "u"]
     assert seen["configs"][1:4] == ["e", "n", "r"]
     assert seen["runs"][1:7] == ["m", "n", "s", "K", "r", "del"]

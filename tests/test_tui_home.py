@@ -97,3 +97,26 @@ async def test_new_project_from_a_folder_says_what_it_skipped_as_tunelab_new_doe
     assert "  1 hidden: .DS_Store" in lines
     assert "  1 not images, captions or metadata: 10_sks dog/notes [draft].docx" in lines  # markup-free
     assert "kohya-style folders became concepts with their repeats: sks dog x10 (see project.toml)" in lines
+
+
+@sync
+async def test_the_notes_take_the_width_the_terminal_leaves_and_enter_open_is_in_the_footer(projects):
+    from tests.test_tui_footer import footer_keys
+
+    notes = "Coloured shapes at 64x64 px on plain light backgrounds, captioned"  # 65 characters
+    toml = projects / "pets" / "project.toml"
+    toml.write_text(toml.read_text().replace('notes = "a small test project"', f'notes = "{notes}"'))
+    app = make_app(projects, images="none", watch=False, animations=False)
+    async with app.run_test(size=(160, 30)) as pilot:
+        home = app.screen
+        await wait_for(pilot, lambda: home.summaries and all(s.images != "…" for s in home.summaries.values()))
+        await pilot.pause()
+        table = home.query_one("#home-projects")
+        rows = [table.render_line(y).text for y in range(2)]
+        assert rows[1].rstrip().endswith(notes)  # was cut at 40 cells: '…on plain lig'
+        assert footer_keys(home)[:2] == ["f1", "⏎"]  # the next step: enter opens the project
+        await pilot.resize_terminal(100, 30)  # narrower: the notes keep their 40 cells (scroll sideways)
+        await pilot.pause()
+        assert table.columns[table.ordered_columns[-1].key].width == 40
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: type(app.screen).__name__ == "ProjectScreen")

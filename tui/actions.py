@@ -63,7 +63,9 @@ ACTIONS: tuple[Action, ...] = (
            help="Command palette: run any action by name"),
     Action("app.quit", "ctrl+q", "quit", "Quit", "app", priority=True, help="Quit tunelab (runs keep going)"),
     # home
-    Action("home.open", "enter", "open_project", "Open", "home", help="Open the selected project"),
+    # priority: else the project table's own (hidden) enter hides it from the footer, and a newcomer
+    # sees no next step there
+    Action("home.open", "enter", "open_project", "Open", "home", priority=True, help="Open the selected project"),
     Action("home.new", "n", "new_project", "New project", "home", help="Create a new project (like `tunelab new`)"),
     Action("home.refresh", "r", "refresh", "Refresh", "home", help="Scan the projects folder again"),
     # project

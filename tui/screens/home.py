@@ -32,6 +32,13 @@ if TYPE_CHECKING:
 
 COLUMNS = ("project", "images", "captioned", "runs", "last activity", "notes")
 WIDTHS = (18, 7, 9, 24, 20, 40)  # fixed: rows fill in after the first paint, and DataTable does not re-widen
+# The notes take the width the other columns leave (40 at least): each column has a cell of padding on
+# either side, and a vertical scrollbar may need its 2 cells.
+NOTES_ROOM = sum(WIDTHS[:-1]) + 2 * len(WIDTHS) + 2
+
+
+def notes_width(table_width: int) -> int:
+    return max(WIDTHS[-1], table_width - NOTES_ROOM)
 
 
 @dataclass
@@ -133,12 +140,12 @@ class HomeScreen(ReportsWorkerErrors, Screen[None]):
         super().__init__()
         self.projects_dir = projects_dir
         self.summaries: dict[Path, ProjectSummary] = {}
+        self._notes_width = WIDTHS[-1]
 
     def compose(self) -> ComposeResult:
         yield Static(f"tunelab — projects in {self.projects_dir}", id="home-title", markup=False)
         table = DataTable(id="home-projects", cursor_type="row", zebra_stripes=False)
-        for label, width in zip(COLUMNS, WIDTHS):
-            table.add_column(label, width=width)
+        self._add_columns(table, WIDTHS[-1])
         yield table
         yield Static("", id="home-empty", markup=False)
         yield KeyFooter()
@@ -146,6 +153,24 @@ class HomeScreen(ReportsWorkerErrors, Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#home-empty").display = False
         self.action_refresh()
+
+    def _add_columns(self, table: DataTable, notes: int) -> None:
+        for label, width in zip(COLUMNS, (*WIDTHS[:-1], notes)):
+            table.add_column(label, width=width)
+        self._notes_width = notes
+
+    def on_resize(self) -> None:
+        """Give the notes the width the terminal has (was a fixed 40, cut with ~30 columns free at 160)."""
+        table = self.query_one("#home-projects", DataTable)
+        want = notes_width(self.size.width)
+        if want != self._notes_width:
+            row = table.cursor_row
+            table.clear(columns=True)  # DataTable keeps a column's width: built again at the new one
+            self._add_columns(table, want)
+            for summary in self.summaries.values():
+                table.add_row(*summary.row(), key=str(summary.path))
+            if table.row_count:
+                table.move_cursor(row=row)
 
     def on_screen_resume(self) -> None:
         if self.summaries:  # back from a project: its numbers may have changed
