@@ -42,6 +42,16 @@ def test_force_stop_waits_as_long_before_sigkill_from_the_cli_as_from_the_tui(ca
     assert float(cli_default) == float(tui_k) == engine_default == launch.FORCE_KILL_AFTER_S, help_text
 
 
+def test_resume_help_says_which_columns_new_prompts_are_rendered_for(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["resume", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # was: "…every earlier checkpoint the run still has (with its state/) and for the base column", which
+    # a run launched with no prompts (no columns) or with sample.at_start = false (no base column) belied
+    assert "also where it has no sample column yet: a run launched with no prompts" in text
+    assert "for the base column (epoch 0) unless sample.at_start = false" in text
+
+
 def test_run_wait_names_the_first_step_of_a_pivotal_phase_as_train_log_does():
     from tui.commands.run import describe_event
 

@@ -114,3 +114,26 @@ def test_a_finished_run_with_no_new_cells_is_still_refused(tmp_path):
     run = finished_run(tmp_path, tiny_config(**{"train.epochs": 1, "sample.at_start": False}))
     with pytest.raises(LaunchError, match=r"already finished .*\(or add sample prompts or seeds"):
         plan_resume(run, ["sample.steps=3"])  # changes settings only: nothing new to render
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("at_start", [True, False])
+def test_a_run_launched_without_prompts_gets_a_column_for_every_checkpoint_on_resume(tmp_path, at_start):
+    # No prompts and no goals: the run rendered no column at all. Resuming with a prompt renders it for
+    # every checkpoint with state/ (was: only the resumed one, though resume said "every checkpoint"), and
+    # for the base column unless sample.at_start = false.
+    cfg = tiny_config(**{"train.epochs": 2, "save.every_n_steps": 1, "train.learning_rate": 2e-2,
+                         "sample.at_start": at_start})
+    run = finished_run(tmp_path, cfg)
+    assert run.sample_columns() == []
+    checkpoints = [ck.path.name for ck in run.checkpoints(complete_only=True)]
+    assert checkpoints == ["e0000-s00000001", "e0001-s00000002", "e0001-s00000003", "e0002-s00000004"]
+    plan = resume_with(run, ['sample.prompts=["a red circle"]'])
+    assert plan.sample_only and plan.new_cells == 1
+    sheet = load_sheet(run, seed=1)
+    assert [c.name for c in sheet.columns] == ["e0000-s00000000"] * at_start + checkpoints
+    assert sheet.filled() == len(sheet.columns)
+    if at_start:
+        # e0000-s00000001 is the checkpoint of step 1 (a save inside the first epoch), not the base column.
+        base, first = (run.samples_dir / n / "p00-s0001.png" for n in ("e0000-s00000000", checkpoints[0]))
+        assert pixel_distance(base, first) > 0.5

@@ -4,11 +4,15 @@
 that the columns rendered before lack. On resume, before the checkpoint's state is loaded, the trainer
 renders the missing cells (current prompts × their seeds) of:
 
-- the base column (`e0000-s00000000`, when the run has one): with the weights as `Method.setup` leaves
-  them, which are the ones a fresh run's base column was rendered with (LoRA's zero-initialised up
-  matrices, textual inversion's initializer vectors, the base UNet of a full fine-tune);
-- every column whose checkpoint is still on disk, COMPLETE and with `state/`: its trained tensors
-  (`state/trainable.safetensors`, EMA shadows included) are loaded into the method first;
+- the base column (`e0000-s00000000`) when the run has one or `sample.at_start` is true (a run launched
+  with no prompts has none yet; with `at_start = false` it gets none): with the weights as
+  `Method.setup` leaves them, which are the ones a fresh run's base column was rendered with (LoRA's
+  zero-initialised up matrices, textual inversion's initializer vectors, the base UNet of a full
+  fine-tune);
+- every checkpoint still on disk, COMPLETE and with `state/`, whether or not it has a column yet (a run
+  launched with no prompts rendered none): its trained tensors (`state/trainable.safetensors`, EMA
+  shadows included) are loaded into the method first. A mid-epoch save in the first epoch
+  (`e0000-s00000005`) is such a checkpoint, not the base column;
 - the resumed checkpoint's column, also when it is not there at all (a stop on a signal leaves it to
   the resume) or was cut short by a crash.
 
@@ -16,7 +20,8 @@ Only missing images are rendered; nothing existing is overwritten. A column keep
 entries and gets the new prompts and seeds added, with a `backfilled` list of the cells rendered later
 and their settings (`engine.train.sampling.merged_samples_json`). Columns that cannot be rendered again
 — the checkpoint was pruned (`save.keep_last`), saved without state (`save.state = false`), or never
-existed (a `sample-now` column between saves) — keep their holes, and one `warning` names them. So does a
+existed (a `sample-now` column between saves) — keep their holes, and one `warning` names them, with
+the checkpoints saved without state that have no column. So does a
 column whose `samples.json` gives one of the current prompt indices another text (the project's goals
 changed under a run that samples them): that prompt is not rendered there.
 
@@ -32,11 +37,11 @@ from typing import Any
 
 import torch
 
-from engine.rundir import RunDir, parse_checkpoint_name, parse_sample_name
+from engine.rundir import RunDir, checkpoint_name, parse_checkpoint_name, parse_sample_name
 from engine.train import checkpoint as ckpt
 from engine.train.interrupt import raise_if_stop_requested
 
-BASE_EPOCH = 0  # the column sampled before training
+BASE = (0, 0)  # (epoch, step) of the column sampled before training; e0000-s00000005 is a checkpoint
 
 
 def present_cells(folder: Path) -> set[tuple[int, int]]:
@@ -74,11 +79,17 @@ def backfill_samples(run: RunDir, cfg: Any, method: Any, components: Any, accele
 def _backfill(run: RunDir, cfg: Any, method: Any, components: Any, accelerator: Any, events: Any,
               prompts: list[Any], resume_from: Path) -> None:
     columns = {name: (epoch, step) for name, epoch, step in run.sample_columns()}
+    # The columns the run would have had, had it sampled these prompts from its start: every checkpoint's
+    # (a run launched with no prompts has no column yet) and, with sample.at_start, the base column.
+    for ck in run.checkpoints(complete_only=True):
+        columns.setdefault(ck.path.name, (ck.epoch, ck.step))
+    if cfg.sample.at_start:
+        columns.setdefault(checkpoint_name(*BASE), BASE)
     parsed = parse_checkpoint_name(resume_from.name)
     if parsed is not None:
         columns.setdefault(resume_from.name, parsed)
     # The base column first: its weights are the ones loaded now, before any checkpoint's.
-    order = sorted(columns, key=lambda n: (columns[n][0] != BASE_EPOCH, columns[n][1], columns[n][0]))
+    order = sorted(columns, key=lambda n: (columns[n] != BASE, columns[n][1], columns[n][0]))
     lost: list[str] = []
     conflicted: dict[str, list[int]] = {}
     for name in order:
@@ -89,7 +100,7 @@ def _backfill(run: RunDir, cfg: Any, method: Any, components: Any, accelerator: 
         if not missing:
             continue
         raise_if_stop_requested()
-        if epoch != BASE_EPOCH:
+        if (epoch, step) != BASE:
             trainable = run.checkpoints_dir / name / ckpt.STATE_DIR / "trainable.safetensors"
             if not ((run.checkpoints_dir / name / "COMPLETE").is_file() and trainable.is_file()):
                 lost.append(name)

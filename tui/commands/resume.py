@@ -19,8 +19,9 @@ has no complete checkpoint.
                                    over all attempts)
   save.*, sample.*                 what is saved and sampled from now on (sample.prompts: append only)
 Other keys are refused (start a new run for them). New sample prompts or seeds are also rendered for
-every earlier checkpoint the run still has (with its state/) and for the base column, so the contact
-sheet compares them at every checkpoint; existing images are never redrawn. A finished run can be
+every earlier checkpoint the run still has with its state/ (also where it has no sample column yet: a
+run launched with no prompts), and for the base column (epoch 0) unless sample.at_start = false, so
+the contact sheet compares them at every checkpoint; existing images are never redrawn. A finished run can be
 resumed when the new train.epochs / train.max_steps lie beyond its last checkpoint, or to render new
 sample prompts/seeds only:
 
@@ -95,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
         print(line, flush=True)
         if plan.new_cells:
             print(f"{plan.new_cells} new sample cell(s) (prompt × seed): rendered for every checkpoint the run "
-                  "still has" + ("; it trains no further" if plan.sample_only else ""), flush=True)
+                  "still has" + (" and the base column" if plan.cfg.sample.at_start else "")
+                  + ("; it trains no further" if plan.sample_only else ""), flush=True)
     if args.wait:
         from tui.commands.run import follow
 
