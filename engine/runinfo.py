@@ -327,14 +327,16 @@ def fmt_progress(summary: RunSummary) -> str:
     return f"{summary.epoch}/{summary.epochs}" if summary.epochs else str(summary.epoch)
 
 
+def fmt_time(iso: str | None) -> str:
+    """status.json's `2026-05-28T19:06:40Z` as `2026-05-28 19:06:40` (UTC); `-` when unknown."""
+    return (iso or "-").replace("T", " ").rstrip("Z")[:19]
+
+
 def fmt_started(summary: RunSummary) -> str:
     """`2026-05-28 19:06:40`, and for a resumed run `… · attempt 2 since 2026-05-29 10:00:00` (UTC)."""
-    def at(iso: str | None) -> str:
-        return (iso or "-").replace("T", " ").rstrip("Z")[:19]
-
-    text = at(summary.first_started or summary.started)
+    text = fmt_time(summary.first_started or summary.started)
     if summary.attempt > 1 and summary.started:
-        text += f" · attempt {summary.attempt} since {at(summary.started)}"
+        text += f" · attempt {summary.attempt} since {fmt_time(summary.started)}"
     return text
 
 

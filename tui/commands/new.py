@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError:
             pass
     try:
-        n_images, n_other, skipped = create_project(path, source, link=args.link)
+        created = create_project(path, source, link=args.link)
     except FileExistsError as e:
         print(f"tunelab new: {e}", file=sys.stderr)
         return 1
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"created {path}")
     if source is not None:
-        for line in from_summary(Created(n_images, n_other, skipped), source, path, link=args.link):
+        for line in from_summary(created, source, path, link=args.link):
             print(f"  {line}")
     else:
         print(f"  put images (with photo.txt captions) in {path / 'images'}/")

@@ -99,13 +99,13 @@ def print_table(summaries, show_project: bool) -> None:
 
 
 def print_details(s) -> None:
-    from engine.runinfo import fmt_cost, fmt_duration, fmt_started
+    from engine.runinfo import fmt_cost, fmt_duration, fmt_started, fmt_time
 
     print()
     print(f"path:        {s.path}")
     if s.method:
         print(f"method:      {s.method}" + (f" — {s.description}" if s.description else ""))
-    ended = s.ended.replace("T", " ").rstrip("Z")[:19] if s.ended else ""
+    ended = fmt_time(s.ended) if s.ended else ""
     print(f"started:     {fmt_started(s)}" + (f"   ended: {ended}" if ended else ""))
     print(f"checkpoints: {s.checkpoints}" + (f" (latest {s.last_checkpoint})" if s.last_checkpoint else "")
           + f"   sample columns: {s.sample_columns}")

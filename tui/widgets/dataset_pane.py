@@ -64,9 +64,7 @@ def config_facts(project_dir: Path) -> ConfigFacts:
     if not cfgs:
         return ConfigFacts()
     resolution = min(c.data.resolution for c in cfgs)
-    off = set(caption_use(cfgs[0], [], {}).dropped_flags)
-    for cfg in cfgs[1:]:
-        off &= set(caption_use(cfg, [], {}).dropped_flags)
+    off = set.intersection(*(set(caption_use(c, [], {}).dropped_flags) for c in cfgs))  # flags no config needs
     if not off:
         return ConfigFacts(resolution)
     if all(c.method in PLACEHOLDER_METHODS for c in cfgs):

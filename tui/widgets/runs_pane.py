@@ -32,7 +32,7 @@ from textual.widgets import Button, DataTable, Label, OptionList, Static
 
 from engine.launch import FORCE_KILL_AFTER_S
 from engine.rundir import ALIVE_STATES, RunDir, list_runs, parse_checkpoint_name
-from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress, fmt_started
+from engine.runinfo import RunSummary, RunWatcher, fmt_cost, fmt_duration, fmt_progress, fmt_started, fmt_time
 from tui.actions import bindings, effective_keys, in_scope, key_display
 from tui.widgets.loss_plot import SMOOTHING, Ema
 from tui.widgets.run_state import EscalationReader, StopEscalation, escalation_note, escalation_tag, state_cell
@@ -137,7 +137,7 @@ def details_text(s: RunSummary, escalation: StopEscalation | None = None) -> Tex
     t.append("\n")
     facts = [("started", fmt_started(s))]
     if s.ended:
-        facts.append(("ended", s.ended.replace("T", " ")[:19]))
+        facts.append(("ended", fmt_time(s.ended)))
     last = parse_checkpoint_name(s.last_checkpoint) if s.last_checkpoint else None
     facts.append(("checkpoints", f"{s.checkpoints}" + (f" (last epoch {last[0]})" if last else "")))
     facts.append(("sample columns", str(s.sample_columns)))
